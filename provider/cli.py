@@ -1,0 +1,145 @@
+"""The `ferrohsm` command: token set-up and inspection for operators.
+
+It drives the same engine the PKCS#11 module runs, in-process, on the token
+directory that FERROHSM_CONF (or the per-user default) names.
+"""
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import constants as C
+from .config import Config
+from .errors import PKCS11Error
+from .library import Library
+
+app = typer.Typer(help="FerroHSM: a software HSM with a PKCS#11 module.", no_args_is_help=True)
+out = Console()
+
+CLASS_NAMES = {C.CKO_DATA: "data", C.CKO_CERTIFICATE: "certificate", C.CKO_PUBLIC_KEY: "public key",
+               C.CKO_PRIVATE_KEY: "private key", C.CKO_SECRET_KEY: "secret key"}
+TOKEN_FLAG_NAMES = {
+    C.CKF_TOKEN_INITIALIZED: "initialized", C.CKF_USER_PIN_INITIALIZED: "user PIN set",
+    C.CKF_USER_PIN_COUNT_LOW: "user PIN count low", C.CKF_USER_PIN_FINAL_TRY: "user PIN final try",
+    C.CKF_USER_PIN_LOCKED: "user PIN LOCKED", C.CKF_SO_PIN_COUNT_LOW: "SO PIN count low",
+    C.CKF_SO_PIN_FINAL_TRY: "SO PIN final try", C.CKF_SO_PIN_LOCKED: "SO PIN LOCKED",
+}
+
+
+def _fail(err: PKCS11Error) -> None:
+    out.print(f"[red]error:[/red] {err}")
+    raise typer.Exit(1)
+
+
+def _label(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").rstrip()
+
+
+def _find_slot(lib: Library, label: str | None, slot: int | None) -> int:
+    for sid in lib.get_slot_list(True):
+        info = lib.get_token_info(sid)
+        if (slot is not None and sid == slot) or (label is not None and _label(info["label"]) == label):
+            return sid
+    raise PKCS11Error(C.CKR_SLOT_ID_INVALID, f"no token with label {label!r}" if label else f"no slot {slot}")
+
+
+@app.command("init-token")
+def init_token(
+    label: str = typer.Option(..., help="Token label (up to 32 bytes)."),
+    so_pin: str = typer.Option(..., prompt=True, hide_input=True, help="Security officer PIN."),
+    pin: str = typer.Option(..., prompt=True, hide_input=True, help="User PIN."),
+    slot: int = typer.Option(None, help="Slot to (re)initialize; default: the free slot."),
+):
+    """Initialize a token (the free slot by default) and set its user PIN."""
+    raw = label.encode()
+    if len(raw) > 32:
+        out.print("[red]error:[/red] the label is longer than 32 bytes")
+        raise typer.Exit(2)
+    lib = Library()
+    try:
+        target = lib.free_slot if slot is None else slot
+        lib.init_token(target, so_pin.encode(), raw.ljust(32, b" "))
+        session = lib.open_session(target, C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION)
+        lib.login(session, C.CKU_SO, so_pin.encode())
+        lib.init_pin(session, pin.encode())
+        lib.close_session(session)
+        out.print(f"Token [bold]{label}[/bold] initialized in slot {target} "
+                  f"(serial {lib.get_token_info(target)['serial_number']}).")
+    except PKCS11Error as err:
+        _fail(err)
+    finally:
+        lib.finalize()
+
+
+@app.command("list-slots")
+def list_slots():
+    """Show every slot and its token."""
+    lib = Library()
+    table = Table("slot", "label", "serial", "state")
+    for sid in lib.get_slot_list(True):
+        info = lib.get_token_info(sid)
+        flags = [name for bit, name in TOKEN_FLAG_NAMES.items() if info["flags"] & bit]
+        table.add_row(str(sid), _label(info["label"]) or "-", info["serial_number"] or "-",
+                      ", ".join(flags) if flags else "free (not initialized)")
+    lib.finalize()
+    out.print(table)
+
+
+@app.command("list-objects")
+def list_objects(
+    label: str = typer.Option(None, "--token", help="Token label."),
+    slot: int = typer.Option(None, help="Slot id (instead of --token)."),
+    pin: str = typer.Option(None, help="User PIN, to list private objects too."),
+):
+    """List a token's objects (private ones only with --pin)."""
+    if label is None and slot is None:
+        out.print("[red]error:[/red] give --token LABEL or --slot N")
+        raise typer.Exit(2)
+    lib = Library()
+    try:
+        sid = _find_slot(lib, label, slot)
+        session = lib.open_session(sid, C.CKF_SERIAL_SESSION)
+        if pin is not None:
+            lib.login(session, C.CKU_USER, pin.encode())
+        lib.find_objects_init(session, [])
+        handles = lib.find_objects(session, 1 << 30)
+        lib.find_objects_final(session)
+        table = Table("handle", "class", "key type", "label", "id", "flags")
+        wanted = [C.CKA_CLASS, C.CKA_KEY_TYPE, C.CKA_LABEL, C.CKA_ID, C.CKA_PRIVATE, C.CKA_SENSITIVE,
+                  C.CKA_EXTRACTABLE]
+        for h in handles:
+            cls, ktype, lab, oid, priv, sens, extr = lib.get_attribute_value(session, h, wanted)
+            cls = int.from_bytes(cls, "little")
+            kname = C.name_of("CKK_", int.from_bytes(ktype, "little"))[4:] if isinstance(ktype, bytes) else ""
+            flags = [n for n, v in (("private", priv), ("sensitive", sens), ("extractable", extr))
+                     if isinstance(v, bytes) and v == b"\x01"]
+            table.add_row(str(h), CLASS_NAMES.get(cls, hex(cls)), kname, _label(lab),
+                          oid.hex() if isinstance(oid, bytes) else "", ", ".join(flags))
+        out.print(table)
+    except PKCS11Error as err:
+        _fail(err)
+    finally:
+        lib.finalize()
+
+
+@app.command("module-path")
+def module_path():
+    """Print the absolute path of the PKCS#11 module, to give to clients."""
+    from pkcs11_shim import module_path as path
+    print(path())
+
+
+@app.command("show-config")
+def show_config():
+    """Show the configuration in force and where it came from."""
+    try:
+        conf = Config.load()
+    except PKCS11Error as err:
+        _fail(err)
+    table = Table("setting", "value")
+    for name, value in (("config file", conf.source), ("token directory", str(conf.token_dir)),
+                        ("log level", conf.log_level), ("log file", conf.log_file or "(standard error)"),
+                        ("PIN length", f"{conf.pin_min}..{conf.pin_max}"),
+                        ("PIN tries before lock", str(conf.pin_max_failures))):
+        table.add_row(name, value)
+    out.print(table)

@@ -1,0 +1,177 @@
+"""Key management functions: generate, wrap, unwrap, derive."""
+
+from contextlib import contextmanager
+
+from . import constants as C
+from . import schema
+from .errors import PKCS11Error
+from .fn_objects import decode_template
+from .mechanisms import registry
+from .token import require
+
+U = C.CK_UNAVAILABLE_INFORMATION
+
+# A mechanism's complaint about "the key" means the wrapping or unwrapping key here.
+WRAP_CODES = {
+    C.CKR_KEY_TYPE_INCONSISTENT: C.CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
+    C.CKR_KEY_SIZE_RANGE: C.CKR_WRAPPING_KEY_SIZE_RANGE,
+}
+UNWRAP_CODES = {
+    C.CKR_KEY_TYPE_INCONSISTENT: C.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+    C.CKR_KEY_SIZE_RANGE: C.CKR_UNWRAPPING_KEY_SIZE_RANGE,
+    C.CKR_ENCRYPTED_DATA_INVALID: C.CKR_WRAPPED_KEY_INVALID,
+    C.CKR_ENCRYPTED_DATA_LEN_RANGE: C.CKR_WRAPPED_KEY_LEN_RANGE,
+    C.CKR_DATA_LEN_RANGE: C.CKR_WRAPPED_KEY_LEN_RANGE,
+}
+# key types an unwrapped PKCS#8 private key may be, tried in this order when the
+# template does not say
+PKCS8_KEY_TYPES = (C.CKK_RSA, C.CKK_EC, C.CKK_EC_EDWARDS)
+
+
+@contextmanager
+def codes(table: dict):
+    try:
+        yield
+    except PKCS11Error as err:
+        if err.rv in table:
+            raise PKCS11Error(table[err.rv], err.reason) from None
+        raise
+
+
+def _merge_template(given: dict, required: tuple) -> dict:
+    """Apply a key's CKA_UNWRAP_TEMPLATE / CKA_DERIVE_TEMPLATE to a template."""
+    for cka, value in required:
+        require(given.get(cka, value) == value, C.CKR_TEMPLATE_INCONSISTENT,
+                C.name_of("CKA_", cka) + " conflicts with the key's template")
+    return {**given, **dict(required)}
+
+
+def _class(given: dict, expected: int) -> int:
+    require(given.get(C.CKA_CLASS, expected) == expected, C.CKR_TEMPLATE_INCONSISTENT, "wrong CKA_CLASS")
+    return expected
+
+
+class KeyFunctions:
+    def _new_key(self, session, cls: int, given: dict, made: dict, mech: int, origin: str, base=None) -> dict:
+        """Attributes of a key made by generate / unwrap / derive."""
+        key_type = made.get(C.CKA_KEY_TYPE, given.get(C.CKA_KEY_TYPE))
+        require(given.get(C.CKA_KEY_TYPE, key_type) == key_type, C.CKR_TEMPLATE_INCONSISTENT,
+                "CKA_KEY_TYPE does not fit the mechanism")
+        require(key_type is not None, C.CKR_TEMPLATE_INCOMPLETE, "CKA_KEY_TYPE missing")
+        table = schema.rows(cls, key_type)
+        schema.check_template(table, given, schema.F.GEN)
+        attrs = schema.with_defaults(table, {**given, **made, C.CKA_CLASS: cls, C.CKA_KEY_TYPE: key_type})
+        if origin != "generate":
+            attrs.update(registry.key_type(key_type).complete(cls, attrs))
+        attrs[C.CKA_LOCAL] = origin == "generate"
+        attrs[C.CKA_KEY_GEN_MECHANISM] = mech if origin == "generate" else U
+        if cls != C.CKO_PUBLIC_KEY:
+            sensitive, extractable = attrs[C.CKA_SENSITIVE], attrs[C.CKA_EXTRACTABLE]
+            if origin == "generate":
+                attrs[C.CKA_ALWAYS_SENSITIVE], attrs[C.CKA_NEVER_EXTRACTABLE] = sensitive, not extractable
+            elif origin == "derive":
+                attrs[C.CKA_ALWAYS_SENSITIVE] = sensitive and base.flag(C.CKA_ALWAYS_SENSITIVE)
+                attrs[C.CKA_NEVER_EXTRACTABLE] = not extractable and base.flag(C.CKA_NEVER_EXTRACTABLE)
+            else:
+                attrs[C.CKA_ALWAYS_SENSITIVE] = attrs[C.CKA_NEVER_EXTRACTABLE] = False
+        self._check_write(session, attrs)
+        return attrs
+
+    def _precheck(self, session, cls: int, given: dict) -> None:
+        """Refuse a template this session may not store before doing slow work."""
+        private = given.get(C.CKA_PRIVATE, cls in schema.PRIVATE_BY_DEFAULT)
+        self._check_write(session, {**given, C.CKA_PRIVATE: private})
+
+    def _mechanism(self, mech, method: str):
+        entry = registry.get(mech.type)
+        require(entry.supports(method), C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {method}")
+        return entry.impl
+
+    # --- generate ------------------------------------------------------------------
+    def generate_key(self, handle, mech, template) -> int:
+        session = self._session(handle)
+        impl = self._mechanism(mech, "generate_key")
+        given = decode_template(template)
+        cls = _class(given, C.CKO_SECRET_KEY)
+        self._precheck(session, cls, given)
+        made = impl.generate_key(mech.param, given)
+        return self._add(session, self._new_key(session, cls, given, made, mech.type, "generate"))
+
+    def generate_key_pair(self, handle, mech, pub_template, priv_template) -> tuple[int, int]:
+        session = self._session(handle)
+        impl = self._mechanism(mech, "generate_key_pair")
+        pub_given, priv_given = decode_template(pub_template), decode_template(priv_template)
+        _class(pub_given, C.CKO_PUBLIC_KEY)
+        _class(priv_given, C.CKO_PRIVATE_KEY)
+        self._precheck(session, C.CKO_PUBLIC_KEY, pub_given)
+        self._precheck(session, C.CKO_PRIVATE_KEY, priv_given)
+        pub_made, priv_made = impl.generate_key_pair(mech.param, pub_given, priv_given)
+        pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate")
+        priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type, "generate")
+        pub_handle = self._add(session, pub)
+        try:
+            return pub_handle, self._add(session, priv)
+        except BaseException:
+            session.token.remove_object(session.token.index.get(pub_handle))
+            raise
+
+    # --- wrap / unwrap -----------------------------------------------------------------
+    def wrap_key(self, handle, mech, wrapping_handle, key_handle, cap) -> bytes:
+        session = self._session(handle)
+        impl = self._mechanism(mech, "wrap")
+        wrapping = self._key(session, wrapping_handle, C.CKA_WRAP, mech.type, C.CKR_WRAPPING_KEY_HANDLE_INVALID)
+        key = self._key(session, key_handle, None, mech.type)
+        require(key.flag(C.CKA_EXTRACTABLE), C.CKR_KEY_UNEXTRACTABLE)
+        require(not key.flag(C.CKA_WRAP_WITH_TRUSTED) or wrapping.flag(C.CKA_TRUSTED), C.CKR_KEY_NOT_WRAPPABLE,
+                "CKA_WRAP_WITH_TRUSTED needs a trusted wrapping key")
+        required = dict(wrapping.attrs.get(C.CKA_WRAP_TEMPLATE, ()))
+        require(key.matches(required), C.CKR_KEY_NOT_WRAPPABLE, "key does not match CKA_WRAP_TEMPLATE")
+        if key.cls == C.CKO_SECRET_KEY:
+            material = key.attrs[C.CKA_VALUE]
+        elif key.cls == C.CKO_PRIVATE_KEY:
+            material = registry.key_type(key.key_type).to_pkcs8(key.attrs)
+        else:
+            raise PKCS11Error(C.CKR_KEY_NOT_WRAPPABLE, "public keys are not wrapped")
+        with codes(WRAP_CODES):
+            return impl.wrap(wrapping, mech.param, material)
+
+    def unwrap_key(self, handle, mech, unwrapping_handle, wrapped, template) -> int:
+        session = self._session(handle)
+        impl = self._mechanism(mech, "unwrap")
+        unwrapping = self._key(session, unwrapping_handle, C.CKA_UNWRAP, mech.type,
+                               C.CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+        given = _merge_template(decode_template(template), unwrapping.attrs.get(C.CKA_UNWRAP_TEMPLATE, ()))
+        require(C.CKA_CLASS in given, C.CKR_TEMPLATE_INCOMPLETE, "CKA_CLASS missing")
+        cls = given[C.CKA_CLASS]
+        require(cls in (C.CKO_SECRET_KEY, C.CKO_PRIVATE_KEY), C.CKR_TEMPLATE_INCONSISTENT, "only secret or private keys")
+        self._precheck(session, cls, given)
+        with codes(UNWRAP_CODES):
+            material = impl.unwrap(unwrapping, mech.param, bytes(wrapped))
+        if cls == C.CKO_SECRET_KEY:
+            made = {C.CKA_VALUE: material}
+        else:
+            made = self._from_pkcs8(material, given.get(C.CKA_KEY_TYPE))
+        return self._add(session, self._new_key(session, cls, given, made, mech.type, "unwrap"))
+
+    @staticmethod
+    def _from_pkcs8(der: bytes, key_type: int | None) -> dict:
+        for candidate in (key_type,) if key_type is not None else PKCS8_KEY_TYPES:
+            try:
+                return registry.key_type(candidate).from_pkcs8(der)
+            except PKCS11Error:
+                continue
+        raise PKCS11Error(C.CKR_WRAPPED_KEY_INVALID, "not a PKCS#8 private key of a supported type")
+
+    # --- derive ----------------------------------------------------------------------
+    def derive_key(self, handle, mech, base_handle, template) -> int:
+        """CKA_KEY_TYPE defaults to CKK_GENERIC_SECRET when the template omits it."""
+        session = self._session(handle)
+        impl = self._mechanism(mech, "derive")
+        base = self._key(session, base_handle, C.CKA_DERIVE, mech.type)
+        given = _merge_template(decode_template(template), base.attrs.get(C.CKA_DERIVE_TEMPLATE, ()))
+        cls = _class(given, C.CKO_SECRET_KEY)
+        given.setdefault(C.CKA_KEY_TYPE, C.CKK_GENERIC_SECRET)
+        self._precheck(session, cls, given)
+        made = impl.derive(base, mech.param, given,
+                           lambda h: self._key(session, h, None, mech.type))
+        return self._add(session, self._new_key(session, cls, given, made, mech.type, "derive", base))

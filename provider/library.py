@@ -1,0 +1,266 @@
+"""The token engine's front door: one `Library` per C_Initialize.
+
+Its methods mirror the PKCS#11 functions with Python values (ints for handles,
+bytes for PINs and data, lists of (type, raw bytes) for templates) and raise
+PKCS11Error. This module holds the general, slot and token, session and login
+functions; objects, cryptographic operations and key management are mixins in
+fn_objects, fn_crypto and fn_keys. Every public method runs under one lock.
+
+Slots: one per token database in the token directory, in order of creation,
+plus always one free slot whose token is uninitialized (as SoftHSM2 does);
+C_InitToken on it creates a new token and a new free slot appears.
+"""
+
+import functools
+import itertools
+import os
+import threading
+import time
+
+from . import constants as C
+from . import log
+from .config import Config
+from .errors import PKCS11Error
+from .fn_crypto import CryptoFunctions
+from .fn_keys import KeyFunctions
+from .fn_objects import ObjectFunctions
+from .mechanisms import registry
+from .session import Session
+from .store.sqlite import SqliteStore
+from .token import Token, require
+
+VERSION = (0, 1)
+MANUFACTURER = "FerroHSM"
+TOKEN_GLOB = "token-*.sqlite"
+
+# (session state) -> may C_InitPIN / C_SetPIN run, as the spec's tables say
+PIN_USER_FOR_STATE = {
+    C.CKS_RW_PUBLIC_SESSION: C.CKU_USER,
+    C.CKS_RW_USER_FUNCTIONS: C.CKU_USER,
+    C.CKS_RW_SO_FUNCTIONS: C.CKU_SO,
+}
+
+
+def synchronized(cls):
+    """Run every public method of `cls` (its mixins' too) under the instance's lock."""
+    for name in dir(cls):
+        fn = getattr(cls, name)
+        if not name.startswith("_") and callable(fn):
+            setattr(cls, name, _locked(fn))
+    return cls
+
+
+def _locked(fn):
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return fn(self, *args, **kwargs)
+    return wrapper
+
+
+@synchronized
+class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
+    def __init__(self, config: Config | None = None):
+        self.config = config or Config.load()
+        log.configure(self.config.log_level, self.config.log_file)
+        self.lock = threading.RLock()
+        self._handles = itertools.count(1)
+        self._session_ids = itertools.count(1)
+        self._slot_ids = itertools.count(0)
+        self.tokens: dict[int, Token] = {}
+        self.paths: dict[str, int] = {}
+        self.sessions: dict[int, Session] = {}
+        self.config.token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._scan()
+        self.free_slot = next(self._slot_ids)
+        self.tokens[self.free_slot] = Token(self.free_slot, None, self._handles)
+
+    def _new_store(self, path: str):
+        return SqliteStore(path, max_pin_failures=self.config.pin_max_failures)
+
+    def _scan(self) -> None:
+        """Add tokens that appeared in the token directory (made by any process)."""
+        for path in sorted(str(p) for p in self.config.token_dir.glob(TOKEN_GLOB)):
+            if path in self.paths:
+                continue
+            store = self._new_store(path)
+            if not store.initialized():
+                store.close()
+                continue
+            slot = next(self._slot_ids)
+            self.paths[path] = slot
+            self.tokens[slot] = Token(slot, store, self._handles)
+
+    def finalize(self) -> None:
+        self.sessions.clear()
+        for token in self.tokens.values():
+            token.close()
+        self.tokens.clear()
+
+    # --- general ------------------------------------------------------------
+    def get_info(self) -> dict:
+        return dict(cryptoki_version=(3, 0), manufacturer_id=MANUFACTURER, flags=0,
+                    library_description="FerroHSM PKCS#11 module", library_version=VERSION)
+
+    # --- slots and tokens ---------------------------------------------------
+    def _token(self, slot: int) -> Token:
+        token = self.tokens.get(slot)
+        require(token is not None, C.CKR_SLOT_ID_INVALID, f"slot {slot}")
+        return token
+
+    def get_slot_list(self, token_present: bool) -> list[int]:
+        self._scan()
+        return sorted(self.tokens)
+
+    def get_slot_info(self, slot: int) -> dict:
+        self._token(slot)
+        return dict(description=f"FerroHSM slot {slot}", manufacturer_id=MANUFACTURER,
+                    flags=C.CKF_TOKEN_PRESENT, hardware_version=VERSION, firmware_version=VERSION)
+
+    def get_token_info(self, slot: int) -> dict:
+        token = self._token(slot)
+        sessions = [s for s in self.sessions.values() if s.token is token]
+        ready = token.initialized
+        return dict(
+            label=token.store.label if ready else b" " * 32,
+            manufacturer_id=MANUFACTURER, model="FerroHSM soft",
+            serial_number=token.store.serial if ready else "",
+            flags=token.flags(),
+            max_session_count=C.CK_EFFECTIVELY_INFINITE, session_count=len(sessions),
+            max_rw_session_count=C.CK_EFFECTIVELY_INFINITE,
+            rw_session_count=sum(1 for s in sessions if s.rw),
+            max_pin_len=self.config.pin_max, min_pin_len=self.config.pin_min,
+            total_public_memory=C.CK_UNAVAILABLE_INFORMATION,
+            free_public_memory=C.CK_UNAVAILABLE_INFORMATION,
+            total_private_memory=C.CK_UNAVAILABLE_INFORMATION,
+            free_private_memory=C.CK_UNAVAILABLE_INFORMATION,
+            hardware_version=VERSION, firmware_version=VERSION, utc_time="")
+
+    def get_mechanism_list(self, slot: int) -> list[int]:
+        self._token(slot)
+        return registry.all_mechanisms()
+
+    def get_mechanism_info(self, slot: int, mech: int) -> tuple[int, int, int]:
+        self._token(slot)
+        entry = registry.get(mech)
+        return entry.min_key, entry.max_key, entry.flags
+
+    def _check_pin_len(self, pin: bytes) -> None:
+        require(self.config.pin_min <= len(pin) <= self.config.pin_max, C.CKR_PIN_LEN_RANGE)
+
+    def init_token(self, slot: int, so_pin: bytes, label: bytes) -> None:
+        token = self._token(slot)
+        require(not any(s.token is token for s in self.sessions.values()), C.CKR_SESSION_EXISTS)
+        self._check_pin_len(so_pin)
+        if token.store is not None:
+            token.store.initialize(label, so_pin)
+            token.user = None
+            token.reload()
+            return
+        path = str(self.config.token_dir / f"token-{time.time_ns():020d}-{os.urandom(4).hex()}.sqlite")
+        store = self._new_store(path)
+        try:
+            store.initialize(label, so_pin)
+        except BaseException:
+            store.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                if os.path.exists(path + suffix):
+                    os.unlink(path + suffix)
+            raise
+        token.store = store
+        token.refresh()
+        self.paths[path] = slot
+        self.free_slot = next(self._slot_ids)
+        self.tokens[self.free_slot] = Token(self.free_slot, None, self._handles)
+
+    # --- sessions -----------------------------------------------------------
+    def _session(self, handle: int) -> Session:
+        session = self.sessions.get(handle)
+        require(session is not None, C.CKR_SESSION_HANDLE_INVALID, f"session {handle}")
+        return session
+
+    def open_session(self, slot: int, flags: int) -> int:
+        token = self._token(slot)
+        require(flags & C.CKF_SERIAL_SESSION, C.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
+        require(token.initialized, C.CKR_TOKEN_NOT_RECOGNIZED, "token not initialized")
+        rw = bool(flags & C.CKF_RW_SESSION)
+        require(rw or token.user != C.CKU_SO, C.CKR_SESSION_READ_WRITE_SO_EXISTS)
+        handle = next(self._session_ids)
+        self.sessions[handle] = Session(handle, token, rw)
+        return handle
+
+    def close_session(self, handle: int) -> None:
+        session = self._session(handle)
+        token = session.token
+        del self.sessions[handle]
+        for obj in [o for o in token.index.objects.values() if o.owner == handle]:
+            token.index.remove(obj)
+        # closing the application's last session with the token logs it out
+        if token.user is not None and not any(s.token is token for s in self.sessions.values()):
+            token.logout()
+
+    def close_all_sessions(self, slot: int) -> None:
+        token = self._token(slot)
+        for handle in [h for h, s in self.sessions.items() if s.token is token]:
+            self.close_session(handle)
+
+    def get_session_info(self, handle: int) -> dict:
+        session = self._session(handle)
+        return dict(slot_id=session.token.slot_id, state=session.state(),
+                    flags=session.flags(), device_error=0)
+
+    # --- PINs and login -----------------------------------------------------
+    def init_pin(self, handle: int, pin: bytes) -> None:
+        session = self._session(handle)
+        require(session.state() == C.CKS_RW_SO_FUNCTIONS, C.CKR_USER_NOT_LOGGED_IN, "C_InitPIN needs the SO")
+        self._check_pin_len(pin)
+        session.token.store.init_pin(pin)
+
+    def set_pin(self, handle: int, old_pin: bytes, new_pin: bytes) -> None:
+        session = self._session(handle)
+        require(session.rw, C.CKR_SESSION_READ_ONLY)
+        self._check_pin_len(new_pin)
+        session.token.store.set_pin(PIN_USER_FOR_STATE[session.state()], old_pin, new_pin)
+
+    def login(self, handle: int, user_type: int, pin: bytes) -> None:
+        session = self._session(handle)
+        token = session.token
+        require(user_type in (C.CKU_SO, C.CKU_USER, C.CKU_CONTEXT_SPECIFIC), C.CKR_USER_TYPE_INVALID)
+        if user_type == C.CKU_CONTEXT_SPECIFIC:
+            waiting = [op for op in session.ops.values() if op.needs_auth]
+            require(token.user == C.CKU_USER, C.CKR_USER_NOT_LOGGED_IN)
+            require(bool(waiting), C.CKR_OPERATION_NOT_INITIALIZED, "no operation needs a context-specific login")
+            token.store.login(C.CKU_USER, pin)
+            for op in waiting:
+                op.needs_auth = False
+            return
+        require(token.user != user_type, C.CKR_USER_ALREADY_LOGGED_IN)
+        require(token.user is None, C.CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
+        if user_type == C.CKU_SO:
+            require(all(s.rw for s in self.sessions.values() if s.token is token),
+                    C.CKR_SESSION_READ_ONLY_EXISTS)
+        token.login(user_type, pin)
+
+    def logout(self, handle: int) -> None:
+        session = self._session(handle)
+        token = session.token
+        require(token.user is not None, C.CKR_USER_NOT_LOGGED_IN)
+        for s in self.sessions.values():
+            if s.token is token:
+                s.end_all()
+        token.logout()
+
+    # --- random numbers -----------------------------------------------------
+    def generate_random(self, handle: int, length: int) -> bytes:
+        self._session(handle)
+        return os.urandom(length)
+
+    def seed_random(self, handle: int, seed: bytes) -> None:
+        """Mix the seed into the kernel's pool (the source of os.urandom); it
+        adds to, never replaces, the pool's entropy."""
+        self._session(handle)
+        try:
+            with open("/dev/urandom", "wb") as pool:
+                pool.write(seed)
+        except OSError:
+            raise PKCS11Error(C.CKR_RANDOM_SEED_NOT_SUPPORTED, "cannot write /dev/urandom") from None

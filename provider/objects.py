@@ -1,0 +1,123 @@
+"""Objects as the engine holds them, and the attribute index that finds them.
+
+An `Obj` is a dict of typed attributes (see attrtypes) plus the engine's
+bookkeeping. Token objects also live in the store; session objects only here.
+The index maps (attribute, value) for a few attributes that searches name most
+(class, label, id, key type, unique id) to object handles, so a search by label
+among thousands of objects touches only the objects with that label.
+"""
+
+from . import constants as C
+from . import schema
+from .store.base import Sealed
+
+INDEXED = (C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID, C.CKA_KEY_TYPE, C.CKA_UNIQUE_ID)
+
+
+class Obj:
+    __slots__ = ("handle", "uid", "attrs", "cache", "owner", "_secret")
+
+    def __init__(self, handle: int, uid: str, attrs: dict, owner: int | None = None):
+        self.handle = handle
+        self.uid = uid
+        self.attrs = attrs
+        self.cache: dict = {}      # parsed key objects kept by mechanism families
+        self.owner = owner         # creating session of a session object; None for token objects
+        self._secret = None
+
+    @property
+    def cls(self) -> int:
+        return self.attrs[C.CKA_CLASS]
+
+    @property
+    def key_type(self) -> int | None:
+        return self.attrs.get(C.CKA_KEY_TYPE)
+
+    @property
+    def token(self) -> bool:
+        return bool(self.attrs.get(C.CKA_TOKEN))
+
+    @property
+    def private(self) -> bool:
+        return bool(self.attrs.get(C.CKA_PRIVATE))
+
+    def flag(self, cka: int) -> bool:
+        return bool(self.attrs.get(cka))
+
+    def secret_types(self) -> frozenset:
+        if self._secret is None:
+            self._secret = schema.secret_types(self.cls, self.key_type)
+        return self._secret
+
+    def hidden(self, cka: int) -> bool:
+        """Is this attribute key material that its key does not let out?"""
+        return cka in self.secret_types() and (
+            self.flag(C.CKA_SENSITIVE) or not self.attrs.get(C.CKA_EXTRACTABLE, True))
+
+    def sealed(self) -> bool:
+        return any(isinstance(v, Sealed) for v in self.attrs.values())
+
+    def matches(self, template: dict) -> bool:
+        attrs = self.attrs
+        for cka, value in template.items():
+            if attrs.get(cka, _MISSING) != value or self.hidden(cka):
+                return False
+        return True
+
+    def size(self) -> int:
+        return sum(len(v) if isinstance(v, (bytes, tuple)) else 8 for v in self.attrs.values())
+
+
+_MISSING = object()
+
+
+class Index:
+    def __init__(self):
+        self.objects: dict[int, Obj] = {}
+        self._by: dict[tuple, set[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def get(self, handle: int) -> Obj | None:
+        return self.objects.get(handle)
+
+    def add(self, obj: Obj) -> None:
+        self.objects[obj.handle] = obj
+        for cka in INDEXED:
+            if cka in obj.attrs:
+                self._by.setdefault((cka, obj.attrs[cka]), set()).add(obj.handle)
+
+    def remove(self, obj: Obj) -> None:
+        self.objects.pop(obj.handle, None)
+        for cka in INDEXED:
+            key = (cka, obj.attrs.get(cka))
+            handles = self._by.get(key)
+            if handles is not None:
+                handles.discard(obj.handle)
+                if not handles:
+                    del self._by[key]
+
+    def replace(self, obj: Obj, attrs: dict) -> None:
+        """Give `obj` new attributes, keeping the index right."""
+        self.remove(obj)
+        obj.attrs = attrs
+        obj.cache.clear()
+        obj._secret = None
+        self.add(obj)
+
+    def candidates(self, template: dict):
+        """The objects that might match: the smallest index bucket the template
+        names, or everything when it names no indexed attribute."""
+        best = None
+        for cka in INDEXED:
+            if cka in template:
+                try:
+                    bucket = self._by.get((cka, template[cka]), ())
+                except TypeError:   # an unhashable value cannot be in the index
+                    return []
+                if best is None or len(bucket) < len(best):
+                    best = bucket
+        if best is None:
+            return list(self.objects.values())
+        return [self.objects[h] for h in best]

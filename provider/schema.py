@@ -1,0 +1,232 @@
+"""What each object class allows: one table per class, one row per attribute.
+
+Row flags:
+  CREATE   may be given to C_CreateObject
+  GEN      may be given in a C_GenerateKey(Pair) / C_UnwrapKey / C_DeriveKey template
+  MODIFY   may be changed by C_SetAttributeValue and in a C_CopyObject template
+  TO_TRUE  may only change from false to true (CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED)
+  TO_FALSE may only change from true to false (CKA_EXTRACTABLE, CKA_COPYABLE, ...)
+  SECRET   key material: sealed in the store; unreadable when the key is
+           sensitive or unextractable (CKR_ATTRIBUTE_SENSITIVE)
+  REQUIRED must be present after C_CreateObject
+Attributes with neither CREATE nor GEN are set by the token alone.
+
+Defaults are the token's choice where the spec leaves it open; they follow
+SoftHSM2 except CKA_PRIVATE, which defaults to true only for private and secret
+keys (SoftHSM2 makes every object private by default, which hides certificates
+and public keys from clients that have not logged in).
+"""
+
+from enum import IntFlag
+
+from . import constants as C
+from .errors import PKCS11Error
+
+
+class F(IntFlag):
+    NONE = 0
+    CREATE = 1
+    GEN = 2
+    MODIFY = 4
+    TO_TRUE = 8
+    TO_FALSE = 16
+    SECRET = 32
+    REQUIRED = 64
+
+
+CG = F.CREATE | F.GEN
+CGM = CG | F.MODIFY
+TOKEN_SET = F.NONE
+U = C.CK_UNAVAILABLE_INFORMATION
+
+# (flags, default) per attribute; default None means "absent unless given"
+STORAGE = {
+    C.CKA_CLASS: (CG | F.REQUIRED, None),
+    C.CKA_TOKEN: (CG, False),
+    C.CKA_PRIVATE: (CG, False),
+    C.CKA_MODIFIABLE: (CG, True),
+    C.CKA_COPYABLE: (CG | F.MODIFY | F.TO_FALSE, True),
+    C.CKA_DESTROYABLE: (CGM, True),
+    C.CKA_LABEL: (CGM, b""),
+    C.CKA_UNIQUE_ID: (TOKEN_SET, None),
+}
+
+DATA = {
+    C.CKA_APPLICATION: (F.CREATE | F.MODIFY, b""),
+    C.CKA_OBJECT_ID: (F.CREATE | F.MODIFY, b""),
+    C.CKA_VALUE: (F.CREATE | F.MODIFY, b""),
+}
+
+CERTIFICATE = {
+    C.CKA_CERTIFICATE_TYPE: (F.CREATE | F.REQUIRED, None),
+    C.CKA_TRUSTED: (F.CREATE, False),
+    C.CKA_CERTIFICATE_CATEGORY: (F.CREATE | F.MODIFY, 0),
+    C.CKA_CHECK_VALUE: (F.CREATE, None),
+    C.CKA_START_DATE: (F.CREATE | F.MODIFY, b""),
+    C.CKA_END_DATE: (F.CREATE | F.MODIFY, b""),
+    C.CKA_PUBLIC_KEY_INFO: (F.CREATE, b""),
+    # X.509 public key certificate
+    C.CKA_SUBJECT: (F.CREATE | F.REQUIRED, None),
+    C.CKA_ID: (F.CREATE | F.MODIFY, b""),
+    C.CKA_ISSUER: (F.CREATE | F.MODIFY, b""),
+    C.CKA_SERIAL_NUMBER: (F.CREATE | F.MODIFY, b""),
+    C.CKA_VALUE: (F.CREATE | F.REQUIRED, None),
+    C.CKA_URL: (F.CREATE, b""),
+    C.CKA_HASH_OF_SUBJECT_PUBLIC_KEY: (F.CREATE, b""),
+    C.CKA_HASH_OF_ISSUER_PUBLIC_KEY: (F.CREATE, b""),
+    C.CKA_JAVA_MIDP_SECURITY_DOMAIN: (F.CREATE, 0),
+    C.CKA_NAME_HASH_ALGORITHM: (F.CREATE, C.CKM_SHA_1),
+}
+
+KEY = {
+    C.CKA_KEY_TYPE: (CG | F.REQUIRED, None),
+    C.CKA_ID: (CGM, b""),
+    C.CKA_START_DATE: (CGM, b""),
+    C.CKA_END_DATE: (CGM, b""),
+    C.CKA_DERIVE: (CGM, False),
+    C.CKA_LOCAL: (TOKEN_SET, False),
+    C.CKA_KEY_GEN_MECHANISM: (TOKEN_SET, U),
+    C.CKA_ALLOWED_MECHANISMS: (CG, ()),
+}
+
+PUBLIC_KEY = {
+    **KEY,
+    C.CKA_SUBJECT: (CGM, b""),
+    C.CKA_ENCRYPT: (CGM, True),
+    C.CKA_VERIFY: (CGM, True),
+    C.CKA_VERIFY_RECOVER: (CGM, True),
+    C.CKA_WRAP: (CGM, True),
+    C.CKA_TRUSTED: (CG, False),
+    C.CKA_WRAP_TEMPLATE: (CG, ()),
+    C.CKA_PUBLIC_KEY_INFO: (CG, b""),
+}
+
+PRIVATE_KEY = {
+    **KEY,
+    C.CKA_SUBJECT: (CGM, b""),
+    C.CKA_SENSITIVE: (CGM | F.TO_TRUE, True),
+    C.CKA_DECRYPT: (CGM, True),
+    C.CKA_SIGN: (CGM, True),
+    C.CKA_SIGN_RECOVER: (CGM, True),
+    C.CKA_UNWRAP: (CGM, True),
+    C.CKA_EXTRACTABLE: (CGM | F.TO_FALSE, False),
+    C.CKA_ALWAYS_SENSITIVE: (TOKEN_SET, False),
+    C.CKA_NEVER_EXTRACTABLE: (TOKEN_SET, False),
+    C.CKA_WRAP_WITH_TRUSTED: (CGM | F.TO_TRUE, False),
+    C.CKA_UNWRAP_TEMPLATE: (CG, ()),
+    C.CKA_ALWAYS_AUTHENTICATE: (CG, False),
+    C.CKA_PUBLIC_KEY_INFO: (CG, b""),
+}
+
+SECRET_KEY = {
+    **KEY,
+    C.CKA_SENSITIVE: (CGM | F.TO_TRUE, True),
+    C.CKA_ENCRYPT: (CGM, True),
+    C.CKA_DECRYPT: (CGM, True),
+    C.CKA_SIGN: (CGM, True),
+    C.CKA_VERIFY: (CGM, True),
+    C.CKA_WRAP: (CGM, True),
+    C.CKA_UNWRAP: (CGM, True),
+    C.CKA_EXTRACTABLE: (CGM | F.TO_FALSE, False),
+    C.CKA_ALWAYS_SENSITIVE: (TOKEN_SET, False),
+    C.CKA_NEVER_EXTRACTABLE: (TOKEN_SET, False),
+    C.CKA_CHECK_VALUE: (TOKEN_SET, None),
+    C.CKA_WRAP_WITH_TRUSTED: (CGM | F.TO_TRUE, False),
+    C.CKA_TRUSTED: (CG, False),
+    C.CKA_WRAP_TEMPLATE: (CG, ()),
+    C.CKA_UNWRAP_TEMPLATE: (CG, ()),
+    C.CKA_DERIVE_TEMPLATE: (CG, ()),
+}
+
+# Key-type specific rows: what the key material looks like in each class.
+SECRET_VALUE = {C.CKA_VALUE: (F.CREATE | F.SECRET, None), C.CKA_VALUE_LEN: (F.GEN, None)}
+EC_PUBLIC = {C.CKA_EC_PARAMS: (CG, None), C.CKA_EC_POINT: (F.CREATE, None)}
+EC_PRIVATE = {C.CKA_EC_PARAMS: (F.CREATE, None), C.CKA_VALUE: (F.CREATE | F.SECRET, None),
+              C.CKA_EC_POINT: (TOKEN_SET, None)}
+KEY_MATERIAL = {
+    (C.CKO_PUBLIC_KEY, C.CKK_RSA): {
+        C.CKA_MODULUS: (F.CREATE, None),
+        C.CKA_MODULUS_BITS: (F.GEN, None),
+        C.CKA_PUBLIC_EXPONENT: (CG, None),
+    },
+    (C.CKO_PRIVATE_KEY, C.CKK_RSA): {
+        C.CKA_MODULUS: (F.CREATE, None),
+        C.CKA_PUBLIC_EXPONENT: (F.CREATE, None),
+        C.CKA_PRIVATE_EXPONENT: (F.CREATE | F.SECRET, None),
+        C.CKA_PRIME_1: (F.CREATE | F.SECRET, None),
+        C.CKA_PRIME_2: (F.CREATE | F.SECRET, None),
+        C.CKA_EXPONENT_1: (F.CREATE | F.SECRET, None),
+        C.CKA_EXPONENT_2: (F.CREATE | F.SECRET, None),
+        C.CKA_COEFFICIENT: (F.CREATE | F.SECRET, None),
+    },
+    (C.CKO_PUBLIC_KEY, C.CKK_EC): EC_PUBLIC,
+    (C.CKO_PRIVATE_KEY, C.CKK_EC): EC_PRIVATE,
+    (C.CKO_PUBLIC_KEY, C.CKK_EC_EDWARDS): EC_PUBLIC,
+    (C.CKO_PRIVATE_KEY, C.CKK_EC_EDWARDS): EC_PRIVATE,
+}
+
+CLASSES = {
+    C.CKO_DATA: DATA,
+    C.CKO_CERTIFICATE: CERTIFICATE,
+    C.CKO_PUBLIC_KEY: PUBLIC_KEY,
+    C.CKO_PRIVATE_KEY: PRIVATE_KEY,
+    C.CKO_SECRET_KEY: SECRET_KEY,
+}
+PRIVATE_BY_DEFAULT = {C.CKO_PRIVATE_KEY, C.CKO_SECRET_KEY}
+KEY_CLASSES = {C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY, C.CKO_SECRET_KEY}
+
+
+def rows(obj_class: int, key_type: int | None) -> dict:
+    """The attribute table for one class (and key type)."""
+    table = CLASSES.get(obj_class)
+    if table is None:
+        raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "unsupported class " + C.name_of("CKO_", obj_class))
+    merged = {**STORAGE, **table}
+    if obj_class == C.CKO_SECRET_KEY:
+        merged.update(SECRET_VALUE)
+    elif key_type is not None:
+        merged.update(KEY_MATERIAL.get((obj_class, key_type), {}))
+    if obj_class in PRIVATE_BY_DEFAULT:
+        merged[C.CKA_PRIVATE] = (CG, True)
+    return merged
+
+
+def secret_types(obj_class: int, key_type: int | None) -> frozenset:
+    return frozenset(t for t, (f, _) in rows(obj_class, key_type).items() if f & F.SECRET)
+
+
+def check_template(table: dict, template: dict, allowed: F) -> None:
+    """Every attribute given must be known to the class and settable this way."""
+    for cka in template:
+        row = table.get(cka)
+        if row is None:
+            raise PKCS11Error(C.CKR_ATTRIBUTE_TYPE_INVALID, C.name_of("CKA_", cka))
+        if not row[0] & allowed:
+            raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka))
+
+
+def with_defaults(table: dict, attrs: dict) -> dict:
+    out = {cka: default for cka, (_, default) in table.items() if default is not None}
+    out.update(attrs)
+    return out
+
+
+def check_required(table: dict, attrs: dict) -> None:
+    for cka, (flags, _) in table.items():
+        if flags & F.REQUIRED and cka not in attrs:
+            raise PKCS11Error(C.CKR_TEMPLATE_INCOMPLETE, "missing " + C.name_of("CKA_", cka))
+
+
+def check_change(table: dict, old: dict, cka: int, value) -> None:
+    """May `cka` go from its current value to `value` after creation?"""
+    row = table.get(cka)
+    if row is None:
+        raise PKCS11Error(C.CKR_ATTRIBUTE_TYPE_INVALID, C.name_of("CKA_", cka))
+    flags = row[0]
+    if not flags & F.MODIFY:
+        raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka))
+    current = old.get(cka)
+    if flags & F.TO_TRUE and current and not value:
+        raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka) + " can only become true")
+    if flags & F.TO_FALSE and not current and value:
+        raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka) + " can only become false")

@@ -1,0 +1,123 @@
+"""One slot and its token: the store, who is logged in, and the loaded objects.
+
+Token objects are loaded from the store and kept fresh with `refresh()`, which
+asks the store for changes made by any process since the last look. Session
+objects live only in the index. Handles are per process, as the spec says;
+private objects get new handles after a logout.
+"""
+
+from . import constants as C
+from .errors import PKCS11Error
+from .log import LOG
+from .objects import Index, Obj
+from .store.base import Sealed
+
+TOKEN_FLAGS = C.CKF_RNG | C.CKF_LOGIN_REQUIRED | C.CKF_RESTORE_KEY_NOT_NEEDED
+
+
+class Token:
+    def __init__(self, slot_id: int, store, handles):
+        self.slot_id = slot_id
+        self.store = store                 # a TokenStore; None for the free slot
+        self.user: int | None = None       # CKU_SO or CKU_USER while logged in
+        self.index = Index()
+        self.by_uid: dict[str, Obj] = {}
+        self._handles = handles
+        self._cursor = None
+        if self.initialized:
+            self.refresh()
+
+    @property
+    def initialized(self) -> bool:
+        return self.store is not None and self.store.initialized()
+
+    def flags(self) -> int:
+        if not self.initialized:
+            return TOKEN_FLAGS
+        flags = TOKEN_FLAGS | C.CKF_TOKEN_INITIALIZED | self.store.pin_flags()
+        if self.store.user_pin_initialized():
+            flags |= C.CKF_USER_PIN_INITIALIZED
+        return flags
+
+    # --- objects ------------------------------------------------------------
+    def new_handle(self) -> int:
+        return next(self._handles)
+
+    def refresh(self) -> None:
+        """Take in what any process wrote to the store since we last looked."""
+        self._cursor, upserts, deleted = self.store.changes(self._cursor)
+        for uid in deleted:
+            obj = self.by_uid.pop(uid, None)
+            if obj is not None:
+                self.index.remove(obj)
+        for uid, attrs in upserts:
+            obj = self.by_uid.get(uid)
+            if obj is None:
+                obj = Obj(self.new_handle(), uid, attrs)
+                self.by_uid[uid] = obj
+                self.index.add(obj)
+            else:
+                self.index.replace(obj, attrs)
+
+    def reload(self) -> None:
+        """Forget every loaded token object and load them again (after a logout:
+        private handles become invalid and opened secrets are dropped)."""
+        for obj in list(self.by_uid.values()):
+            self.index.remove(obj)
+        self.by_uid.clear()
+        self._cursor = None
+        self.refresh()
+
+    def visible(self, obj: Obj) -> bool:
+        return not obj.private or self.user == C.CKU_USER
+
+    def add_object(self, obj: Obj) -> None:
+        if obj.token:
+            self.store.save_object(obj.uid, obj.attrs, obj.secret_types())
+            self.by_uid[obj.uid] = obj
+        self.index.add(obj)
+
+    def update_object(self, obj: Obj, attrs: dict) -> None:
+        if obj.token:
+            self.store.save_object(obj.uid, attrs, obj.secret_types())
+        self.index.replace(obj, attrs)
+
+    def remove_object(self, obj: Obj) -> None:
+        if obj.token:
+            self.store.delete_object(obj.uid)
+            self.by_uid.pop(obj.uid, None)
+        self.index.remove(obj)
+
+    def open(self, obj: Obj) -> Obj:
+        """Unseal the object's sealed values in place; refuses a tampered record."""
+        for cka, value in list(obj.attrs.items()):
+            if isinstance(value, Sealed):
+                obj.attrs[cka] = self.store.unseal(obj.uid, cka, value)
+        return obj
+
+    # --- login --------------------------------------------------------------
+    def login(self, user_type: int, pin: bytes) -> None:
+        self.store.login(user_type, pin)
+        self.user = user_type
+        self.refresh()
+
+    def logout(self) -> None:
+        self.store.logout()
+        self.user = None
+        for obj in list(self.index.objects.values()):
+            if obj.owner is not None and obj.private:
+                self.index.remove(obj)
+        self.reload()
+
+    def close(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.close()
+        except Exception:  # closing must not fail C_Finalize
+            LOG.exception("closing token store of slot %d", self.slot_id)
+
+
+def require(cond: bool, rv: int, reason: str = "") -> None:
+    if not cond:
+        raise PKCS11Error(rv, reason)

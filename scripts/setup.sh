@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up everything FerroHSM needs on a Debian machine, idempotently:
+# system packages (apt-get, only those missing), a virtual environment in .venv,
+# and `pip install .` (which builds libferrohsm-pkcs11.so). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libssl-dev opensc openssl softhsm2)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "==> installing system packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating virtual environment .venv"
+  "$PY" -m venv .venv
+fi
+echo "==> installing FerroHSM into .venv (builds the PKCS#11 module)"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q ".[test]"
+echo "==> module: $(.venv/bin/ferrohsm module-path)"
