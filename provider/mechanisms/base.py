@@ -1,0 +1,50 @@
+"""Pieces every mechanism family shares: context shapes and key access.
+
+A family's context classes derive from one of these so the engine's protocol
+(see registry.py) is met in one way everywhere.
+"""
+
+from .. import constants as C
+from ..errors import PKCS11Error
+
+
+class Context:
+    """Multi-part by default: oneshot is update + final."""
+    multipart = True
+
+    def oneshot(self, data: bytes, *args):
+        out = self.update(data)
+        tail = self.final(*args)
+        return out + tail if isinstance(out, bytes) and isinstance(tail, bytes) else tail
+
+
+class SinglePart:
+    """A mechanism the spec defines as single-part; the engine buffers Update/Final."""
+    multipart = False
+
+
+def check_key_type(key, *allowed: int) -> None:
+    if key.key_type not in allowed:
+        raise PKCS11Error(C.CKR_KEY_TYPE_INCONSISTENT, C.name_of("CKK_", key.key_type))
+
+
+def secret(key) -> bytes:
+    """CKA_VALUE of a secret key (already unsealed by the engine)."""
+    return bytes(key.attrs[C.CKA_VALUE])
+
+
+def cached(key, name: str, factory):
+    """A parsed form of `key` kept in key.cache (emptied by the engine on change)."""
+    value = key.cache.get(name)
+    if value is None:
+        value = key.cache[name] = factory()
+    return value
+
+
+def param_invalid(reason: str) -> PKCS11Error:
+    return PKCS11Error(C.CKR_MECHANISM_PARAM_INVALID, reason)
+
+
+def require_param(cond: bool, reason: str) -> None:
+    if not cond:
+        raise param_invalid(reason)
