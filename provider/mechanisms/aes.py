@@ -1,0 +1,351 @@
+"""AES: key generation, ECB / CBC / CBC_PAD / CTR / GCM, RFC 3394 and RFC 5649
+key wrap, CMAC.
+
+Choices where the spec leaves room (each is tested in tests/unit/test_mech_aes.py):
+  - CK_MECHANISM_INFO key sizes are in bytes, 16..32, as PKCS#11 says for AES.
+  - CKM_AES_KEY_GEN needs CKA_VALUE_LEN (16, 24 or 32; anything else is
+    CKR_ATTRIBUTE_VALUE_INVALID, as in SoftHSM2).
+  - ECB / CBC without padding: a total length that is not a block multiple is
+    CKR_DATA_LEN_RANGE (encrypt) or CKR_ENCRYPTED_DATA_LEN_RANGE (decrypt).
+    CBC_PAD decryption holds back the last block until Final (it carries the
+    padding); bad padding is CKR_ENCRYPTED_DATA_INVALID.
+  - CTR never lets the counter wrap: data needing more blocks than the counter
+    bits have left is CKR_DATA_LEN_RANGE (CKR_ENCRYPTED_DATA_LEN_RANGE decrypting).
+  - GCM: IV of 8..128 bytes (SoftHSM2 takes any non-empty IV; 8..128 is what
+    OpenSSL through `cryptography` accepts, and covers the 96-bit norm);
+    ulIvBits is ignored (clients fill it inconsistently; SoftHSM2 ignores it too).
+    Tag of 96..128 bits in steps of 8 (SP 800-38D's 32/64-bit tags are refused).
+    Decryption releases no plaintext before the tag is checked: Update returns
+    nothing, Final returns all of it. A bad tag is CKR_ENCRYPTED_DATA_INVALID.
+  - CKM_AES_KEY_WRAP (RFC 3394) and CKM_AES_KEY_WRAP_PAD / _KWP (both RFC 5649;
+    0x210A is RFC 5649 in SoftHSM2) wrap, unwrap, and also encrypt/decrypt
+    single-part. The optional IV must be absent or the RFC's default IV. A key
+    RFC 3394 cannot take (not a multiple of 8, under 16 bytes) is
+    CKR_KEY_NOT_WRAPPABLE.
+  - CMAC / CMAC_GENERAL (length 1..16) share HMAC's sign/verify contexts.
+  - CKA_CHECK_VALUE is the first 3 bytes of AES-ECB of a zero block.
+"""
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import cmac, keywrap, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import constants as C
+from ..errors import PKCS11Error
+from .base import Context, SinglePart, cached, check_key_type, require_param, secret
+from .generic import secret_value
+from .hmac import Mac
+from .params import CtrParams, GcmParams
+from .registry import register, register_key_type
+
+BLOCK = 16
+KEY_SIZES = (16, 24, 32)
+MIN_KEY, MAX_KEY = 16, 32
+GCM_TAG_BITS = range(96, 129, 8)
+GCM_IV_LEN = range(8, 129)
+KW_IV = bytes.fromhex("A6A6A6A6A6A6A6A6")      # RFC 3394 §2.2.3.1
+KWP_IV = bytes.fromhex("A65959A6")             # RFC 5649 §3
+
+# direction -> (data too short/long code, data invalid code)
+CODES = {
+    True: (C.CKR_DATA_LEN_RANGE, C.CKR_DATA_INVALID),
+    False: (C.CKR_ENCRYPTED_DATA_LEN_RANGE, C.CKR_ENCRYPTED_DATA_INVALID),
+}
+
+
+def aes_key(key) -> bytes:
+    check_key_type(key, C.CKK_AES)
+    value = secret(key)
+    if len(value) not in KEY_SIZES:
+        raise PKCS11Error(C.CKR_KEY_SIZE_RANGE, "AES keys are 16, 24 or 32 bytes")
+    return value
+
+
+def aes(key):
+    """The key as a `cryptography` AES algorithm object, kept in the key's cache."""
+    value = aes_key(key)
+    return cached(key, "aes", lambda: algorithms.AES(value))
+
+
+def check_value(value: bytes) -> bytes:
+    enc = Cipher(algorithms.AES(value), modes.ECB()).encryptor()
+    return (enc.update(bytes(BLOCK)) + enc.finalize())[:3]
+
+
+def is_bytes(param) -> bool:
+    return isinstance(param, (bytes, bytearray))
+
+
+# --- key generation and the key type ----------------------------------------------
+class AesKeyType:
+    @staticmethod
+    def complete(cls: int, attrs: dict) -> dict:
+        value = secret_value(cls, attrs)
+        if len(value) not in KEY_SIZES:
+            raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "AES keys are 16, 24 or 32 bytes")
+        return {C.CKA_VALUE_LEN: len(value), C.CKA_CHECK_VALUE: check_value(value)}
+
+
+class AesKeyGen:
+    @staticmethod
+    def generate_key(param, template: dict) -> dict:
+        require_param(param is None, "CKM_AES_KEY_GEN takes no parameter")
+        n = template.get(C.CKA_VALUE_LEN)
+        if n is None:
+            raise PKCS11Error(C.CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE_LEN missing")
+        if n not in KEY_SIZES:
+            raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VALUE_LEN must be 16, 24 or 32")
+        value = os.urandom(n)
+        return {C.CKA_KEY_TYPE: C.CKK_AES, C.CKA_VALUE: value, C.CKA_VALUE_LEN: n,
+                C.CKA_CHECK_VALUE: check_value(value)}
+
+
+# --- ECB, CBC, CBC_PAD -------------------------------------------------------------
+class BlockCtx(Context):
+    """Whole blocks go through at once; the tail waits for more data or Final."""
+
+    def __init__(self, engine, encrypting: bool, pad: bool):
+        self._engine = engine
+        self._encrypting = encrypting
+        self._pad = pad
+        self._tail = b""
+
+    def update(self, data: bytes) -> bytes:
+        buf = self._tail + bytes(data)
+        keep = len(buf) % BLOCK
+        if self._pad and not self._encrypting and keep == 0 and buf:
+            keep = BLOCK                        # the last block holds the padding
+        cut = len(buf) - keep
+        self._tail = buf[cut:]
+        return self._engine.update(buf[:cut]) if cut else b""
+
+    def final(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        if self._encrypting and self._pad:
+            padder = padding.PKCS7(BLOCK * 8).padder()
+            return self._engine.update(padder.update(tail) + padder.finalize())
+        if len(tail) != (BLOCK if self._pad else 0):
+            raise PKCS11Error(CODES[self._encrypting][0], "not a whole number of blocks")
+        if not self._pad:
+            return b""
+        unpadder = padding.PKCS7(BLOCK * 8).unpadder()
+        try:
+            return unpadder.update(self._engine.update(tail)) + unpadder.finalize()
+        except ValueError:
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_INVALID, "bad padding") from None
+
+
+def _ecb(param):
+    require_param(param is None, "AES-ECB takes no parameter")
+    return modes.ECB()
+
+
+def _cbc(param):
+    require_param(is_bytes(param) and len(param) == BLOCK, "the IV must be 16 bytes")
+    return modes.CBC(bytes(param))
+
+
+class BlockMode:
+    def __init__(self, mode, pad: bool):
+        self.mode = mode
+        self.pad = pad
+
+    def encrypt_init(self, key, param) -> BlockCtx:
+        return BlockCtx(Cipher(aes(key), self.mode(param)).encryptor(), True, self.pad)
+
+    def decrypt_init(self, key, param) -> BlockCtx:
+        return BlockCtx(Cipher(aes(key), self.mode(param)).decryptor(), False, self.pad)
+
+
+# --- CTR ---------------------------------------------------------------------------
+class CtrCtx(Context):
+    def __init__(self, engine, limit: int, encrypting: bool):
+        self._engine = engine
+        self._left = limit                      # bytes the counter still covers
+        self._encrypting = encrypting
+
+    def update(self, data: bytes) -> bytes:
+        if len(data) > self._left:
+            raise PKCS11Error(CODES[self._encrypting][0], "the counter would wrap")
+        self._left -= len(data)
+        return self._engine.update(bytes(data))
+
+    def final(self) -> bytes:
+        return self._engine.finalize()
+
+
+class AesCtr:
+    @staticmethod
+    def _start(key, param, encrypting: bool) -> CtrCtx:
+        require_param(isinstance(param, CtrParams), "CK_AES_CTR_PARAMS required")
+        require_param(1 <= param.counter_bits <= 128, "ulCounterBits must be 1..128")
+        require_param(is_bytes(param.cb) and len(param.cb) == BLOCK, "the counter block must be 16 bytes")
+        algorithm = aes(key)
+        space = 1 << param.counter_bits
+        counter = int.from_bytes(param.cb, "big") % space
+        # blocks counter, counter+1, ... space-1 never carry out of the counter
+        # bits, so the whole-block increment OpenSSL does gives the same stream
+        engine = Cipher(algorithm, modes.CTR(bytes(param.cb))).encryptor()
+        return CtrCtx(engine, (space - counter) * BLOCK, encrypting)
+
+    def encrypt_init(self, key, param) -> CtrCtx:
+        return self._start(key, param, True)
+
+    def decrypt_init(self, key, param) -> CtrCtx:
+        return self._start(key, param, False)
+
+
+# --- GCM ---------------------------------------------------------------------------
+def _gcm_params(param) -> tuple[bytes, bytes, int]:
+    require_param(isinstance(param, GcmParams), "CK_GCM_PARAMS required")
+    require_param(is_bytes(param.iv) and len(param.iv) in GCM_IV_LEN, "the GCM IV must be 8..128 bytes")
+    require_param(param.tag_bits in GCM_TAG_BITS, "ulTagBits must be 96..128 in steps of 8")
+    return bytes(param.iv), bytes(param.aad or b""), param.tag_bits // 8
+
+
+class GcmEncrypt(Context):
+    def __init__(self, key, iv: bytes, aad: bytes, tag_len: int):
+        self._key, self._iv, self._aad, self._tag_len = key, iv, aad, tag_len
+        self._engine = None
+
+    def _stream(self):
+        if self._engine is None:
+            self._engine = Cipher(aes(self._key), modes.GCM(self._iv)).encryptor()
+            if self._aad:
+                self._engine.authenticate_additional_data(self._aad)
+        return self._engine
+
+    def update(self, data: bytes) -> bytes:
+        return self._stream().update(bytes(data))
+
+    def final(self) -> bytes:
+        engine = self._stream()
+        return engine.finalize() + engine.tag[:self._tag_len]
+
+    def oneshot(self, data: bytes) -> bytes:
+        if self._tag_len == BLOCK and self._engine is None:
+            value = aes_key(self._key)
+            aead = cached(self._key, "aesgcm", lambda: AESGCM(value))
+            return aead.encrypt(self._iv, bytes(data), self._aad or None)
+        return self.update(data) + self.final()
+
+
+class GcmDecrypt(Context):
+    """Buffers everything: no plaintext leaves before the tag is checked."""
+
+    def __init__(self, key, iv: bytes, aad: bytes, tag_len: int):
+        self._algorithm = aes(key)
+        self._iv, self._aad, self._tag_len = iv, aad, tag_len
+        self._parts: list[bytes] = []
+
+    def update(self, data: bytes) -> bytes:
+        self._parts.append(bytes(data))
+        return b""
+
+    def final(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts = []
+        if len(data) < self._tag_len:
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "shorter than the tag")
+        body, tag = data[:-self._tag_len], data[-self._tag_len:]
+        engine = Cipher(self._algorithm, modes.GCM(self._iv, tag, min_tag_length=self._tag_len)).decryptor()
+        if self._aad:
+            engine.authenticate_additional_data(self._aad)
+        plain = engine.update(body)
+        try:
+            engine.finalize()
+        except InvalidTag:
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_INVALID, "GCM tag mismatch") from None
+        return plain
+
+
+class AesGcm:
+    @staticmethod
+    def encrypt_init(key, param) -> GcmEncrypt:
+        iv, aad, tag_len = _gcm_params(param)
+        aes_key(key)
+        return GcmEncrypt(key, iv, aad, tag_len)
+
+    @staticmethod
+    def decrypt_init(key, param) -> GcmDecrypt:
+        return GcmDecrypt(key, *_gcm_params(param))
+
+
+# --- key wrap (RFC 3394, RFC 5649) --------------------------------------------------
+class OneShot(SinglePart):
+    def __init__(self, fn):
+        self._fn = fn
+
+    def oneshot(self, data: bytes) -> bytes:
+        return self._fn(bytes(data))
+
+
+def _kw_fits(n: int) -> bool:
+    return n >= 16 and n % 8 == 0
+
+
+def _kwp_fits(n: int) -> bool:
+    return n >= 1
+
+
+class KeyWrap:
+    def __init__(self, wrap_fn, unwrap_fn, default_iv: bytes, plain_fits, wrapped_min: int):
+        self._wrap, self._unwrap, self._iv = wrap_fn, unwrap_fn, default_iv
+        self._fits, self._wrapped_min = plain_fits, wrapped_min
+
+    def _key(self, key, param) -> bytes:
+        require_param(param is None or (is_bytes(param) and bytes(param) == self._iv),
+                      "only the RFC's default IV is supported")
+        return aes_key(key)
+
+    def _seal(self, value: bytes, data: bytes, bad_len: int) -> bytes:
+        if not self._fits(len(data)):
+            raise PKCS11Error(bad_len, "length not supported by this key wrap")
+        return self._wrap(value, data)
+
+    def _open(self, value: bytes, data: bytes) -> bytes:
+        if len(data) < self._wrapped_min or len(data) % 8:
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "not a wrapped length")
+        try:
+            return self._unwrap(value, data)
+        except keywrap.InvalidUnwrap:
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_INVALID, "integrity check failed") from None
+
+    def wrap(self, wrapping_key, param, key_bytes: bytes) -> bytes:
+        return self._seal(self._key(wrapping_key, param), bytes(key_bytes), C.CKR_KEY_NOT_WRAPPABLE)
+
+    def unwrap(self, unwrapping_key, param, wrapped: bytes) -> bytes:
+        return self._open(self._key(unwrapping_key, param), bytes(wrapped))
+
+    def encrypt_init(self, key, param) -> OneShot:
+        value = self._key(key, param)
+        return OneShot(lambda data: self._seal(value, data, C.CKR_DATA_LEN_RANGE))
+
+    def decrypt_init(self, key, param) -> OneShot:
+        value = self._key(key, param)
+        return OneShot(lambda data: self._open(value, data))
+
+
+# --- CMAC --------------------------------------------------------------------------
+def _cmac(key):
+    return cmac.CMAC(aes(key))
+
+
+# --- the table ---------------------------------------------------------------------
+register_key_type(C.CKK_AES, AesKeyType)
+register(C.CKM_AES_KEY_GEN, AesKeyGen(), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_ECB, BlockMode(_ecb, pad=False), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_CBC, BlockMode(_cbc, pad=False), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_CBC_PAD, BlockMode(_cbc, pad=True), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_CTR, AesCtr(), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_GCM, AesGcm(), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_KEY_WRAP,
+         KeyWrap(keywrap.aes_key_wrap, keywrap.aes_key_unwrap, KW_IV, _kw_fits, 24), MIN_KEY, MAX_KEY)
+_KWP = KeyWrap(keywrap.aes_key_wrap_with_padding, keywrap.aes_key_unwrap_with_padding, KWP_IV, _kwp_fits, 16)
+register(C.CKM_AES_KEY_WRAP_PAD, _KWP, MIN_KEY, MAX_KEY)
+register(C.CKM_AES_KEY_WRAP_KWP, _KWP, MIN_KEY, MAX_KEY)
+register(C.CKM_AES_CMAC, Mac(_cmac, BLOCK, general=False), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_CMAC_GENERAL, Mac(_cmac, BLOCK, general=True), MIN_KEY, MAX_KEY)
