@@ -3,7 +3,8 @@
 Token objects are loaded from the store and kept fresh with `refresh()`, which
 asks the store for changes made by any process since the last look. Session
 objects live only in the index. Handles are per process, as the spec says;
-private objects get new handles after a logout.
+private token objects get new handles after a logout, and private session
+objects are destroyed by it (PKCS#11 3.0, C_Logout).
 """
 
 from . import constants as C
@@ -59,12 +60,14 @@ class Token:
             else:
                 self.index.replace(obj, attrs)
 
-    def reload(self) -> None:
-        """Forget every loaded token object and load them again (after a logout:
-        private handles become invalid and opened secrets are dropped)."""
+    def reload(self, private_only: bool = False) -> None:
+        """Load every token object again, dropping opened secrets and parsed keys.
+        With `private_only`, only private objects are forgotten (and get new
+        handles, as the spec wants after C_Logout); public objects keep theirs."""
         for obj in list(self.by_uid.values()):
-            self.index.remove(obj)
-        self.by_uid.clear()
+            if obj.private or not private_only:
+                self.index.remove(obj)
+                del self.by_uid[obj.uid]
         self._cursor = None
         self.refresh()
 
@@ -107,7 +110,7 @@ class Token:
         for obj in list(self.index.objects.values()):
             if obj.owner is not None and obj.private:
                 self.index.remove(obj)
-        self.reload()
+        self.reload(private_only=True)
 
     def close(self) -> None:
         if self.store is None:

@@ -1,0 +1,354 @@
+"""Sealing, PIN verification and the TokenStore behaviour built on them.
+
+Keys of one token:
+  master key   random 256 bits; wrapped (AES-256-GCM) under a KEK that PBKDF2-HMAC-
+               SHA256 derives from each PIN with its own random 16-byte salt.  The wrap
+               is also the PIN verifier: a wrong PIN fails the GCM unwrap.
+  public key   random 256 bits, kept in clear in the token record; seals the sensitive
+               values of public objects, and (through HMAC) keys the record tags.
+
+A sealed value is   key id (1 byte: M master, P public) | nonce (12) | ciphertext+tag,
+with AAD = serial | uid | CKA type | key id, so a value moved to another token,
+object or attribute does not open.  Every stored object record carries
+HMAC-SHA256(tag key, serial | uid | record): a changed byte anywhere in the record
+(a flag, a label, a sealed blob, a record swapped with another object's) is caught
+when the record is loaded, and the record is not served.  The record tag gives
+integrity against accidents and against anyone who cannot read the token file;
+whoever can read it has the public key too (see base.py: public objects promise no
+more than the file's permissions).
+
+`SealingStore` is the TokenStore contract on top of a few persistence primitives
+(read / update the token record, put / delete / wipe object records, read changes)
+that sqlite.py and memory.py provide.  PIN failure counters are incremented and
+committed before the (slow) PIN check and reset after a success, so a process
+killed mid-check still counts the try.  A wrong PIN that reaches the limit answers
+CKR_PIN_INCORRECT; every try after that, right PIN or not, CKR_PIN_LOCKED.
+"""
+
+import hashlib
+import hmac
+import os
+import struct
+import threading
+from abc import abstractmethod
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import attrtypes
+from .. import constants as C
+from ..errors import PKCS11Error
+from ..log import LOG
+from . import records
+from .base import Sealed, TokenStore
+
+KDF_ITERATIONS = 600_000
+KEY_LEN, SALT_LEN, NONCE_LEN = 32, 16, 12
+MASTER, PUBLIC = b"M", b"P"
+_ULONG = struct.Struct(">Q")
+
+
+# --- primitives -----------------------------------------------------------------
+def _lp(*parts: bytes) -> bytes:
+    """Length-prefixed concatenation: no two field lists give the same bytes."""
+    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+def _gcm_seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(NONCE_LEN)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _gcm_open(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    """Raises InvalidTag on any mismatch (wrong key, changed byte, wrong AAD)."""
+    if len(blob) < NONCE_LEN + 16:
+        raise InvalidTag()
+    return AESGCM(key).decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], aad)
+
+
+def derive_kek(pin: bytes, salt: bytes, iterations: int) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", pin, salt, iterations, KEY_LEN)
+
+
+def wrap_master(master: bytes, pin: bytes, serial: str, who: str, iterations: int) -> dict:
+    """The token-record fields that let `pin` (of `who`: "so"/"user") unwrap `master`."""
+    salt = os.urandom(SALT_LEN)
+    wrap = _gcm_seal(derive_kek(pin, salt, iterations), master, _lp(serial.encode(), who.encode()))
+    return {f"{who}_salt": salt, f"{who}_iters": iterations, f"{who}_wrap": wrap}
+
+
+def unwrap_master(tok: dict, pin: bytes, who: str) -> bytes | None:
+    """The master key, or None if `pin` is not `who`'s PIN."""
+    kek = derive_kek(pin, tok[f"{who}_salt"], tok[f"{who}_iters"])
+    try:
+        return _gcm_open(kek, tok[f"{who}_wrap"], _lp(tok["serial"].encode(), who.encode()))
+    except InvalidTag:
+        return None
+
+
+def _value_aad(serial: str, uid: str, cka: int, key_id: bytes) -> bytes:
+    return _lp(b"value", serial.encode(), uid.encode(), _ULONG.pack(cka), key_id)
+
+
+def seal_value(key_id: bytes, key: bytes, serial: str, uid: str, cka: int, raw: bytes) -> bytes:
+    return key_id + _gcm_seal(key, raw, _value_aad(serial, uid, cka, key_id))
+
+
+def open_value(key: bytes, serial: str, uid: str, cka: int, blob: bytes) -> bytes:
+    return _gcm_open(key, blob[1:], _value_aad(serial, uid, cka, blob[:1]))
+
+
+def tag_key(public_key: bytes) -> bytes:
+    """A key for record tags, separate from the value-sealing use of the public key."""
+    return hmac.new(public_key, b"ferrohsm record tag v1", hashlib.sha256).digest()
+
+
+def record_tag(tkey: bytes, serial: str, uid: str, record: bytes) -> bytes:
+    return hmac.new(tkey, _lp(serial.encode(), uid.encode(), record), hashlib.sha256).digest()
+
+
+# --- PIN policy tables ----------------------------------------------------------
+WHO = {C.CKU_SO: "so", C.CKU_USER: "user"}
+# who -> (COUNT_LOW, FINAL_TRY, LOCKED)
+PIN_FLAGS = {
+    "so": (C.CKF_SO_PIN_COUNT_LOW, C.CKF_SO_PIN_FINAL_TRY, C.CKF_SO_PIN_LOCKED),
+    "user": (C.CKF_USER_PIN_COUNT_LOW, C.CKF_USER_PIN_FINAL_TRY, C.CKF_USER_PIN_LOCKED),
+}
+TOKEN_FIELDS = ("label", "serial", "epoch", "seq", "pub_key",
+                "so_salt", "so_iters", "so_wrap", "so_fail",
+                "user_salt", "user_iters", "user_wrap", "user_fail")
+NO_USER_PIN = {"user_salt": None, "user_iters": None, "user_wrap": None, "user_fail": 0}
+
+
+def pin_flags_of(fails: int, max_failures: int, who: str) -> int:
+    low, final, locked = PIN_FLAGS[who]
+    if fails >= max_failures:
+        return low | locked
+    return (low if fails else 0) | (final if fails == max_failures - 1 else 0)
+
+
+def _who(user_type: int) -> str:
+    who = WHO.get(user_type)
+    if who is None:
+        raise PKCS11Error(C.CKR_USER_TYPE_INVALID, f"user type {user_type}")
+    return who
+
+
+# --- the store behaviour ----------------------------------------------------------
+class SealingStore(TokenStore):
+    """TokenStore semantics; subclasses provide the persistence primitives below.
+    `epoch` counts initializations: a master key held from an older epoch (the token
+    was re-initialized, perhaps by another process) is dropped."""
+
+    def __init__(self, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
+        self.max_failures = max_pin_failures
+        self.kdf_iterations = kdf_iterations
+        self._lock = threading.RLock()
+        self._master: bytes | None = None
+        self._master_epoch: int | None = None
+        self._keys: tuple | None = None     # (epoch, serial, public key, tag key)
+
+    # persistence primitives -------------------------------------------------------
+    @abstractmethod
+    def _exists(self) -> bool: ...
+
+    @abstractmethod
+    def _create(self, fields: dict) -> None:
+        """Create the storage with this token record and no objects, atomically."""
+
+    @abstractmethod
+    def _write(self):
+        """Context manager: one atomic, durable write transaction."""
+
+    @abstractmethod
+    def _token(self) -> dict:
+        """The token record (TOKEN_FIELDS), read now."""
+
+    @abstractmethod
+    def _update(self, fields: dict) -> None: ...
+
+    @abstractmethod
+    def _put(self, uid: str, record: bytes, tag: bytes) -> None:
+        """Insert or replace; gives the object the next change number."""
+
+    @abstractmethod
+    def _delete(self, uid: str) -> None:
+        """Remove, leaving a tombstone with the next change number."""
+
+    @abstractmethod
+    def _wipe(self) -> None:
+        """_delete every object."""
+
+    @abstractmethod
+    def _head(self) -> tuple:
+        """(seq, epoch), cheaply."""
+
+    @abstractmethod
+    def _since(self, cursor) -> tuple:
+        """One consistent snapshot: (token record, [(uid, record, tag)], [deleted uid])
+        with change number > cursor (None: every object, no tombstones)."""
+
+    # token record --------------------------------------------------------------------
+    def initialized(self) -> bool:
+        return self._exists()
+
+    @property
+    def label(self) -> bytes:
+        return self._token()["label"]
+
+    @property
+    def serial(self) -> str:
+        return self._token()["serial"]
+
+    def user_pin_initialized(self) -> bool:
+        return self._token()["user_wrap"] is not None
+
+    def pin_flags(self) -> int:
+        tok = self._token()
+        return sum(pin_flags_of(tok[f"{who}_fail"], self.max_failures, who) for who in PIN_FLAGS)
+
+    def initialize(self, label: bytes, so_pin: bytes) -> None:
+        with self._lock:
+            fresh = not self._exists()
+            serial = os.urandom(8).hex() if fresh else self._check_pin("so", so_pin)[1]["serial"]
+            master = os.urandom(KEY_LEN)
+            fields = {"label": bytes(label), "serial": serial, "pub_key": os.urandom(KEY_LEN),
+                      "so_fail": 0, **NO_USER_PIN,
+                      **wrap_master(master, so_pin, serial, "so", self.kdf_iterations)}
+            if fresh:
+                self._create({**fields, "epoch": 1, "seq": 0})
+            else:
+                with self._write():
+                    epoch = self._token()["epoch"]
+                    self._wipe()
+                    self._update({**fields, "epoch": epoch + 1})
+            self.logout()
+            self._keys = None
+
+    # PINs -----------------------------------------------------------------------------
+    def _check_pin(self, who: str, pin: bytes) -> tuple:
+        """(master key, token record) if `pin` is `who`'s PIN; counts the try first."""
+        with self._write():
+            tok = self._token()
+            if tok[f"{who}_wrap"] is None:
+                raise PKCS11Error(C.CKR_USER_PIN_NOT_INITIALIZED)
+            fails = tok[f"{who}_fail"]
+            if fails >= self.max_failures:
+                raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
+            self._update({f"{who}_fail": fails + 1})
+        master = unwrap_master(tok, pin, who)
+        if master is None:
+            raise PKCS11Error(C.CKR_PIN_INCORRECT)
+        with self._write():
+            self._update({f"{who}_fail": 0})
+        return master, tok
+
+    def login(self, user_type: int, pin: bytes) -> None:
+        with self._lock:
+            master, tok = self._check_pin(_who(user_type), pin)
+            self._master, self._master_epoch = master, tok["epoch"]
+
+    def logout(self) -> None:
+        with self._lock:
+            self._master = self._master_epoch = None
+
+    def _held(self, epoch: int) -> bytes:
+        if self._master is None or self._master_epoch != epoch:
+            self.logout()
+            raise PKCS11Error(C.CKR_USER_NOT_LOGGED_IN, "the token master key is not held")
+        return self._master
+
+    def init_pin(self, pin: bytes) -> None:
+        with self._lock:
+            tok = self._token()
+            fields = wrap_master(self._held(tok["epoch"]), pin, tok["serial"], "user", self.kdf_iterations)
+            with self._write():
+                self._held(self._token()["epoch"])
+                self._update({**fields, "user_fail": 0})
+
+    def set_pin(self, user_type: int, old_pin: bytes, new_pin: bytes) -> None:
+        with self._lock:
+            who = _who(user_type)
+            master, tok = self._check_pin(who, old_pin)
+            fields = wrap_master(master, new_pin, tok["serial"], who, self.kdf_iterations)
+            with self._write():
+                if self._token()["epoch"] != tok["epoch"]:
+                    raise PKCS11Error(C.CKR_DEVICE_ERROR, "token re-initialized meanwhile")
+                self._update(fields)
+
+    # objects ----------------------------------------------------------------------------
+    def _public(self, tok: dict) -> tuple:
+        """(serial, public key, tag key) of the record's epoch, cached."""
+        if self._keys is None or self._keys[0] != tok["epoch"]:
+            self._keys = (tok["epoch"], tok["serial"], tok["pub_key"], tag_key(tok["pub_key"]))
+        return self._keys[1:]
+
+    def save_object(self, uid: str, attrs: dict, sensitive: frozenset) -> None:
+        with self._lock, self._write():
+            tok = self._token()
+            serial, pub, tkey = self._public(tok)
+            key_id = MASTER if attrs.get(C.CKA_PRIVATE) else PUBLIC
+            key = None
+
+            def seal(cka: int, raw: bytes) -> bytes:
+                nonlocal key
+                if key is None:
+                    key = self._held(tok["epoch"]) if key_id == MASTER else pub
+                return seal_value(key_id, key, serial, uid, cka, raw)
+
+            plain = {cka: attrtypes.decode(cka, self.unseal(uid, cka, v)) if isinstance(v, Sealed) else v
+                     for cka, v in attrs.items()}
+            record = records.pack(plain, sensitive, seal)
+            self._put(uid, record, record_tag(tkey, serial, uid, record))
+
+    def delete_object(self, uid: str) -> None:
+        with self._lock, self._write():
+            self._delete(uid)
+
+    def changes(self, cursor) -> tuple:
+        with self._lock:
+            seq, epoch = self._head()
+            if self._master is not None and self._master_epoch != epoch:
+                self.logout()
+            if cursor is not None and seq == cursor:
+                return cursor, [], []
+            tok, rows, deleted = self._since(cursor)
+            serial, _, tkey = self._public(tok)
+            upserts = []
+            for uid, record, tag in rows:
+                attrs = self._verified(tkey, serial, uid, record, tag)
+                if attrs is None:
+                    deleted.append(uid)   # drop any older copy the caller holds too
+                else:
+                    upserts.append((uid, attrs))
+            return tok["seq"], upserts, deleted
+
+    @staticmethod
+    def _verified(tkey: bytes, serial: str, uid: str, record: bytes, tag: bytes) -> dict | None:
+        if hmac.compare_digest(record_tag(tkey, serial, uid, record), tag):
+            try:
+                return records.unpack(record)
+            except (ValueError, PKCS11Error):
+                pass
+        LOG.warning("token %s: object %s fails its integrity check; not served", serial, uid)
+        return None
+
+    def unseal(self, uid: str, cka: int, value: Sealed) -> bytes:
+        with self._lock:
+            if self._keys is None:
+                self._public(self._token())
+            epoch, serial, pub, _ = self._keys
+            blob = value.blob
+            key = self._held(epoch) if blob[:1] == MASTER else pub
+            try:
+                if blob[:1] not in (MASTER, PUBLIC):
+                    raise InvalidTag()
+                return open_value(key, serial, uid, cka, blob)
+            except InvalidTag:
+                LOG.error("token %s: sealed %s of object %s fails its integrity check",
+                          serial, C.name_of("CKA_", cka), uid)
+                raise PKCS11Error(C.CKR_DEVICE_ERROR, "sealed value fails its integrity check") from None
+
+    def close(self) -> None:
+        self.logout()
+

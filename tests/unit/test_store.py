@@ -1,0 +1,347 @@
+"""The token store's behaviour, once for the SQLite store and once for the memory
+store: PINs and their counters, sealing, integrity, changes seen by a second store
+object on the same token. SQLite-only matters (files, processes) are in
+test_store_sqlite.py."""
+
+import contextlib
+import logging
+import sqlite3
+
+import pytest
+
+from provider import constants as C
+from provider.errors import PKCS11Error
+from provider.store import records, sealing
+from provider.store.base import Sealed
+from provider.store.memory import MemoryStore
+from provider.store.sqlite import SqliteStore
+
+SO, USER = b"so-pin-1", b"user-pin-1"
+LABEL = b"store test".ljust(32)
+MAX = 4
+ITER = 1000
+SECRET = b"\x13\x37" + b"TOP-SECRET-KEY-MATERIAL-0123456789"
+AES_SECRET = frozenset({C.CKA_VALUE})
+
+
+def rv(fn, *args):
+    try:
+        fn(*args)
+    except PKCS11Error as exc:
+        return exc.rv
+    return C.CKR_OK
+
+
+class Backend:
+    """Opens store objects on one token location; `tamper` edits a stored row."""
+
+    def __init__(self, kind, tmp_path):
+        self.kind = kind
+        self.path = str(tmp_path / "tok" / "token-1.sqlite")
+        self.data = None
+
+    def open(self, max_failures=MAX):
+        if self.kind == "sqlite":
+            return SqliteStore(self.path, max_pin_failures=max_failures, kdf_iterations=ITER)
+        store = MemoryStore(self.data, max_pin_failures=max_failures, kdf_iterations=ITER)
+        self.data = store.data
+        return store
+
+    @contextlib.contextmanager
+    def _db(self):
+        with contextlib.closing(sqlite3.connect(self.path)) as db, db:
+            yield db
+
+    def row(self, uid):
+        if self.kind == "sqlite":
+            with self._db() as db:
+                return db.execute("SELECT record, tag FROM objects WHERE uid = ?", (uid,)).fetchone()
+        return self.data["objects"][uid][1:]
+
+    def set_row(self, uid, record, tag):
+        """Write a row as someone with the file would: keeps the change number moving."""
+        if self.kind == "sqlite":
+            with self._db() as db:
+                seq = db.execute("UPDATE token SET seq = seq + 1 RETURNING seq").fetchone()[0]
+                db.execute("UPDATE objects SET record = ?, tag = ?, seq = ? WHERE uid = ?", (record, tag, seq, uid))
+        else:
+            self.data["token"]["seq"] += 1
+            self.data["objects"][uid] = (self.data["token"]["seq"], record, tag)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def backend(request, tmp_path):
+    return Backend(request.param, tmp_path)
+
+
+@pytest.fixture
+def store(backend):
+    s = backend.open()
+    s.initialize(LABEL, SO)
+    s.login(C.CKU_SO, SO)
+    s.init_pin(USER)
+    s.logout()
+    yield s
+    s.close()
+
+
+def aes_key(label=b"k", private=True, value=SECRET):
+    return {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: C.CKK_AES, C.CKA_TOKEN: True,
+            C.CKA_PRIVATE: private, C.CKA_LABEL: label, C.CKA_VALUE: value,
+            C.CKA_SENSITIVE: True, C.CKA_SIGN: False}
+
+
+def load(store, cursor=None):
+    _, upserts, _ = store.changes(cursor)
+    return dict(upserts)
+
+
+# --- token record and PINs ------------------------------------------------------
+def test_fresh_store_then_initialized(backend):
+    s = backend.open()
+    assert not s.initialized()
+    s.initialize(LABEL, SO)
+    assert s.initialized() and s.label == LABEL
+    assert len(s.serial) == 16 and s.serial.isprintable()
+    assert not s.user_pin_initialized() and s.pin_flags() == 0
+    assert rv(s.login, C.CKU_USER, USER) == C.CKR_USER_PIN_NOT_INITIALIZED
+    assert rv(s.login, 7, USER) == C.CKR_USER_TYPE_INVALID
+
+
+@pytest.mark.parametrize("who", [C.CKU_SO, C.CKU_USER])
+def test_pin_failures_flags_and_lock(store, backend, who):
+    right = SO if who == C.CKU_SO else USER
+    low, final, locked = sealing.PIN_FLAGS[sealing.WHO[who]]
+    store.login(who, right)
+    store.logout()
+    expected = {1: low, MAX - 1: low | final, MAX: low | locked}
+    for n in range(1, MAX + 1):
+        assert rv(store.login, who, b"wrong-pin") == C.CKR_PIN_INCORRECT
+        if n in expected:
+            assert store.pin_flags() == expected[n], n
+    assert rv(store.login, who, right) == C.CKR_PIN_LOCKED
+    assert rv(store.login, who, b"wrong-pin") == C.CKR_PIN_LOCKED
+    assert backend.open().pin_flags() == low | locked     # durable, seen by a new store object
+
+
+def test_success_resets_counter(store):
+    for _ in range(MAX - 1):
+        assert rv(store.login, C.CKU_USER, b"nope") == C.CKR_PIN_INCORRECT
+    store.login(C.CKU_USER, USER)
+    assert store.pin_flags() == 0
+
+
+def test_init_pin_unlocks_user_and_needs_so(store):
+    assert rv(store.init_pin, b"new-user") == C.CKR_USER_NOT_LOGGED_IN
+    for _ in range(MAX):
+        rv(store.login, C.CKU_USER, b"nope")
+    assert store.pin_flags() & C.CKF_USER_PIN_LOCKED
+    store.login(C.CKU_SO, SO)
+    store.init_pin(b"new-user")
+    store.logout()
+    assert store.pin_flags() == 0
+    assert rv(store.login, C.CKU_USER, USER) == C.CKR_PIN_INCORRECT
+    store.login(C.CKU_USER, b"new-user")
+
+
+@pytest.mark.parametrize("who,old", [(C.CKU_SO, SO), (C.CKU_USER, USER)])
+def test_set_pin(store, backend, who, old):
+    assert rv(store.set_pin, who, b"not-it", b"next-pin") == C.CKR_PIN_INCORRECT
+    store.set_pin(who, old, b"next-pin")
+    other = backend.open()
+    assert rv(other.login, who, old) == C.CKR_PIN_INCORRECT
+    other.login(who, b"next-pin")
+
+
+def test_set_pin_keeps_master_key(store):
+    store.login(C.CKU_USER, USER)
+    store.save_object("u1", aes_key(), AES_SECRET)
+    store.set_pin(C.CKU_USER, USER, b"next-pin")
+    store.logout()
+    store.login(C.CKU_USER, b"next-pin")
+    obj = load(store)["u1"]
+    assert store.unseal("u1", C.CKA_VALUE, obj[C.CKA_VALUE]) == SECRET
+
+
+def test_so_locked_refuses_init_token(store):
+    for _ in range(MAX):
+        rv(store.initialize, LABEL, b"wrong-so")
+    assert store.pin_flags() & C.CKF_SO_PIN_LOCKED
+    assert rv(store.initialize, LABEL, SO) == C.CKR_PIN_LOCKED
+
+
+def test_reinitialize_wipes_objects_keeps_serial(store, backend):
+    serial = store.serial
+    store.login(C.CKU_USER, USER)
+    store.save_object("u1", aes_key(), AES_SECRET)
+    store.logout()
+    watcher = backend.open()
+    cursor, _, _ = watcher.changes(None)
+    assert rv(store.initialize, LABEL, b"wrong-so") == C.CKR_PIN_INCORRECT
+    store.initialize(b"renamed".ljust(32), SO)
+    assert store.serial == serial and store.label == b"renamed".ljust(32)
+    assert not store.user_pin_initialized()
+    assert load(store) == {}
+    _, upserts, deleted = watcher.changes(cursor)
+    assert upserts == [] and deleted == ["u1"]
+    store.login(C.CKU_SO, SO)                     # SO PIN still valid under the new master key
+
+
+# --- objects ------------------------------------------------------------------------
+EVERY_KIND = {
+    C.CKA_CLASS: C.CKO_PRIVATE_KEY, C.CKA_KEY_TYPE: C.CKK_EC, C.CKA_TOKEN: True,
+    C.CKA_PRIVATE: True, C.CKA_LABEL: b"every kind \x00\xff", C.CKA_ID: b"",
+    C.CKA_START_DATE: b"20240131", C.CKA_END_DATE: b"",
+    C.CKA_ALLOWED_MECHANISMS: (C.CKM_ECDSA, C.CKM_ECDSA_SHA256),
+    C.CKA_UNWRAP_TEMPLATE: ((C.CKA_CLASS, C.CKO_SECRET_KEY), (C.CKA_SENSITIVE, True), (C.CKA_LABEL, b"x")),
+    C.CKA_EC_PARAMS: bytes.fromhex("06082a8648ce3d030107"), C.CKA_VALUE: SECRET,
+    C.CKA_SIGN: True, C.CKA_DERIVE: False,
+}
+
+
+def test_round_trip_every_kind(store, backend):
+    store.login(C.CKU_USER, USER)
+    store.save_object("every", EVERY_KIND, frozenset({C.CKA_VALUE}))
+    store.logout()
+    other = backend.open()
+    got = load(other)["every"]
+    assert isinstance(got[C.CKA_VALUE], Sealed)
+    assert {k: v for k, v in got.items() if k != C.CKA_VALUE} == \
+        {k: v for k, v in EVERY_KIND.items() if k != C.CKA_VALUE}
+    assert rv(other.unseal, "every", C.CKA_VALUE, got[C.CKA_VALUE]) == C.CKR_USER_NOT_LOGGED_IN
+    other.login(C.CKU_USER, USER)
+    assert other.unseal("every", C.CKA_VALUE, got[C.CKA_VALUE]) == SECRET
+
+
+def test_public_object_readable_without_login(store, backend):
+    store.save_object("pub", aes_key(private=False), AES_SECRET)
+    got = load(backend.open())["pub"]
+    assert backend.open().unseal("pub", C.CKA_VALUE, got[C.CKA_VALUE]) == SECRET
+
+
+def test_private_object_needs_login_to_save(store):
+    assert rv(store.save_object, "p", aes_key(), AES_SECRET) == C.CKR_USER_NOT_LOGGED_IN
+    assert load(store) == {}
+    store.save_object("cert", {C.CKA_CLASS: C.CKO_DATA, C.CKA_PRIVATE: True}, frozenset())
+
+
+def test_resave_with_sealed_placeholder(store):
+    """The engine may save attrs holding Sealed placeholders (e.g. after a label change)."""
+    store.login(C.CKU_USER, USER)
+    store.save_object("u1", aes_key(), AES_SECRET)
+    attrs = load(store)["u1"]
+    store.save_object("u1", {**attrs, C.CKA_LABEL: b"renamed"}, AES_SECRET)
+    again = load(store)["u1"]
+    assert again[C.CKA_LABEL] == b"renamed"
+    assert store.unseal("u1", C.CKA_VALUE, again[C.CKA_VALUE]) == SECRET
+    # a placeholder taken to another uid does not open there
+    assert rv(store.save_object, "u2", attrs, AES_SECRET) == C.CKR_DEVICE_ERROR
+
+
+def test_changes_seen_by_second_store(store, backend):
+    store.login(C.CKU_USER, USER)
+    other = backend.open()
+    cursor, upserts, deleted = other.changes(None)
+    assert upserts == [] and deleted == []
+    assert other.changes(cursor) == (cursor, [], [])
+    store.save_object("a", aes_key(b"a"), AES_SECRET)
+    store.save_object("b", aes_key(b"b", private=False), AES_SECRET)
+    cursor, upserts, deleted = other.changes(cursor)
+    assert sorted(u for u, _ in upserts) == ["a", "b"] and deleted == []
+    store.save_object("a", aes_key(b"a2"), AES_SECRET)
+    store.delete_object("b")
+    cursor, upserts, deleted = other.changes(cursor)
+    assert [(u, a[C.CKA_LABEL]) for u, a in upserts] == [("a", b"a2")] and deleted == ["b"]
+    assert other.changes(cursor) == (cursor, [], [])
+    store.delete_object("missing")                # deleting nothing is not an error
+    assert other.changes(cursor) == (cursor, [], [])
+
+
+# --- integrity --------------------------------------------------------------------
+def _flip(data: bytes, pos: int) -> bytes:
+    return data[:pos] + bytes([data[pos] ^ 1]) + data[pos + 1:]
+
+
+def test_flipped_sealed_byte_is_device_error(store, caplog):
+    store.login(C.CKU_USER, USER)
+    store.save_object("u1", aes_key(), AES_SECRET)
+    blob = load(store)["u1"][C.CKA_VALUE].blob
+    for pos in (0, 5, len(blob) - 1):
+        with caplog.at_level(logging.ERROR, logger="ferrohsm"):
+            assert rv(store.unseal, "u1", C.CKA_VALUE, Sealed(_flip(blob, pos))) == C.CKR_DEVICE_ERROR
+    assert "fails its integrity check" in caplog.text
+    assert SECRET.hex() not in caplog.text and SECRET.decode("latin1") not in caplog.text
+    # moved to another object or another attribute: refused too
+    assert rv(store.unseal, "u2", C.CKA_VALUE, Sealed(blob)) == C.CKR_DEVICE_ERROR
+    assert rv(store.unseal, "u1", C.CKA_PRIME_1, Sealed(blob)) == C.CKR_DEVICE_ERROR
+
+
+def test_sealed_tamper_with_forged_record_tag(store, backend):
+    """Someone who can read the file can recompute the record tag (public key);
+    a changed sealed value still fails when opened."""
+    store.save_object("pub", aes_key(private=False), AES_SECRET)
+    record, _ = backend.row("pub")
+    pos = record.index(load(store)["pub"][C.CKA_VALUE].blob) + 20
+    bad = _flip(record, pos)
+    tok = store._token()
+    backend.set_row("pub", bad, sealing.record_tag(sealing.tag_key(tok["pub_key"]), tok["serial"], "pub", bad))
+    got = load(backend.open())["pub"]
+    assert rv(store.unseal, "pub", C.CKA_VALUE, got[C.CKA_VALUE]) == C.CKR_DEVICE_ERROR
+
+
+def test_flipped_plain_attribute_not_served(store, backend, caplog):
+    store.save_object("pub", aes_key(label=b"LBL", private=False), AES_SECRET)
+    other = backend.open()
+    cursor, upserts, _ = other.changes(None)
+    assert [u for u, _ in upserts] == ["pub"]
+    record, tag = backend.row("pub")
+    entry = records._ENTRY.size
+    sign_at = record.index(records._ENTRY.pack(C.CKA_SIGN, records.PLAIN, 1)) + entry
+    for bad in (_flip(record, record.index(b"LBL")), record[:sign_at] + b"\x01" + record[sign_at + 1:]):
+        backend.set_row("pub", bad, tag)
+        with caplog.at_level(logging.WARNING, logger="ferrohsm"):
+            cursor, upserts, deleted = other.changes(cursor)
+        assert upserts == [] and deleted == ["pub"]           # dropped, never served
+        assert "pub" not in load(backend.open())
+    assert "not served" in caplog.text
+
+
+def test_swapped_records_detected(store, backend):
+    store.save_object("a", aes_key(b"a", private=False), AES_SECRET)
+    store.save_object("b", aes_key(b"b", private=False, value=b"other secret"), AES_SECRET)
+    ra, rb = backend.row("a"), backend.row("b")
+    backend.set_row("a", *rb)
+    backend.set_row("b", *ra)
+    assert load(backend.open()) == {}
+    # only the sealed blob swapped in, tag forged: the value's AAD catches it
+    store.save_object("a", aes_key(b"a", private=False), AES_SECRET)
+    store.save_object("b", aes_key(b"b", private=False, value=b"other secret"), AES_SECRET)
+    blob_b = load(store)["b"][C.CKA_VALUE].blob
+    assert rv(store.unseal, "a", C.CKA_VALUE, Sealed(blob_b)) == C.CKR_DEVICE_ERROR
+
+
+def test_reinitialized_elsewhere_drops_master_key(store, backend):
+    store.login(C.CKU_USER, USER)
+    other = backend.open()
+    other.initialize(LABEL, SO)
+    store.changes(None)
+    assert rv(store.save_object, "p", aes_key(), AES_SECRET) == C.CKR_USER_NOT_LOGGED_IN
+
+
+def test_threads_share_one_store(store):
+    import threading
+    store.login(C.CKU_USER, USER)
+
+    def work(n):
+        for i in range(25):
+            store.save_object(f"t{n}-{i}", aes_key(b"t"), AES_SECRET)
+            store.changes(None)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    objs = load(store)
+    assert len(objs) == 100
+    assert all(store.unseal(u, C.CKA_VALUE, a[C.CKA_VALUE]) == SECRET for u, a in objs.items())
