@@ -94,6 +94,8 @@ class KeyFunctions:
         given = decode_template(template)
         cls = _class(given, C.CKO_SECRET_KEY)
         self._precheck(session, cls, given)
+        if C.CKA_KEY_TYPE in given:
+            schema.check_template(schema.rows(cls, given[C.CKA_KEY_TYPE]), given, schema.F.GEN)
         made = impl.generate_key(mech.param, given)
         return self._add(session, self._new_key(session, cls, given, made, mech.type, "generate"))
 

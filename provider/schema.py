@@ -196,13 +196,16 @@ def secret_types(obj_class: int, key_type: int | None) -> frozenset:
 
 
 def check_template(table: dict, template: dict, allowed: F) -> None:
-    """Every attribute given must be known to the class and settable this way."""
+    """Every attribute given must be known to the class and settable this way.
+    Not settable: CKR_ATTRIBUTE_READ_ONLY at create or modify; at key generation,
+    unwrap or derive CKR_TEMPLATE_INCONSISTENT, as SoftHSM2 answers there."""
+    refused = C.CKR_TEMPLATE_INCONSISTENT if allowed == F.GEN else C.CKR_ATTRIBUTE_READ_ONLY
     for cka in template:
         row = table.get(cka)
         if row is None:
             raise PKCS11Error(C.CKR_ATTRIBUTE_TYPE_INVALID, C.name_of("CKA_", cka))
         if not row[0] & allowed:
-            raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka))
+            raise PKCS11Error(refused, C.name_of("CKA_", cka))
 
 
 def with_defaults(table: dict, attrs: dict) -> dict:

@@ -60,7 +60,8 @@ class Session:
         op = self.ops.get(kind)
         if op is None:
             raise PKCS11Error(C.CKR_OPERATION_NOT_INITIALIZED, kind)
-        if op.needs_auth:
+        if op.needs_auth:   # refused, and like any failure it ends the operation (as SoftHSM2)
+            self.end(kind)
             raise PKCS11Error(C.CKR_USER_NOT_LOGGED_IN, "context-specific login required")
         return op
 

@@ -135,9 +135,9 @@ def test_read_only_session_cannot_write_token_objects(shared):
 def test_find_uses_index_and_unknown_attributes_match_nothing(user):
     lib, s = user
     for i in range(200):
-        lib.create_object(s, T(CLASS=C.CKO_DATA, LABEL=b"bulk-%d" % i, ID=bytes([i % 7])))
+        lib.create_object(s, aes_template(LABEL=b"bulk-%d" % i, ID=bytes([i % 7])))
     assert len(find(lib, s, LABEL=b"bulk-42")) == 1
-    assert len(find(lib, s, CLASS=C.CKO_DATA, ID=b"\x03")) == len([i for i in range(200) if i % 7 == 3])
+    assert len(find(lib, s, CLASS=C.CKO_SECRET_KEY, ID=b"\x03")) == len([i for i in range(200) if i % 7 == 3])
     lib.find_objects_init(s, [(0x7FFF0001, b"zz")])
     assert lib.find_objects(s, 10) == []
     assert rv(lib.find_objects_init, s, []) == C.CKR_OPERATION_ACTIVE
