@@ -40,7 +40,7 @@ def test_generated_key_attributes(user):
         s, k, [C.CKA_LOCAL, C.CKA_ALWAYS_SENSITIVE, C.CKA_NEVER_EXTRACTABLE, C.CKA_KEY_GEN_MECHANISM])
     assert (local, always, never) == (b"\x01", b"\x01", b"\x01")
     assert ulong(mech) == C.CKM_AES_KEY_GEN
-    assert rv(lib.generate_key, s, Mechanism(C.CKM_AES_KEY_GEN), T(VALUE=b"x" * 16)) == C.CKR_TEMPLATE_INCONSISTENT
+    assert rv(lib.generate_key, s, Mechanism(C.CKM_AES_KEY_GEN), T(VALUE_LEN=16, VALUE=b"x" * 16)) == C.CKR_TEMPLATE_INCONSISTENT
     assert rv(lib.generate_key, s, Mechanism(C.CKM_AES_KEY_GEN),
               T(VALUE_LEN=16, KEY_TYPE=C.CKK_AES, LOCAL=True)) == C.CKR_TEMPLATE_INCONSISTENT
     assert rv(lib.generate_key, s, Mechanism(C.CKM_AES_KEY_GEN),
