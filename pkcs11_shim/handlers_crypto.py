@@ -1,0 +1,91 @@
+"""Encrypt, decrypt, digest, sign and verify.
+
+The functions come in a few shapes, so they are tables of (engine method,
+shape) rather than one handler each written out:
+  init      (hSession, pMechanism, hKey)                    -> method(s, mech, key)
+  out       (hSession, pIn, ulInLen, pOut, pulOutLen)        -> method(s, data, cap)
+  final     (hSession, pOut, pulOutLen)                      -> method(s, cap)
+  update    (hSession, pIn, ulInLen)                         -> method(s, data)
+  check     (hSession, pIn, ulInLen, pSig, ulSigLen)         -> method(s, data, sig)
+  sigfinal  (hSession, pSig, ulSigLen)                       -> method(s, sig)
+Output sizes and the buffer rules live in marshal.output and Session.run.
+"""
+
+from .handlers_common import handler
+from .marshal import data, need, output
+from .mechparams import read_mechanism
+
+
+def _init(method):
+    def fn(library, session, p_mech, key):
+        getattr(library, method)(session, read_mechanism(p_mech), key)
+    return fn
+
+
+def _out(method):
+    def fn(library, session, p_in, in_len, p_out, pul_out):
+        need(pul_out)
+        chunk = data(p_in, in_len)
+        return output(p_out, pul_out, lambda cap: getattr(library, method)(session, chunk, cap))
+    return fn
+
+
+def _final(method):
+    def fn(library, session, p_out, pul_out):
+        need(pul_out)
+        return output(p_out, pul_out, lambda cap: getattr(library, method)(session, cap))
+    return fn
+
+
+def _update(method):
+    def fn(library, session, p_in, in_len):
+        getattr(library, method)(session, data(p_in, in_len))
+    return fn
+
+
+def _check(method):
+    def fn(library, session, p_in, in_len, p_sig, sig_len):
+        getattr(library, method)(session, data(p_in, in_len), data(p_sig, sig_len))
+    return fn
+
+
+def _sigfinal(method):
+    def fn(library, session, p_sig, sig_len):
+        getattr(library, method)(session, data(p_sig, sig_len))
+    return fn
+
+
+TABLE = {
+    "C_EncryptInit": (_init, "encrypt_init"),
+    "C_Encrypt": (_out, "encrypt"),
+    "C_EncryptUpdate": (_out, "encrypt_update"),
+    "C_EncryptFinal": (_final, "encrypt_final"),
+    "C_DecryptInit": (_init, "decrypt_init"),
+    "C_Decrypt": (_out, "decrypt"),
+    "C_DecryptUpdate": (_out, "decrypt_update"),
+    "C_DecryptFinal": (_final, "decrypt_final"),
+    "C_Digest": (_out, "digest"),
+    "C_DigestUpdate": (_update, "digest_update"),
+    "C_DigestFinal": (_final, "digest_final"),
+    "C_SignInit": (_init, "sign_init"),
+    "C_Sign": (_out, "sign"),
+    "C_SignUpdate": (_update, "sign_update"),
+    "C_SignFinal": (_final, "sign_final"),
+    "C_VerifyInit": (_init, "verify_init"),
+    "C_Verify": (_check, "verify"),
+    "C_VerifyUpdate": (_update, "verify_update"),
+    "C_VerifyFinal": (_sigfinal, "verify_final"),
+}
+
+for _name, (_shape, _method) in TABLE.items():
+    handler(_name)(_shape(_method))
+
+
+@handler("C_DigestInit")
+def digest_init(library, session, p_mech):
+    library.digest_init(session, read_mechanism(p_mech))
+
+
+@handler("C_DigestKey")
+def digest_key(library, session, key):
+    library.digest_key(session, key)

@@ -1,0 +1,209 @@
+"""Moving values across the C boundary: pointers and lengths in, Python values out.
+
+Everything here raises PKCS11Error for what the caller got wrong, so handlers
+stay straight-line code:
+  - a NULL pointer where one is required, or NULL with a nonzero length:
+    CKR_ARGUMENTS_BAD;
+  - the two-call output convention (`output`, `ulongs_out`): NULL buffer ->
+    *pulLen = needed, CKR_OK; too small -> *pulLen = needed,
+    CKR_BUFFER_TOO_SMALL; the engine keeps the operation alive in both cases;
+  - C_GetAttributeValue's per-attribute rules (`write_attributes`);
+  - info structs: fixed-width text blank-padded, never NUL-terminated.
+`bind(ffi)` is called once by handlers.install with the library's ffi.
+"""
+
+from provider import attrtypes
+from provider import constants as C
+from provider.errors import PKCS11Error
+
+
+class _Ref:
+    ffi = None
+    NULL = None
+    attr_size = 0
+
+
+F = _Ref()
+
+UNAVAILABLE = C.CK_UNAVAILABLE_INFORMATION
+# C_GetAttributeValue: when several attributes fail for different reasons the
+# spec lets the token return any of the codes; we report the first of these.
+ATTRIBUTE_PRECEDENCE = (C.CKR_ATTRIBUTE_SENSITIVE, C.CKR_ATTRIBUTE_TYPE_INVALID, C.CKR_BUFFER_TOO_SMALL)
+
+
+def bind(ffi) -> None:
+    F.ffi, F.NULL = ffi, ffi.NULL
+    F.attr_size = ffi.sizeof("CK_ATTRIBUTE")
+
+
+def bad(reason: str = "") -> PKCS11Error:
+    return PKCS11Error(C.CKR_ARGUMENTS_BAD, reason)
+
+
+def need(*pointers) -> None:
+    """Every pointer given must be non-NULL."""
+    for p in pointers:
+        if p == F.NULL:
+            raise bad("NULL pointer")
+
+
+def data(p, n: int, required: bool = False) -> bytes:
+    """A copy of the n bytes at p; NULL with n > 0 (or `required` NULL) is bad."""
+    if p == F.NULL:
+        if n or required:
+            raise bad("NULL buffer")
+        return b""
+    return F.ffi.buffer(p, n)[:] if n else b""
+
+
+# --- outputs ---------------------------------------------------------------------
+def output(p_out, pul_len, produce) -> int:
+    """Two-call convention. `produce(cap)` gets the caller's capacity (None for a
+    length query) and returns the whole output; the engine keeps it pending."""
+    need(pul_len)
+    cap = None if p_out == F.NULL else pul_len[0]
+    try:
+        out = produce(cap)
+    except PKCS11Error as err:
+        if err.rv == C.CKR_BUFFER_TOO_SMALL and err.needed is not None:
+            pul_len[0] = err.needed
+        raise
+    n = len(out)
+    pul_len[0] = n
+    if cap is None:
+        return C.CKR_OK
+    if cap < n:
+        return C.CKR_BUFFER_TOO_SMALL
+    if n:
+        F.ffi.memmove(p_out, out, n)
+    return C.CKR_OK
+
+
+def ulongs_out(values, p_list, pul_count) -> int:
+    """A CK_ULONG array (slot list, mechanism list) by the two-call convention."""
+    need(pul_count)
+    n = len(values)
+    if p_list == F.NULL:
+        pul_count[0] = n
+        return C.CKR_OK
+    if pul_count[0] < n:
+        pul_count[0] = n
+        return C.CKR_BUFFER_TOO_SMALL
+    for i, value in enumerate(values):
+        p_list[i] = value
+    pul_count[0] = n
+    return C.CKR_OK
+
+
+# --- templates ----------------------------------------------------------------------
+def read_template(p, count: int) -> list:
+    """CK_ATTRIBUTE[count] -> [(type, raw bytes)]; attribute-array attributes
+    (CKA_WRAP_TEMPLATE, ...) -> [(type, [(type, raw bytes), ...])]."""
+    if count == 0:
+        return []
+    need(p)
+    out = []
+    for i in range(count):
+        attr = p[i]
+        if attrtypes.kind_of(attr.type) == attrtypes.ATTRS:
+            n, rest = divmod(attr.ulValueLen, F.attr_size)
+            if rest:
+                raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "attribute array length")
+            inner = F.ffi.cast("CK_ATTRIBUTE *", attr.pValue)
+            out.append((attr.type, read_template(inner, n)))
+        else:
+            out.append((attr.type, data(attr.pValue, attr.ulValueLen)))
+    return out
+
+
+def attribute_types(p, count: int) -> list[int]:
+    if count == 0:
+        return []
+    need(p)
+    return [p[i].type for i in range(count)]
+
+
+def write_attributes(p, values: list) -> int:
+    """Fill CK_ATTRIBUTE entries with the engine's per-attribute answers (raw
+    bytes, a nested [(type, raw)] list, or a CKR code). Every attribute is
+    processed; the return value follows ATTRIBUTE_PRECEDENCE."""
+    seen = {_write_one(p[i], value) for i, value in enumerate(values)}
+    for rv in ATTRIBUTE_PRECEDENCE:
+        if rv in seen:
+            return rv
+    return C.CKR_OK
+
+
+def _write_one(attr, value) -> int:
+    if isinstance(value, int):                       # sensitive / invalid
+        attr.ulValueLen = UNAVAILABLE
+        return value
+    nested = isinstance(value, list)
+    size = len(value) * F.attr_size if nested else len(value)
+    if attr.pValue == F.NULL:
+        attr.ulValueLen = size
+        return C.CKR_OK
+    if attr.ulValueLen < size:
+        attr.ulValueLen = UNAVAILABLE
+        return C.CKR_BUFFER_TOO_SMALL
+    rv = C.CKR_OK
+    if nested:
+        inner = F.ffi.cast("CK_ATTRIBUTE *", attr.pValue)
+        for i, (cka, _) in enumerate(value):
+            inner[i].type = cka
+        rv = write_attributes(inner, [raw for _, raw in value])
+    elif size:
+        F.ffi.memmove(attr.pValue, value, size)
+    attr.ulValueLen = size
+    return rv
+
+
+# --- info structs -----------------------------------------------------------------
+TEXT, NUMBER, VERSION = "text", "number", "version"
+
+# C struct -> [(C field, engine dict key, kind)]
+INFO_FIELDS = {
+    "CK_INFO": [
+        ("cryptokiVersion", "cryptoki_version", VERSION), ("manufacturerID", "manufacturer_id", TEXT),
+        ("flags", "flags", NUMBER), ("libraryDescription", "library_description", TEXT),
+        ("libraryVersion", "library_version", VERSION)],
+    "CK_SLOT_INFO": [
+        ("slotDescription", "description", TEXT), ("manufacturerID", "manufacturer_id", TEXT),
+        ("flags", "flags", NUMBER), ("hardwareVersion", "hardware_version", VERSION),
+        ("firmwareVersion", "firmware_version", VERSION)],
+    "CK_TOKEN_INFO": [
+        ("label", "label", TEXT), ("manufacturerID", "manufacturer_id", TEXT), ("model", "model", TEXT),
+        ("serialNumber", "serial_number", TEXT), ("flags", "flags", NUMBER),
+        ("ulMaxSessionCount", "max_session_count", NUMBER), ("ulSessionCount", "session_count", NUMBER),
+        ("ulMaxRwSessionCount", "max_rw_session_count", NUMBER),
+        ("ulRwSessionCount", "rw_session_count", NUMBER), ("ulMaxPinLen", "max_pin_len", NUMBER),
+        ("ulMinPinLen", "min_pin_len", NUMBER), ("ulTotalPublicMemory", "total_public_memory", NUMBER),
+        ("ulFreePublicMemory", "free_public_memory", NUMBER),
+        ("ulTotalPrivateMemory", "total_private_memory", NUMBER),
+        ("ulFreePrivateMemory", "free_private_memory", NUMBER),
+        ("hardwareVersion", "hardware_version", VERSION), ("firmwareVersion", "firmware_version", VERSION),
+        ("utcTime", "utc_time", TEXT)],
+    "CK_SESSION_INFO": [
+        ("slotID", "slot_id", NUMBER), ("state", "state", NUMBER), ("flags", "flags", NUMBER),
+        ("ulDeviceError", "device_error", NUMBER)],
+}
+
+
+def padded(value, width: int) -> bytes:
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return raw[:width].ljust(width, b" ")
+
+
+def fill(struct: str, p, values: dict) -> None:
+    """Write the engine's info dict into the C struct at p (already checked non-NULL)."""
+    info = F.ffi.cast(struct + " *", p)
+    for field, key, kind in INFO_FIELDS[struct]:
+        value = values[key]
+        if kind == NUMBER:
+            setattr(info, field, value)
+        elif kind == VERSION:
+            version = getattr(info, field)
+            version.major, version.minor = value
+        else:
+            array = getattr(info, field)
+            F.ffi.memmove(array, padded(value, len(array)), len(array))

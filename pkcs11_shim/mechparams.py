@@ -1,0 +1,140 @@
+"""CK_MECHANISM -> provider.mechanisms.params.Mechanism.
+
+One table, keyed by mechanism type, names the parser of its parameter. A
+mechanism not in the table gets its parameter as bytes (an IV for CBC, the
+optional IV of AES key wrap), or None when there is none; the family decides
+what it accepts. A struct parameter is recognised by its size only: any other
+size is CKR_MECHANISM_PARAM_INVALID. NULL pParameter with a nonzero length is
+CKR_ARGUMENTS_BAD.
+
+CK_GCM_PARAMS comes in two layouts that differ in size, so both are read
+without ambiguity: the 3.0 one (48 bytes on x86_64, with ulIvBits) and the
+2.40 header's (40 bytes, no ulIvBits; ulIvBits is then ulIvLen * 8). Java's
+SunPKCS11 sends the 40-byte layout first and retries with the 48-byte one on
+CKR_ARGUMENTS_BAD or CKR_MECHANISM_PARAM_INVALID (jdk p11_crypt.c), so taking
+both is what works with it; a size that is neither is refused, never misread.
+
+CK_PKCS5_PBKD2_PARAMS (2.x, ulPasswordLen is a CK_ULONG_PTR) and
+CK_PKCS5_PBKD2_PARAMS2 (3.0, a CK_ULONG) have the same size. The field is read
+as a length when it is below 64 KiB (no mapped user-space address is that low,
+vm.mmap_min_addr) and as a pointer to the length otherwise.
+"""
+
+from provider import constants as C
+from provider.errors import PKCS11Error
+from provider.mechanisms import params as P
+
+from .marshal import F, need
+
+POINTER_FLOOR = 65536
+
+
+def _invalid(reason: str) -> PKCS11Error:
+    return PKCS11Error(C.CKR_MECHANISM_PARAM_INVALID, reason)
+
+
+def _bytes(p, n: int) -> bytes:
+    """Bytes a parameter struct points at: NULL with n > 0 is an invalid parameter."""
+    if n == 0:
+        return b""
+    if p == F.NULL:
+        raise _invalid("NULL pointer inside the mechanism parameter")
+    return F.ffi.buffer(F.ffi.cast("CK_BYTE *", p), n)[:]
+
+
+# --- parsers: (pParameter, ulParameterLen) -> value ---------------------------------
+def _struct(ctype: str, p, n: int):
+    if n != F.ffi.sizeof(ctype):
+        raise _invalid(f"{ctype} is {F.ffi.sizeof(ctype)} bytes, got {n}")
+    return F.ffi.cast(ctype + " *", p)
+
+
+def parse_ulong(p, n):
+    return _struct("CK_ULONG", p, n)[0]
+
+
+def parse_gcm(p, n):
+    if n == F.ffi.sizeof("CK_GCM_PARAMS_V240"):
+        s = F.ffi.cast("CK_GCM_PARAMS_V240 *", p)
+        return P.GcmParams(_bytes(s.pIv, s.ulIvLen), s.ulIvLen * 8, _bytes(s.pAAD, s.ulAADLen), s.ulTagBits)
+    s = _struct("CK_GCM_PARAMS", p, n)
+    return P.GcmParams(_bytes(s.pIv, s.ulIvLen), s.ulIvBits, _bytes(s.pAAD, s.ulAADLen), s.ulTagBits)
+
+
+def parse_ctr(p, n):
+    s = _struct("CK_AES_CTR_PARAMS", p, n)
+    return P.CtrParams(s.ulCounterBits, F.ffi.buffer(s.cb)[:])
+
+
+def parse_oaep(p, n):
+    s = _struct("CK_RSA_PKCS_OAEP_PARAMS", p, n)
+    return P.OaepParams(s.hashAlg, s.mgf, s.source, _bytes(s.pSourceData, s.ulSourceDataLen))
+
+
+def parse_pss(p, n):
+    s = _struct("CK_RSA_PKCS_PSS_PARAMS", p, n)
+    return P.PssParams(s.hashAlg, s.mgf, s.sLen)
+
+
+def parse_eddsa(p, n):
+    s = _struct("CK_EDDSA_PARAMS", p, n)
+    return P.EddsaParams(bool(s.phFlag), _bytes(s.pContextData, s.ulContextDataLen))
+
+
+def parse_ecdh1(p, n):
+    s = _struct("CK_ECDH1_DERIVE_PARAMS", p, n)
+    return P.Ecdh1DeriveParams(s.kdf, _bytes(s.pSharedData, s.ulSharedDataLen),
+                               _bytes(s.pPublicData, s.ulPublicDataLen))
+
+
+def parse_hkdf(p, n):
+    s = _struct("CK_HKDF_PARAMS", p, n)
+    return P.HkdfParams(bool(s.bExtract), bool(s.bExpand), s.prfHashMechanism, s.ulSaltType,
+                        _bytes(s.pSalt, s.ulSaltLen), s.hSaltKey, _bytes(s.pInfo, s.ulInfoLen))
+
+
+def parse_pbkdf2(p, n):
+    s = _struct("CK_PKCS5_PBKD2_PARAMS2", p, n)
+    length = s.ulPasswordLen
+    if length >= POINTER_FLOOR:          # the 2.x layout: a pointer to the length
+        length = F.ffi.cast("CK_ULONG *", length)[0]
+    return P.Pbkdf2Params(s.saltSource, _bytes(s.pSaltSourceData, s.ulSaltSourceDataLen), s.iterations,
+                          s.prf, _bytes(s.pPrfData, s.ulPrfDataLen), _bytes(s.pPassword, length))
+
+
+def parse_bytes(p, n):
+    return F.ffi.buffer(F.ffi.cast("CK_BYTE *", p), n)[:]
+
+
+# mechanism name -> parser; names this token's constants lack are skipped
+_BY_NAME = {
+    "CKM_AES_GCM": parse_gcm,
+    "CKM_AES_CTR": parse_ctr,
+    "CKM_RSA_PKCS_OAEP": parse_oaep,
+    "CKM_EDDSA": parse_eddsa,
+    "CKM_ECDH1_DERIVE": parse_ecdh1,
+    "CKM_ECDH1_COFACTOR_DERIVE": parse_ecdh1,
+    "CKM_HKDF_DERIVE": parse_hkdf,
+    "CKM_HKDF_DATA": parse_hkdf,
+    "CKM_PKCS5_PBKD2": parse_pbkdf2,
+    "CKM_AES_CMAC_GENERAL": parse_ulong,
+    **{f"CKM_{h}_RSA_PKCS_PSS": parse_pss for h in ("SHA1", "SHA224", "SHA256", "SHA384", "SHA512",
+                                                      "SHA3_224", "SHA3_256", "SHA3_384", "SHA3_512")},
+    "CKM_RSA_PKCS_PSS": parse_pss,
+    **{f"CKM_{h}_HMAC_GENERAL": parse_ulong for h in ("MD5", "SHA_1", "SHA224", "SHA256", "SHA384", "SHA512",
+                                                        "SHA3_224", "SHA3_256", "SHA3_384", "SHA3_512")},
+}
+PARSERS = {getattr(C, name): fn for name, fn in _BY_NAME.items() if hasattr(C, name)}
+
+
+def read_mechanism(p_mech) -> P.Mechanism:
+    need(p_mech)
+    mech = p_mech[0]
+    kind, p, n = mech.mechanism, mech.pParameter, mech.ulParameterLen
+    if p == F.NULL:
+        if n:
+            raise PKCS11Error(C.CKR_ARGUMENTS_BAD, "NULL pParameter with a nonzero length")
+        return P.Mechanism(kind, None)
+    if n == 0:
+        return P.Mechanism(kind, None)
+    return P.Mechanism(kind, PARSERS.get(kind, parse_bytes)(p, n))
