@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libssl-dev opensc openssl softhsm2)
+PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libssl-dev opensc openssl softhsm2
+          swtpm swtpm-tools tpm2-tools libtss2-dev pcscd vsmartcard-vpcd libpcsclite-dev systemd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,4 +26,5 @@ fi
 echo "==> installing FerroHSM into .venv (builds the PKCS#11 module)"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q ".[test]"
+.venv/bin/python -m pip install -q -r requirements-backends.txt
 echo "==> module: $(.venv/bin/ferrohsm module-path)"

@@ -5,6 +5,7 @@ data longer than 255 bytes with command chaining (CLA bit 0x10), collects 61xx
 answers with GET RESPONSE and repeats a 6Cxx-refused command with the right Le.
 PC/SC failures raise CardError(rc); `ckr()` maps them to CK_RV.  The caller runs
 everything on a DeviceWorker, so a hung pcscd costs a bounded wait.
+`tlv` / `parse_tlv` build and read the BER-TLV that card commands carry.
 """
 
 from __future__ import annotations
@@ -122,3 +123,27 @@ class CardLink:
             more, sw = self.transmit(bytes([0x00, 0xC0, 0x00, 0x00, sw & 0xFF]))
             out += more
         return out, sw
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    t = tag.to_bytes((tag.bit_length() + 7) // 8 or 1, "big")
+    n = len(value)
+    head = bytes([n]) if n < 0x80 else (b"\x81" + bytes([n]) if n < 0x100
+                                        else b"\x82" + n.to_bytes(2, "big"))
+    return t + head + value
+
+
+def parse_tlv(buf: bytes) -> dict:
+    """BER-TLV with 1- or 2-byte tags; the first occurrence of a tag wins."""
+    out, i = {}, 0
+    while i < len(buf):
+        tag, i = buf[i], i + 1
+        if tag & 0x1F == 0x1F:
+            tag, i = (tag << 8) | buf[i], i + 1
+        n, i = buf[i], i + 1
+        if n & 0x80:
+            k = n & 0x7F
+            n, i = int.from_bytes(buf[i:i + k], "big"), i + k
+        out.setdefault(tag, buf[i:i + n])
+        i += n
+    return out

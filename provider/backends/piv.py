@@ -34,10 +34,12 @@ except ImportError:                         # pragma: no cover
 from .. import constants as C
 from ..errors import PKCS11Error
 from . import rsapad
-from .apdu import CardError, CardLink
+from .apdu import CardError, CardLink, parse_tlv, tlv
 from .base import Backend, DeviceTimeout, DeviceWorker, Health, KeyRef, pss_hash
 
-PIV_AID = bytes.fromhex("a00000030800001000")          # SP 800-73-4 §2.2, without version
+# SELECT by the 5-byte RID+PIX prefix first (what YubiKeys and jcecard answer; ISO 7816-4
+# partial DF-name selection), then by the SP 800-73-4 AID without its version bytes.
+PIV_AIDS = (bytes.fromhex("a000000308"), bytes.fromhex("a00000030800001000"))
 DEFAULT_MGMT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
 # kind -> (PIV algorithm id, field size or 0 for RSA, modulus bytes)
 KINDS = {"ec-p256": (0x11, 32, 0), "ec-p384": (0x14, 48, 0), "rsa-2048": (0x07, 0, 256)}
@@ -62,30 +64,6 @@ SW_CKR = {
     0x6A81: C.CKR_FUNCTION_NOT_SUPPORTED,
 }
 MAGIC = b"FPV\x01"
-
-
-def tlv(tag: int, value: bytes) -> bytes:
-    t = tag.to_bytes((tag.bit_length() + 7) // 8 or 1, "big")
-    n = len(value)
-    head = bytes([n]) if n < 0x80 else (b"\x81" + bytes([n]) if n < 0x100
-                                        else b"\x82" + n.to_bytes(2, "big"))
-    return t + head + value
-
-
-def parse_tlv(buf: bytes) -> dict:
-    """BER-TLV with 1- or 2-byte tags; the first occurrence of a tag wins."""
-    out, i = {}, 0
-    while i < len(buf):
-        tag, i = buf[i], i + 1
-        if tag & 0x1F == 0x1F:
-            tag, i = (tag << 8) | buf[i], i + 1
-        n, i = buf[i], i + 1
-        if n & 0x80:
-            k = n & 0x7F
-            n, i = int.from_bytes(buf[i:i + k], "big"), i + k
-        out.setdefault(tag, buf[i:i + n])
-        i += n
-    return out
 
 
 def _pin_block(pin: bytes) -> bytes:
@@ -125,6 +103,7 @@ class PivBackend(Backend):
         self.link = CardLink(reader)
         self._tl = threading.local()        # the link of the call running on this thread
         self.card_id = b""
+        self._aid = PIV_AIDS[0]
         self._pin: bytes | None = None
         self._worker = DeviceWorker(name, timeout)
 
@@ -136,7 +115,12 @@ class PivBackend(Backend):
         return out
 
     def _select(self):
-        self._cmd(0xA4, 0x04, 0x00, PIV_AID, what="SELECT PIV")
+        for aid in sorted(PIV_AIDS, key=lambda a: a != self._aid):
+            _, sw = self._tl.link.command(0x00, 0xA4, 0x04, 0x00, aid)
+            if sw == 0x9000:
+                self._aid = aid
+                return
+        raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, f"piv: no PIV application (SW {sw:04X})")
 
     def _identify(self) -> bytes:
         out, sw = self._tl.link.command(0x00, 0xCB, 0x3F, 0xFF, tlv(0x5C, CHUID.to_bytes(3, "big")))

@@ -1,0 +1,152 @@
+"""Session-scoped pytest fixtures that start the real test peers with the project's
+own scripts (scripts/peers/*.sh) and stop them at the end of the session, also when
+a test fails or the run is interrupted (fixture finalizer + atexit).  Every script
+call has a deadline.  A fixture skips with a reason only if the peer's programs are
+not installed; CI installs them (scripts/setup.sh)."""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / "scripts" / "peers"
+VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
+
+
+def missing(programs=(), files=(), modules=()) -> str | None:
+    gone = [p for p in programs if shutil.which(p) is None]
+    gone += [f for f in files if not os.path.exists(f)]
+    gone += [f"python:{m}" for m in modules if importlib.util.find_spec(m) is None]
+    return f"not installed: {', '.join(gone)} (scripts/setup.sh installs them)" if gone else None
+
+
+class Peer:
+    script: Path
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.env = dict(os.environ, PYTHON=os.environ.get("PYTHON", _python()))
+        self._registered = False
+
+    def run(self, cmd: str, timeout: float = 60) -> str:
+        r = subprocess.run(["bash", str(self.script), cmd, str(self.dir)], env=self.env,
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode:
+            raise RuntimeError(f"{self.script.name} {cmd}: {r.stderr.strip()}")
+        return r.stdout
+
+    def start(self) -> str:
+        out = self.run("start")
+        if not self._registered:
+            atexit.register(self.stop)
+            self._registered = True
+        return out
+
+    def stop(self) -> None:
+        try:
+            self.run("stop", timeout=30)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"peer stop: {e}")
+
+
+def _python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else "python3"
+
+
+class TpmPeer(Peer):
+    script = PEERS / "tpm.sh"
+
+    def start(self) -> str:
+        self.tcti = super().start().strip().splitlines()[-1]
+        return self.tcti
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def pid(self) -> int:
+        return int((self.dir / "swtpm.pid").read_text())
+
+    def tool(self, *args: str, timeout: float = 10) -> str:
+        """A tpm2-tools command against this TPM."""
+        r = subprocess.run([args[0], "-T", self.tcti, *args[1:]], capture_output=True,
+                           text=True, timeout=timeout)
+        if r.returncode:
+            raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def dictionary_attack(self, max_tries: int, recovery: int) -> None:
+        self.tool("tpm2_dictionarylockout", "--setup-parameters", f"--max-tries={max_tries}",
+                  f"--recovery-time={recovery}", "--lockout-recovery-time=0")
+
+    def clear_lockout(self) -> None:
+        self.tool("tpm2_dictionarylockout", "--clear-lockout")
+
+
+class PcscPeer(Peer):
+    script = PEERS / "pcsc.sh"
+
+    def start(self) -> str:
+        out = super().start()
+        vals = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        self.socket, self.reader = vals["PCSCLITE_CSOCK_NAME"], vals["READER"]
+        return out
+
+    def bridge_pid(self) -> int:
+        return int((self.dir / "bridge.pid").read_text())
+
+    def pcscd_restart(self): self.run("pcscd-restart")
+    def card_out(self): self.run("card-out")
+    def card_in(self): self.run("card-in")
+    def card_stop(self): self.run("card-stop")
+    def card_start(self): self.run("card-start")
+
+
+@pytest.fixture(scope="session")
+def swtpm(tmp_path_factory):
+    why = missing(("swtpm", "tpm2_getcap", "tpm2_shutdown", "tpm2_dictionarylockout"),
+                  modules=("tpm2_pytss",))
+    if why:
+        pytest.skip(f"swtpm peer: {why}")
+    peer = TpmPeer(tmp_path_factory.mktemp("swtpm"))
+    peer.start()
+    try:
+        yield peer
+    finally:
+        _resume(peer.dir / "swtpm.pid")
+        peer.stop()
+
+
+@pytest.fixture(scope="session")
+def pcsc(tmp_path_factory):
+    why = missing(("pcscd", "systemd-socket-activate", "opensc-tool"), (VPCD_DRIVER,),
+                  ("smartcard", "jcecard"))
+    if why:
+        pytest.skip(f"pcscd+vpcd+jcecard peer: {why}")
+    peer = PcscPeer(tmp_path_factory.mktemp("pcsc"))
+    peer.start()
+    # libpcsclite reads the socket name once per process: set it before any PC/SC call
+    os.environ["PCSCLITE_CSOCK_NAME"] = peer.socket
+    try:
+        yield peer
+    finally:
+        _resume(peer.dir / "bridge.pid")
+        peer.stop()
+
+
+def _resume(pidfile: Path) -> None:
+    """A test that froze a peer (SIGSTOP) and failed must not leave it frozen."""
+    try:
+        os.kill(int(pidfile.read_text()), signal.SIGCONT)
+    except (OSError, ValueError):
+        pass
