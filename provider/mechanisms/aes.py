@@ -29,12 +29,13 @@ Choices where the spec leaves room (each is tested in tests/unit/test_mech_aes.p
 import os
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import cmac, keywrap, padding
+from cryptography.hazmat.primitives import cmac, keywrap
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import constants as C
 from ..errors import PKCS11Error
+from .blockmodes import CODES, BlockMode, cbc, ecb, is_bytes
 from .base import Context, SinglePart, cached, check_key_type, require_param, secret
 from .generic import secret_value
 from .hmac import Mac
@@ -48,13 +49,6 @@ GCM_TAG_BITS = range(96, 129, 8)
 GCM_IV_LEN = range(8, 129)
 KW_IV = bytes.fromhex("A6A6A6A6A6A6A6A6")      # RFC 3394 §2.2.3.1
 KWP_IV = bytes.fromhex("A65959A6")             # RFC 5649 §3
-
-# direction -> (data too short/long code, data invalid code)
-CODES = {
-    True: (C.CKR_DATA_LEN_RANGE, C.CKR_DATA_INVALID),
-    False: (C.CKR_ENCRYPTED_DATA_LEN_RANGE, C.CKR_ENCRYPTED_DATA_INVALID),
-}
-
 
 def aes_key(key) -> bytes:
     check_key_type(key, C.CKK_AES)
@@ -73,10 +67,6 @@ def aes(key):
 def check_value(value: bytes) -> bytes:
     enc = Cipher(algorithms.AES(value), modes.ECB()).encryptor()
     return (enc.update(bytes(BLOCK)) + enc.finalize())[:3]
-
-
-def is_bytes(param) -> bool:
-    return isinstance(param, (bytes, bytearray))
 
 
 # --- key generation and the key type ----------------------------------------------
@@ -101,63 +91,6 @@ class AesKeyGen:
         value = os.urandom(n)
         return {C.CKA_KEY_TYPE: C.CKK_AES, C.CKA_VALUE: value, C.CKA_VALUE_LEN: n,
                 C.CKA_CHECK_VALUE: check_value(value)}
-
-
-# --- ECB, CBC, CBC_PAD -------------------------------------------------------------
-class BlockCtx(Context):
-    """Whole blocks go through at once; the tail waits for more data or Final."""
-
-    def __init__(self, engine, encrypting: bool, pad: bool):
-        self._engine = engine
-        self._encrypting = encrypting
-        self._pad = pad
-        self._tail = b""
-
-    def update(self, data: bytes) -> bytes:
-        buf = self._tail + bytes(data)
-        keep = len(buf) % BLOCK
-        if self._pad and not self._encrypting and keep == 0 and buf:
-            keep = BLOCK                        # the last block holds the padding
-        cut = len(buf) - keep
-        self._tail = buf[cut:]
-        return self._engine.update(buf[:cut]) if cut else b""
-
-    def final(self) -> bytes:
-        tail, self._tail = self._tail, b""
-        if self._encrypting and self._pad:
-            padder = padding.PKCS7(BLOCK * 8).padder()
-            return self._engine.update(padder.update(tail) + padder.finalize())
-        if len(tail) != (BLOCK if self._pad else 0):
-            raise PKCS11Error(CODES[self._encrypting][0], "not a whole number of blocks")
-        if not self._pad:
-            return b""
-        unpadder = padding.PKCS7(BLOCK * 8).unpadder()
-        try:
-            return unpadder.update(self._engine.update(tail)) + unpadder.finalize()
-        except ValueError:
-            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_INVALID, "bad padding") from None
-
-
-def _ecb(param):
-    require_param(param is None, "AES-ECB takes no parameter")
-    return modes.ECB()
-
-
-def _cbc(param):
-    require_param(is_bytes(param) and len(param) == BLOCK, "the IV must be 16 bytes")
-    return modes.CBC(bytes(param))
-
-
-class BlockMode:
-    def __init__(self, mode, pad: bool):
-        self.mode = mode
-        self.pad = pad
-
-    def encrypt_init(self, key, param) -> BlockCtx:
-        return BlockCtx(Cipher(aes(key), self.mode(param)).encryptor(), True, self.pad)
-
-    def decrypt_init(self, key, param) -> BlockCtx:
-        return BlockCtx(Cipher(aes(key), self.mode(param)).decryptor(), False, self.pad)
 
 
 # --- CTR ---------------------------------------------------------------------------
@@ -337,9 +270,9 @@ def _cmac(key):
 # --- the table ---------------------------------------------------------------------
 register_key_type(C.CKK_AES, AesKeyType)
 register(C.CKM_AES_KEY_GEN, AesKeyGen(), MIN_KEY, MAX_KEY)
-register(C.CKM_AES_ECB, BlockMode(_ecb, pad=False), MIN_KEY, MAX_KEY)
-register(C.CKM_AES_CBC, BlockMode(_cbc, pad=False), MIN_KEY, MAX_KEY)
-register(C.CKM_AES_CBC_PAD, BlockMode(_cbc, pad=True), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_ECB, BlockMode(aes, ecb, BLOCK, pad=False), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_CBC, BlockMode(aes, cbc, BLOCK, pad=False), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_CBC_PAD, BlockMode(aes, cbc, BLOCK, pad=True), MIN_KEY, MAX_KEY)
 register(C.CKM_AES_CTR, AesCtr(), MIN_KEY, MAX_KEY)
 register(C.CKM_AES_GCM, AesGcm(), MIN_KEY, MAX_KEY)
 register(C.CKM_AES_KEY_WRAP,
