@@ -17,6 +17,8 @@ Choices where the spec leaves room (each is tested in tests/unit/test_mech_aes.p
     Tag of 96..128 bits in steps of 8 (SP 800-38D's 32/64-bit tags are refused).
     Decryption releases no plaintext before the tag is checked: Update returns
     nothing, Final returns all of it. A bad tag is CKR_ENCRYPTED_DATA_INVALID.
+  - GCM message-based (PKCS#11 3.0, CK_GCM_MESSAGE_PARAMS per message): see
+    aes_message.py; native/message.c keeps the same rules for the fast path.
   - CKM_AES_KEY_WRAP (RFC 3394) and CKM_AES_KEY_WRAP_PAD / _KWP (both RFC 5649;
     0x210A is RFC 5649 in SoftHSM2) wrap, unwrap, and also encrypt/decrypt
     single-part. The optional IV must be absent or the RFC's default IV. A key
@@ -158,6 +160,12 @@ class GcmEncrypt(Context):
         engine = self._stream()
         return engine.finalize() + engine.tag[:self._tag_len]
 
+    def offload(self):
+        """(key, iv, aad, tag length) for the native fast path, before any data."""
+        if self._engine is not None:
+            return None
+        return aes_key(self._key), self._iv, self._aad, self._tag_len
+
     def oneshot(self, data: bytes) -> bytes:
         if self._tag_len == BLOCK and self._engine is None:
             value = aes_key(self._key)
@@ -173,6 +181,11 @@ class GcmDecrypt(Context):
         self._algorithm = aes(key)
         self._iv, self._aad, self._tag_len = iv, aad, tag_len
         self._parts: list[bytes] = []
+
+    def offload(self):
+        if self._parts:
+            return None
+        return self._algorithm.key, self._iv, self._aad, self._tag_len
 
     def update(self, data: bytes) -> bytes:
         self._parts.append(bytes(data))
@@ -205,6 +218,13 @@ class AesGcm:
     @staticmethod
     def decrypt_init(key, param) -> GcmDecrypt:
         return GcmDecrypt(key, *_gcm_params(param))
+
+    @staticmethod
+    def message_init(key, param, encrypting: bool, reserve):
+        """C_MessageEncryptInit / C_MessageDecryptInit: the parameters come per
+        message, so the mechanism's own parameter is not looked at."""
+        from .aes_message import GcmMessages
+        return GcmMessages(aes_key(key), encrypting, reserve)
 
 
 # --- key wrap (RFC 3394, RFC 5649) --------------------------------------------------
@@ -274,7 +294,8 @@ register(C.CKM_AES_ECB, BlockMode(aes, ecb, BLOCK, pad=False), MIN_KEY, MAX_KEY)
 register(C.CKM_AES_CBC, BlockMode(aes, cbc, BLOCK, pad=False), MIN_KEY, MAX_KEY)
 register(C.CKM_AES_CBC_PAD, BlockMode(aes, cbc, BLOCK, pad=True), MIN_KEY, MAX_KEY)
 register(C.CKM_AES_CTR, AesCtr(), MIN_KEY, MAX_KEY)
-register(C.CKM_AES_GCM, AesGcm(), MIN_KEY, MAX_KEY)
+register(C.CKM_AES_GCM, AesGcm(), MIN_KEY, MAX_KEY,
+         extra_flags=C.CKF_MESSAGE_ENCRYPT | C.CKF_MESSAGE_DECRYPT)
 register(C.CKM_AES_KEY_WRAP,
          KeyWrap(keywrap.aes_key_wrap, keywrap.aes_key_unwrap, KW_IV, _kw_fits, 24), MIN_KEY, MAX_KEY)
 _KWP = KeyWrap(keywrap.aes_key_wrap_with_padding, keywrap.aes_key_unwrap_with_padding, KWP_IV, _kwp_fits, 16)

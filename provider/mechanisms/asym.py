@@ -85,3 +85,31 @@ def load_pkcs8(der: bytes, kind):
     if not isinstance(key, kind):
         raise PKCS11Error(C.CKR_WRAPPED_KEY_INVALID, "PKCS#8 key of another type")
     return key
+
+
+class PointKeyType:
+    """complete() and to_pkcs8() for keys held as CKA_EC_PARAMS with CKA_EC_POINT
+    (public) or CKA_VALUE (private): EC and Edwards keys. A family sets the hooks:
+    curve(attrs), public_key(curve, point), private_key(curve, value),
+    point(public_key) and private_attrs(curve, params, private_key)."""
+
+    def complete(self, obj_class: int, attrs: dict) -> dict:
+        curve = self.curve(attrs)
+        if obj_class == C.CKO_PUBLIC_KEY:
+            need(attrs, C.CKA_EC_POINT)
+            try:
+                pub = self.public_key(curve, attrs[C.CKA_EC_POINT])
+            except ValueError:
+                raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "CKA_EC_POINT does not fit the curve") from None
+            return {C.CKA_EC_POINT: self.point(pub), C.CKA_PUBLIC_KEY_INFO: spki(pub)}
+        need(attrs, C.CKA_VALUE)
+        try:
+            priv = self.private_key(curve, attrs[C.CKA_VALUE])
+        except ValueError:
+            raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VALUE does not fit the curve") from None
+        made = self.private_attrs(curve, bytes(attrs[C.CKA_EC_PARAMS]), priv)
+        del made[C.CKA_KEY_TYPE], made[C.CKA_EC_PARAMS]
+        return made
+
+    def to_pkcs8(self, attrs: dict) -> bytes:
+        return pkcs8(self.private_key(self.curve(attrs), attrs[C.CKA_VALUE]))

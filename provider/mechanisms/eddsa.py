@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat
 
 from .. import constants as C
 from ..errors import PKCS11Error
-from .asym import OneShot, checked, key_of, load_pkcs8, need, pkcs8, spki
+from .asym import PointKeyType, OneShot, checked, key_of, load_pkcs8, spki
 from .base import cached, require_param
 from .curves import EDWARDS, EDWARDS_PARAMS, Curve, curve_of, wrap_point
 from .params import EddsaParams
@@ -101,31 +101,12 @@ class EdwardsKeyPairGen:
         return _key_attrs(bytes(params), curve.make.generate())
 
 
-def _invalid(what: str) -> PKCS11Error:
-    return PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, what)
-
-
-class EdwardsKeyType:
-    def complete(self, obj_class: int, attrs: dict) -> dict:
-        curve = _curve(attrs)
-        if obj_class == C.CKO_PUBLIC_KEY:
-            need(attrs, C.CKA_EC_POINT)
-            try:
-                pub = _public_key(curve, attrs[C.CKA_EC_POINT])
-            except ValueError:
-                raise _invalid("CKA_EC_POINT is not a public key of the curve") from None
-            return {C.CKA_EC_POINT: _point(pub), C.CKA_PUBLIC_KEY_INFO: spki(pub)}
-        need(attrs, C.CKA_VALUE)
-        try:
-            priv = _private_key(curve, attrs[C.CKA_VALUE])
-        except ValueError:
-            raise _invalid("CKA_VALUE is not a private key of the curve") from None
-        made = _key_attrs(bytes(attrs[C.CKA_EC_PARAMS]), priv)[1]
-        del made[C.CKA_KEY_TYPE], made[C.CKA_EC_PARAMS]
-        return made
-
-    def to_pkcs8(self, attrs: dict) -> bytes:
-        return pkcs8(_private_key(_curve(attrs), attrs[C.CKA_VALUE]))
+class EdwardsKeyType(PointKeyType):
+    curve = staticmethod(_curve)
+    public_key = staticmethod(_public_key)
+    private_key = staticmethod(_private_key)
+    point = staticmethod(_point)
+    private_attrs = staticmethod(lambda curve, params, priv: _key_attrs(params, priv)[1])
 
     def from_pkcs8(self, der: bytes) -> dict:
         key = load_pkcs8(der, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey))

@@ -25,11 +25,12 @@ class GcmParams:           # CK_GCM_PARAMS (3.0 layout; the 2.40 one is read by 
 
 
 @dataclass(frozen=True)
-class GcmMessageParams:    # CK_GCM_MESSAGE_PARAMS (issue 4)
+class GcmMessageParams:    # CK_GCM_MESSAGE_PARAMS, per message of C_EncryptMessage & co.
     iv: bytes
     iv_fixed_bits: int
     iv_generator: int
     tag_bits: int
+    tag: bytes = b""       # decryption: the tag to check (pTag); encryption writes pTag
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def test_reinit_token_needs_so_pin_and_wipes_objects(lib, slot):
 def test_new_token_seen_by_second_library(tmp_path):
     a = make_library(tmp_path)
     b = make_library(tmp_path)
-    slot = init_token(a, b"shared")
+    init_token(a, b"shared")
     labels = [b.get_token_info(sid)["label"] for sid in b.get_slot_list(True)]
     assert b"shared".ljust(32) in labels
     a.finalize()

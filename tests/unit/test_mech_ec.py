@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 
 from provider import constants as C
-from provider.errors import PKCS11Error
 from provider.mechanisms import registry
 from provider.mechanisms.curves import der_tlv, oid_der
 from provider.mechanisms.params import Ecdh1DeriveParams, EddsaParams
-from provider.objects import Obj
+
+from .mech import impl, obj, rv
 
 EC_FLAGS = C.CKF_EC_F_P | C.CKF_EC_NAMEDCURVE | C.CKF_EC_UNCOMPRESS | C.CKF_EC_CURVENAME
 SIGN_VERIFY = C.CKF_SIGN | C.CKF_VERIFY
@@ -25,20 +25,6 @@ ED25519, ED448 = oid_der("1.3.101.112"), oid_der("1.3.101.113")
 
 def printable(name: str) -> bytes:
     return der_tlv(0x13, name.encode())
-
-
-def impl(mech):
-    return registry.get(mech).impl
-
-
-def obj(attrs, cls):
-    return Obj(1, "u", {**attrs, C.CKA_CLASS: cls})
-
-
-def rv(fn, *args):
-    with pytest.raises(PKCS11Error) as info:
-        fn(*args)
-    return info.value.rv
 
 
 def gen(mech, params):

@@ -9,29 +9,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from provider import constants as C
-from provider.errors import PKCS11Error
 from provider.mechanisms import registry
 from provider.mechanisms import rsa as family
 from provider.mechanisms.params import OaepParams, PssParams
-from provider.objects import Obj
+
+from .mech import impl, obj, rv
 
 SIGN_VERIFY = C.CKF_SIGN | C.CKF_VERIFY
 SHA256_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 PSS256 = PssParams(C.CKM_SHA256, C.CKG_MGF1_SHA256, 32)
-
-
-def impl(mech):
-    return registry.get(mech).impl
-
-
-def obj(attrs, cls):
-    return Obj(1, "u", {**attrs, C.CKA_CLASS: cls})
-
-
-def rv(fn, *args):
-    with pytest.raises(PKCS11Error) as info:
-        fn(*args)
-    return info.value.rv
 
 
 def client_key(pub):
