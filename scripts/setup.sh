@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libssl-dev opensc openssl softhsm2
-          swtpm swtpm-tools tpm2-tools libtss2-dev pcscd vsmartcard-vpcd libpcsclite-dev systemd)
+          swtpm swtpm-tools tpm2-tools libtss2-dev pcscd vsmartcard-vpcd libpcsclite-dev systemd
+          libengine-pkcs11-openssl p11-kit gnutls-bin libnss3-tools openjdk-17-jdk-headless)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,5 +27,6 @@ fi
 echo "==> installing FerroHSM into .venv (builds the PKCS#11 module)"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q ".[test]"
+.venv/bin/python -m pip install -q -r conformance/requirements.txt
 .venv/bin/python -m pip install -q -r requirements-backends.txt
 echo "==> module: $(.venv/bin/ferrohsm module-path)"
