@@ -159,6 +159,23 @@ typedef struct CK_GCM_MESSAGE_PARAMS {
     CK_ULONG ulTagBits;
 } CK_GCM_MESSAGE_PARAMS;
 
+typedef struct CK_KEY_DERIVATION_STRING_DATA {
+    CK_BYTE_PTR pData;
+    CK_ULONG ulLen;
+} CK_KEY_DERIVATION_STRING_DATA;
+
+typedef struct CK_AES_CBC_ENCRYPT_DATA_PARAMS {
+    CK_BYTE iv[16];
+    CK_BYTE_PTR pData;
+    CK_ULONG length;
+} CK_AES_CBC_ENCRYPT_DATA_PARAMS;
+
+typedef struct CK_DES_CBC_ENCRYPT_DATA_PARAMS {
+    CK_BYTE iv[8];
+    CK_BYTE_PTR pData;
+    CK_ULONG length;
+} CK_DES_CBC_ENCRYPT_DATA_PARAMS;
+
 typedef struct CK_AES_CTR_PARAMS {
     CK_ULONG ulCounterBits;
     CK_BYTE cb[16];

@@ -102,6 +102,18 @@ def parse_pbkdf2(p, n):
                           s.prf, _bytes(s.pPrfData, s.ulPrfDataLen), _bytes(s.pPassword, length))
 
 
+def parse_string_data(p, n):
+    s = _struct("CK_KEY_DERIVATION_STRING_DATA", p, n)
+    return _bytes(s.pData, s.ulLen)
+
+
+def _parse_cbc_data(ctype: str):
+    def parse(p, n):
+        s = _struct(ctype, p, n)
+        return P.CbcEncryptDataParams(F.ffi.buffer(s.iv)[:], _bytes(s.pData, s.length))
+    return parse
+
+
 def parse_bytes(p, n):
     return F.ffi.buffer(F.ffi.cast("CK_BYTE *", p), n)[:]
 
@@ -118,6 +130,10 @@ _BY_NAME = {
     "CKM_HKDF_DATA": parse_hkdf,
     "CKM_PKCS5_PBKD2": parse_pbkdf2,
     "CKM_AES_CMAC_GENERAL": parse_ulong,
+    "CKM_AES_ECB_ENCRYPT_DATA": parse_string_data,
+    "CKM_DES3_ECB_ENCRYPT_DATA": parse_string_data,
+    "CKM_AES_CBC_ENCRYPT_DATA": _parse_cbc_data("CK_AES_CBC_ENCRYPT_DATA_PARAMS"),
+    "CKM_DES3_CBC_ENCRYPT_DATA": _parse_cbc_data("CK_DES_CBC_ENCRYPT_DATA_PARAMS"),
     **{f"CKM_{h}_RSA_PKCS_PSS": parse_pss for h in ("SHA1", "SHA224", "SHA256", "SHA384", "SHA512",
                                                       "SHA3_224", "SHA3_256", "SHA3_384", "SHA3_512")},
     "CKM_RSA_PKCS_PSS": parse_pss,

@@ -228,6 +228,11 @@ CKA_HAS_RESET = 0x302
 CKA_ALLOWED_MECHANISMS = CKF_ARRAY_ATTRIBUTE | 0x600
 CKA_PROFILE_ID = 0x601
 CKA_VENDOR_DEFINED = 0x80000000
+# FerroHSM's own attributes of a private key held by a device backend (provider/backends/engine.py):
+# set by the token alone, never by a template.  The backend's name is readable; the key
+# reference is sealed in the store like key material and reads as CKR_ATTRIBUTE_SENSITIVE.
+CKA_FERRO_BACKEND = CKA_VENDOR_DEFINED | 0x46520001
+CKA_FERRO_KEY_REF = CKA_VENDOR_DEFINED | 0x46520002
 
 # --- mechanisms (CKM_) -----------------------------------------------------
 CKM_RSA_PKCS_KEY_PAIR_GEN = 0x0
@@ -301,6 +306,10 @@ CKM_AES_CTR = 0x1086
 CKM_AES_GCM = 0x1087
 CKM_AES_CMAC = 0x108A
 CKM_AES_CMAC_GENERAL = 0x108B
+CKM_DES3_ECB_ENCRYPT_DATA = 0x1102
+CKM_DES3_CBC_ENCRYPT_DATA = 0x1103
+CKM_AES_ECB_ENCRYPT_DATA = 0x1104
+CKM_AES_CBC_ENCRYPT_DATA = 0x1105
 CKM_AES_KEY_WRAP = 0x2109
 CKM_AES_KEY_WRAP_PAD = 0x210A
 CKM_AES_KEY_WRAP_KWP = 0x210B
@@ -414,6 +423,8 @@ CKG_NO_GENERATE = 0x0
 CKG_GENERATE = 0x1
 CKG_GENERATE_COUNTER = 0x2
 CKG_GENERATE_RANDOM = 0x3
+
+CKF_END_OF_MESSAGE = 0x1      # C_EncryptMessageNext / C_DecryptMessageNext flags
 
 
 def name_of(prefix: str, value: int) -> str:

@@ -48,3 +48,23 @@ def param_invalid(reason: str) -> PKCS11Error:
 def require_param(cond: bool, reason: str) -> None:
     if not cond:
         raise param_invalid(reason)
+
+
+# key types whose length a derivation may take from the key type alone, and those
+# that need CKA_VALUE_LEN in the template
+FIXED_LEN = {C.CKK_DES: 8, C.CKK_DES2: 16, C.CKK_DES3: 24}
+NEEDS_LEN = frozenset({C.CKK_AES})
+
+
+def derived_len(template: dict, natural: int) -> int:
+    """Length of a derived secret key: CKA_VALUE_LEN, else the key type's fixed
+    length, else `natural` (what the derivation produces)."""
+    length = template.get(C.CKA_VALUE_LEN)
+    key_type = template.get(C.CKA_KEY_TYPE)
+    if length is None:
+        if key_type in NEEDS_LEN:
+            raise PKCS11Error(C.CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE_LEN needed")
+        length = FIXED_LEN.get(key_type, natural)
+    if length <= 0:
+        raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VALUE_LEN must be positive")
+    return length

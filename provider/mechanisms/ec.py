@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .. import constants as C
 from ..errors import PKCS11Error
 from .asym import PointKeyType, Hashed, OneShot, checked, key_of, load_pkcs8, spki, to_bytes, to_int
-from .base import cached, require_param
+from .base import cached, derived_len, require_param
 from .curves import WEIERSTRASS, WEIERSTRASS_PARAMS, Curve, curve_of, wrap_point
 from .digest import hash_for
 from .params import Ecdh1DeriveParams
@@ -57,8 +57,6 @@ KDFS = {
     C.CKD_SHA384_KDF: C.CKM_SHA384,
     C.CKD_SHA512_KDF: C.CKM_SHA512,
 }
-FIXED_LEN = {C.CKK_DES: 8, C.CKK_DES2: 16, C.CKK_DES3: 24}
-NEEDS_LEN = frozenset({C.CKK_AES})
 
 
 # --- keys -----------------------------------------------------------------------------
@@ -144,18 +142,6 @@ class Ecdsa:
 
 
 # --- ECDH -----------------------------------------------------------------------------
-def _derived_len(template: dict, natural: int) -> int:
-    length = template.get(C.CKA_VALUE_LEN)
-    key_type = template.get(C.CKA_KEY_TYPE)
-    if length is None:
-        if key_type in NEEDS_LEN:
-            raise PKCS11Error(C.CKR_TEMPLATE_INCOMPLETE, "CKA_VALUE_LEN needed")
-        length = FIXED_LEN.get(key_type, natural)
-    if length <= 0:
-        raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VALUE_LEN must be positive")
-    return length
-
-
 class Ecdh:
     def derive(self, base_key, param, template: dict, resolve) -> dict:
         require_param(isinstance(param, Ecdh1DeriveParams), "CK_ECDH1_DERIVE_PARAMS required")
@@ -168,7 +154,7 @@ class Ecdh:
         except ValueError:
             raise PKCS11Error(C.CKR_MECHANISM_PARAM_INVALID, "public data is not a point on the key's curve") from None
         secret = priv.exchange(ec.ECDH(), peer)
-        length = _derived_len(template, len(secret))
+        length = derived_len(template, len(secret))
         if KDFS[param.kdf] is None:
             if length > len(secret):
                 raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VALUE_LEN longer than the shared secret")

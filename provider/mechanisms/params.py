@@ -1,7 +1,8 @@
 """Mechanism parameters as the engine sees them, parsed from C structs by the shim.
 
 A mechanism with no parameter gets None; one whose parameter is a plain byte
-string (an IV for CBC, the optional IV of AES key wrap) gets `bytes`; a CK_ULONG
+string (an IV for CBC, the optional IV of AES key wrap, the data of a
+CK_KEY_DERIVATION_STRING_DATA) gets `bytes`; a CK_ULONG
 parameter (e.g. a MAC length) gets `int`; the rest get one of these dataclasses.
 The shim rejects a parameter whose length fits no known layout with
 CKR_MECHANISM_PARAM_INVALID; families reject values they cannot use the same way.
@@ -86,3 +87,9 @@ class Pbkdf2Params:        # CK_PKCS5_PBKD2_PARAMS / CK_PKCS5_PBKD2_PARAMS2
     prf: int               # CKP_PKCS5_PBKD2_HMAC_*
     prf_data: bytes
     password: bytes
+
+
+@dataclass(frozen=True)
+class CbcEncryptDataParams:  # CK_AES_CBC_ENCRYPT_DATA_PARAMS / CK_DES_CBC_ENCRYPT_DATA_PARAMS
+    iv: bytes
+    data: bytes
