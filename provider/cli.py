@@ -4,6 +4,8 @@ It drives the same engine the PKCS#11 module runs, in-process, on the token
 directory that FERROHSM_CONF (or the per-user default) names.
 """
 
+import json
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -143,3 +145,53 @@ def show_config():
                         ("PIN tries before lock", str(conf.pin_max_failures))):
         table.add_row(name, value)
     out.print(table)
+
+
+@app.command("backends")
+def backends():
+    """Show each configured backend, its health and what it can do, and each token's policy."""
+    lib = Library()
+    try:
+        table = Table("backend", "type", "class", "health", "capabilities")
+        for name, btype, kind, ok, reason, caps in lib.backends.describe():
+            by_op = {}
+            for op, key_kind in sorted(caps):
+                by_op.setdefault(op, []).append(key_kind)
+            table.add_row(name, btype, kind, ("[green]ok[/green] " if ok else "[red]down[/red] ") + reason,
+                          "\n".join(f"{op}: {', '.join(k)}" for op, k in by_op.items()))
+        out.print(table)
+        policies = Table("token", "precedence", "fallback")
+        for label, policy in lib.config.token_policies.items():
+            policies.add_row(label, " > ".join(policy.backends), policy.fallback)
+        out.print(policies)
+    finally:
+        lib.finalize()
+
+
+@app.command("migrate-key")
+def migrate_key(
+    from_token: str = typer.Option(..., help="Source token label."),
+    to_token: str = typer.Option(..., help="Destination token label."),
+    key_id: str = typer.Option(..., "--id", help="CKA_ID of the private key, hex."),
+    approver: str = typer.Option(..., help="Who approved the move (recorded in the log)."),
+    from_pin: str = typer.Option(..., prompt=True, hide_input=True, help="Source user PIN."),
+    to_pin: str = typer.Option(..., prompt=True, hide_input=True, help="Destination user PIN."),
+):
+    """Copy a key to another token's backend (wrap, hash check, test signature); the source
+    key stays.  Every attempt is appended to migrations.jsonl in the token directory."""
+    from .migrate import migrate_key as run
+    lib = Library()
+    try:
+        record = run(lib, from_token, from_pin.encode(), to_token, to_pin.encode(),
+                     bytes.fromhex(key_id), approver)
+    finally:
+        lib.finalize()
+    table = Table("field", "value")
+    for name in ("outcome", "reason", "sha256_source", "sha256_destination", "test_signature"):
+        if name in record:
+            table.add_row(name, str(record[name]))
+    table.add_row("source", json.dumps(record["source"]))
+    table.add_row("destination", json.dumps(record["destination"]))
+    out.print(table)
+    if record["outcome"] != "ok":
+        raise typer.Exit(1)

@@ -14,6 +14,32 @@ TOML, every key optional:
     max_length = 255
     max_failures = 10        # wrong PINs in a row before the PIN locks
 
+    # Device backends (provider/backends/engine.py), each named; "soft" (the engine's
+    # own keys) always exists.  Settings per type:
+    [backends.tpm]
+    type = "tpm2"
+    tcti = "swtpm:path=/run/swtpm/sock"   # or "device:/dev/tpmrm0", ...
+    timeout = 10.0                        # seconds per device call
+    [backends.card]
+    type = "piv"
+    reader = "Yubico YubiKey"             # a reader name or its prefix; "" = the first
+    management_key = "0102...08"          # hex; default the PIV default 3DES key
+    management_key_algorithm = "3des"     # 3des | aes128 | aes192 | aes256
+    pin_tries = 3
+    [backends.shsm]
+    type = "softhsm"
+    module = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label = "ferro"
+    pin = "file:/etc/ferrohsm/softhsm.pin"  # PIN source: "file:PATH" or "env:VARIABLE"
+    conf = ""                             # SOFTHSM2_CONF to use ("" = the environment's)
+
+    # Per token (by label): backend precedence and fallback policy.
+    [token."my token"]
+    backends = ["tpm", "card"]           # first healthy one holds new key pairs
+    fallback = "none"                     # "software": use the engine's keys if none is
+
+A token with no [token.LABEL] table keeps its keys in the engine, as before.
+
 Without FERROHSM_CONF the per-user file $XDG_CONFIG_HOME/ferrohsm/ferrohsm.conf
 (~/.config/...) is read if it exists, else the defaults above apply. A FERROHSM_CONF
 that names a missing or malformed file is an error, not a silent fallback.
@@ -21,13 +47,21 @@ that names a missing or malformed file is an error, not a silent fallback.
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import constants as C
 from .errors import PKCS11Error
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BACKEND_TYPES = ("soft", "tpm2", "piv", "softhsm")
+FALLBACKS = ("software", "none")
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    backends: tuple          # backend names, in order of preference
+    fallback: str = "none"   # one of FALLBACKS
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -43,6 +77,8 @@ class Config:
     pin_max: int = 255
     pin_max_failures: int = 10
     source: str = "(defaults)"
+    backends: dict = field(default_factory=lambda: {"soft": {"type": "soft"}})
+    token_policies: dict = field(default_factory=dict)    # token label -> TokenPolicy
 
     @staticmethod
     def default_path() -> Path:
@@ -77,9 +113,31 @@ class Config:
             pin_max=int(pin.get("max_length", 255)),
             pin_max_failures=int(pin.get("max_failures", 10)),
             source=source,
+            **_backends(data, source),
         )
         if conf.log_level not in LOG_LEVELS:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: log level must be one of {LOG_LEVELS}")
         if not (1 <= conf.pin_min <= conf.pin_max) or conf.pin_max_failures < 1:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: bad [pin] limits")
         return conf
+
+
+def _backends(data: dict, source: str) -> dict:
+    """The [backends.NAME] and [token.LABEL] tables, checked."""
+    def bad(why):
+        return PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: {why}")
+    backends = {"soft": {"type": "soft"}}
+    for name, settings in data.get("backends", {}).items():
+        if not isinstance(settings, dict) or settings.get("type") not in BACKEND_TYPES:
+            raise bad(f"[backends.{name}] needs type = one of {BACKEND_TYPES}")
+        backends[name] = dict(settings)
+    policies = {}
+    for label, table in data.get("token", {}).items():
+        names, fallback = tuple(table.get("backends", ())), table.get("fallback", "none")
+        unknown = [n for n in names if n not in backends]
+        if not names or unknown:
+            raise bad(f"[token.{label!r}] backends must name configured backends {unknown}")
+        if fallback not in FALLBACKS:
+            raise bad(f"[token.{label!r}] fallback must be one of {FALLBACKS}")
+        policies[label] = TokenPolicy(names, fallback)
+    return {"backends": backends, "token_policies": policies}

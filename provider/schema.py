@@ -116,6 +116,9 @@ PRIVATE_KEY = {
     C.CKA_UNWRAP_TEMPLATE: (CG, ()),
     C.CKA_ALWAYS_AUTHENTICATE: (CG, False),
     C.CKA_PUBLIC_KEY_INFO: (CG, b""),
+    # a key held by a device backend (backends/engine.py): where it lives, and its reference
+    C.CKA_FERRO_BACKEND: (TOKEN_SET, None),
+    C.CKA_FERRO_KEY_REF: (F.SECRET, None),
 }
 
 SECRET_KEY = {

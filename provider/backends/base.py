@@ -51,7 +51,8 @@ class KeyRef:
 class Backend(ABC):
     name: str = ""
     kind: str = "software"         # "software" | "hardware"
-    exportable: bool = False
+    exportable: bool = False       # can keys created extractable leave it (wrap())?
+    inline: bool = False           # True: the engine keeps the key material itself (soft)
 
     @abstractmethod
     def health(self) -> Health: ...
@@ -70,6 +71,15 @@ class Backend(ABC):
         """Remaining tries as the device counts them, None if unknown."""
         return None
 
+    def pin_flags(self) -> int:
+        """CKF_USER_PIN_* flags from the device's own PIN counter (0: it has none)."""
+        return 0
+
+    def place(self, label: str, in_use: list) -> str:
+        """The label to generate a key under, given the KeyRefs this token already
+        holds here (a card picks a free key slot; others take the label as it is)."""
+        return label
+
     @abstractmethod
     def generate(self, kind: str, label: str) -> KeyRef: ...
 
@@ -85,6 +95,17 @@ class Backend(ABC):
 
     def derive(self, ref: KeyRef, mechanism, peer_point: bytes) -> bytes:
         raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{self.name}: no derive")
+
+    def wrap(self, ref: KeyRef, kek: bytes) -> bytes:
+        """The private key as PKCS#8, wrapped with AES key wrap with padding (RFC 5649)
+        under the 32-byte `kek` (key migration); only keys created extractable."""
+        raise PKCS11Error(C.CKR_KEY_UNEXTRACTABLE, f"{self.name}: keys never leave the device")
+
+    def unwrap(self, kind: str, wrapped: bytes, kek: bytes, label: str,
+               extractable: bool, public_der: bytes) -> KeyRef:
+        """Import a key that wrap() produced (sensitive; extractable as asked).
+        `public_der` is the key's SubjectPublicKeyInfo, known to the caller."""
+        raise PKCS11Error(C.CKR_FUNCTION_NOT_SUPPORTED, f"{self.name}: no key import")
 
     @abstractmethod
     def destroy(self, ref: KeyRef) -> None: ...

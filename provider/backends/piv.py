@@ -250,6 +250,16 @@ class PivBackend(Backend):
             return table[left]
         return C.CKF_USER_PIN_COUNT_LOW if left is not None and left < self.max_pin_tries else 0
 
+    def place(self, label: str, in_use: list) -> str:
+        """A label that names a key slot keeps it; else the first slot no key of ours uses."""
+        if label.lower() in SLOT_NAMES:
+            return label.lower()
+        taken = {unpack_ref(ref.blob)[0] for ref in in_use}
+        free = [name for name, slot in SLOT_NAMES.items() if slot not in taken]
+        if not free:
+            raise PKCS11Error(C.CKR_DEVICE_MEMORY, "piv: every key slot holds a key")
+        return free[0]
+
     def generate(self, kind: str, label: str, slot: int | None = None) -> KeyRef:
         self.supports("generate", kind)
         slot = slot or SLOT_NAMES.get(label.lower(), 0x9A)

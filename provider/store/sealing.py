@@ -252,6 +252,15 @@ class SealingStore(TokenStore):
         with self._lock:
             self._master = self._master_epoch = None
 
+    def backend_secret(self, name: str) -> bytes:
+        """A secret for device backend `name` (e.g. TPM object auth) that only a logged-in
+        user can compute and that a PIN change keeps: HMAC-SHA256 of the master key."""
+        with self._lock:
+            if self._master is None:
+                raise PKCS11Error(C.CKR_USER_NOT_LOGGED_IN, "backend secret needs a login")
+            return hmac.new(self._master, b"ferrohsm backend secret\0" + name.encode(),
+                            hashlib.sha256).digest()
+
     def _held(self, epoch: int) -> bytes:
         if self._master is None or self._master_epoch != epoch:
             self.logout()

@@ -1,1 +1,1 @@
-from tests.peers.fixtures import pcsc, swtpm  # noqa: F401  (session-scoped peer fixtures)
+from tests.peers.fixtures import pcsc, softhsm, swtpm  # noqa: F401  (session-scoped peer fixtures)

@@ -150,3 +150,38 @@ def _resume(pidfile: Path) -> None:
         os.kill(int(pidfile.read_text()), signal.SIGCONT)
     except (OSError, ValueError):
         pass
+
+
+class SoftHsmPeer:
+    """A private SoftHSM2 token directory and config in tmp (no system config touched):
+    one initialized token, its user PIN in a file (the backend's PIN source)."""
+    module = "/usr/lib/softhsm/libsofthsm2.so"
+    label, pin, so_pin = "ferro-backend", "1234", "12345678"
+
+    def __init__(self, directory: Path):
+        (directory / "tokens").mkdir()
+        self.conf = directory / "softhsm2.conf"
+        self.conf.write_text(f"directories.tokendir = {directory / 'tokens'}\n"
+                             "objectstore.backend = file\nlog.level = ERROR\n")
+        self.pin_file = directory / "user.pin"
+        self.pin_file.write_text(self.pin)
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", self.label,
+                        "--pin", self.pin, "--so-pin", self.so_pin],
+                       env=dict(os.environ, SOFTHSM2_CONF=str(self.conf)), check=True,
+                       capture_output=True, timeout=30)
+
+    def settings(self) -> str:
+        """The [backends.NAME] body for FerroHSM's config."""
+        return (f'type = "softhsm"\nmodule = "{self.module}"\ntoken_label = "{self.label}"\n'
+                f'pin = "file:{self.pin_file}"\nconf = "{self.conf}"\n')
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory):
+    why = missing(("softhsm2-util",), (SoftHsmPeer.module,), ("pkcs11",))
+    if why:
+        pytest.skip(f"SoftHSM2 peer: {why}")
+    peer = SoftHsmPeer(tmp_path_factory.mktemp("softhsm"))
+    # SoftHSM2 reads SOFTHSM2_CONF once per process, at its first C_Initialize
+    os.environ["SOFTHSM2_CONF"] = str(peer.conf)
+    return peer

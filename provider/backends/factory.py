@@ -1,0 +1,59 @@
+"""Building configured backends: one builder per backend type, from its config table.
+
+FACTORIES maps a type to (builder(name, settings) -> Backend, what its login() gets):
+"pin" (the user PIN as typed: a PIV card checks it itself), "derived" (a secret only a
+logged-in user can compute, see SealingStore.backend_secret), or None (nothing: the
+backend has its own credentials, e.g. the SoftHSM2 PIN source).  tpm2, piv and softhsm
+need optional packages and are imported only when configured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import constants as C
+from ..errors import PKCS11Error
+from .soft import SoftBackend
+
+
+def _pin_source(spec: str) -> bytes:
+    how, _, where = spec.partition(":")
+    read = {"file": lambda: Path(where).read_text().strip(), "env": lambda: os.environ[where]}
+    if how not in read:
+        raise PKCS11Error(C.CKR_GENERAL_ERROR, f"PIN source {spec!r}: use file:PATH or env:NAME")
+    try:
+        return read[how]().encode()
+    except (OSError, KeyError) as e:
+        raise PKCS11Error(C.CKR_DEVICE_ERROR, f"PIN source {spec!r}: {e}") from None
+
+
+def _tpm2(name, s):
+    from .tpm2 import Tpm2Backend
+    return Tpm2Backend(s["tcti"], name=name, timeout=float(s.get("timeout", 10.0)))
+
+
+MGMT_ALGORITHMS = {"3des": 0x03, "aes128": 0x08, "aes192": 0x0A, "aes256": 0x0C}
+
+
+def _piv(name, s):
+    from .piv import DEFAULT_MGMT_KEY, PivBackend
+    key = bytes.fromhex(s["management_key"]) if s.get("management_key") else DEFAULT_MGMT_KEY
+    return PivBackend(s.get("reader") or None, name=name, mgmt_key=key,
+                      mgmt_alg=MGMT_ALGORITHMS[s.get("management_key_algorithm", "3des")],
+                      timeout=float(s.get("timeout", 10.0)), max_pin_tries=int(s.get("pin_tries", 3)))
+
+
+def _softhsm(name, s):
+    from .softhsm import SoftHsmBackend
+    return SoftHsmBackend(s.get("module", "/usr/lib/softhsm/libsofthsm2.so"), s["token_label"],
+                          _pin_source(s["pin"]), conf=s.get("conf") or None, name=name)
+
+
+# backend type -> (builder(name, settings), what login() gets: "pin" | "derived" | None)
+FACTORIES = {
+    "soft": (lambda name, s: SoftBackend(name), None),
+    "tpm2": (_tpm2, "derived"),
+    "piv": (_piv, "pin"),
+    "softhsm": (_softhsm, None),
+}
