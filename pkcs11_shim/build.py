@@ -33,10 +33,31 @@ import tempfile
 import cffi
 
 from .cdefs import header
-from .functions import FUNCTIONS, NS, PY, V240_COUNT, arg_names
+from .functions import FAST, FUNCTIONS, NS, PY, V240_COUNT, arg_names
 
 MODULE = "_ferrohsm_pkcs11"
 LIBNAME = "libferrohsm-pkcs11.so"
+NATIVE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
+
+# what pkcs11_shim/native.py calls in native/ (as declared in native/ferro_native.h)
+NATIVE_API = """
+extern int ferro_native_enabled;
+int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const unsigned char *key_bytes,
+                     size_t key_len, const unsigned char *iv, size_t iv_len, const unsigned char *aad,
+                     size_t aad_len, size_t tag_len);
+int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsigned char *value,
+                          size_t value_len, const unsigned char *ec_params, size_t params_len);
+void ferro_native_drop_session(CK_SESSION_HANDLE s);
+void ferro_native_drop_key(CK_OBJECT_HANDLE key, CK_RV ended_rv);
+void ferro_native_drop_all(void);
+void ferro_native_forget(CK_SESSION_HANDLE s, int kind);
+int ferro_native_cancel(CK_SESSION_HANDLE s, int kind);
+"""
+# the engine reserves IV counter values for the native message path
+NATIVE_CDEF = NATIVE_API + """
+extern "Python+C" CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+                                            unsigned long long *start, unsigned long long *count);
+"""
 
 BOOT_C = r"""
 #include <dlfcn.h>
@@ -51,6 +72,7 @@ BOOT_C = r"""
 #define CKR_ARGUMENTS_BAD 0x7UL
 #define CKR_FUNCTION_NOT_SUPPORTED 0x54UL
 #define CKR_BUFFER_TOO_SMALL 0x150UL
+#define FERRO_PASS (~(CK_RV)0)          /* native/ferro_native.h: "not mine, ask Python" */
 
 int ferro_python_ready = 0;        /* set by the init code once handlers exist */
 static int ferro_python_ok = 0;
@@ -211,7 +233,12 @@ def _entry_points() -> str:
         if how == PY:
             args = ", ".join(arg_names(params))
             decls.append(f"static CK_RV py_{name}({params});")
-            defs.append(f"CK_RV {name}({params})\n{{\n    CK_RV rv;\n"
+            fast = ""
+            if name in FAST:
+                decls.append(f"CK_RV ferro_fast_{name}({params});")
+                fast = (f"    if ((rv = ferro_fast_{name}({args})) != FERRO_PASS)\n"
+                        f"        return rv;\n")
+            defs.append(f"CK_RV {name}({params})\n{{\n    CK_RV rv;\n{fast}"
                         f"    if (!ferro_boot())\n        return CKR_GENERAL_ERROR;\n"
                         f"    rv = py_{name}({args});\n"
                         f"    return ferro_python_ready ? rv : CKR_GENERAL_ERROR;\n}}")
@@ -241,24 +268,39 @@ except BaseException:
 """
 
 
-def make_ffi() -> cffi.FFI:
+def native_header() -> str:
+    """ferro_pkcs11.h for native/*.c: the shim's declarations and every CK* constant."""
+    from provider import constants as C
+    defines = "".join(f"#define {name} ((CK_ULONG)0x{value:x}UL)\n" for name, value in vars(C).items()
+                      if name.startswith("CK") and "_" in name and isinstance(value, int))
+    return ("#ifndef FERRO_PKCS11_H\n#define FERRO_PKCS11_H\n" + header()
+            + "#define CK_TRUE 1\n#define CK_FALSE 0\n" + defines + "#endif\n")
+
+
+def make_ffi(include_dir: str) -> cffi.FFI:
+    """`include_dir` receives the generated ferro_pkcs11.h the native sources include."""
+    with open(os.path.join(include_dir, "ferro_pkcs11.h"), "w") as f:
+        f.write(native_header())
     ffi = cffi.FFI()
     decls = header()
     ffi.embedding_api("")      # no Python-implemented exports: the C_* are C
     ffi.cdef(decls)
     ffi.cdef("extern int ferro_python_ready;")
+    ffi.cdef(NATIVE_CDEF)
     ffi.cdef("".join(f'extern "Python" CK_RV py_{name}({params});\n'
                      for name, how, params in FUNCTIONS if how == PY))
     libdir = sysconfig.get_config_var("LIBDIR")
     home = sys.base_prefix.replace("\\", "\\\\").replace('"', '\\"')
     ffi.set_source(
         MODULE,
-        decls + BOOT_C + _entry_points() + _function_lists() + INTERFACES_C,
+        decls + BOOT_C + NATIVE_API + _entry_points() + _function_lists() + INTERFACES_C,
+        sources=sorted(os.path.join(NATIVE_DIR, f) for f in os.listdir(NATIVE_DIR) if f.endswith(".c")),
+        include_dirs=[include_dir, NATIVE_DIR],
         define_macros=[("_GNU_SOURCE", None), ("FERRO_PYTHON_HOME", f'"{home}"')],
         library_dirs=[libdir],
         runtime_library_dirs=[libdir],
-        libraries=["dl", "pthread"],
-        extra_compile_args=["-Wno-unused-parameter"],
+        libraries=["crypto", "dl", "pthread"],
+        extra_compile_args=["-Wno-unused-parameter", "-O2"],
         # our own C_* win over same-named symbols of other modules in the process
         extra_link_args=["-Wl,-Bsymbolic"],
     )
@@ -269,8 +311,8 @@ def make_ffi() -> cffi.FFI:
 def compile_library(out_dir: str, verbose: bool = False) -> str:
     """Build the library into `out_dir`; returns its path."""
     os.makedirs(out_dir, exist_ok=True)
-    ffi = make_ffi()
     with tempfile.TemporaryDirectory(prefix="ferrohsm-build-") as tmp:
+        ffi = make_ffi(tmp)
         built = ffi.compile(tmpdir=tmp, target=LIBNAME, verbose=verbose)
         dest = os.path.join(out_dir, LIBNAME)
         tmp_dest = dest + ".tmp"

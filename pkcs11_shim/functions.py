@@ -12,7 +12,7 @@ How:
   NS  a C stub returning CKR_FUNCTION_NOT_SUPPORTED. Used for the functions the
       spec lets a token leave out and SoftHSM2 leaves out too: operation state,
       the dual-function updates, the legacy parallel functions, slot events, and
-      (until issue 4) the message-based functions.
+      message-based sign/verify.
 """
 
 import re
@@ -144,13 +144,21 @@ _MSG = [
 
 _P = f"{_S}, CK_VOID_PTR pParameter, CK_ULONG ulParameterLen"
 for _op, _one, _begin, _next in _MSG:
+    _how = PY if _begin else NS          # message-based encrypt/decrypt (issue 4); sign/verify: not yet
     FUNCTIONS += [
-        (f"C_Message{_op}Init", NS, f"{_S}, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey"),
-        (f"C_{_op}Message", NS, f"{_P}, {_begin + ', ' if _begin else ''}{_one}"),
-        (f"C_{_op}MessageBegin", NS, f"{_P}{', ' + _begin if _begin else ''}"),
-        (f"C_{_op}MessageNext", NS, f"{_P}, {_next}"),
-        (f"C_Message{_op}Final", NS, _S),
+        (f"C_Message{_op}Init", _how, f"{_S}, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey"),
+        (f"C_{_op}Message", _how, f"{_P}, {_begin + ', ' if _begin else ''}{_one}"),
+        (f"C_{_op}MessageBegin", _how, f"{_P}{', ' + _begin if _begin else ''}"),
+        (f"C_{_op}MessageNext", _how, f"{_P}, {_next}"),
+        (f"C_Message{_op}Final", _how, _S),
     ]
+
+# PY functions whose C entry point first asks the native fast path (AES-GCM, ECDSA)
+# (native/, `ferro_fast_<name>`); it answers, or passes the call on to Python.
+FAST = {f"C_{op}{part}" for op in ("Encrypt", "Decrypt", "Sign") for part in ("Init", "", "Update", "Final")} | {
+    name for op in ("Encrypt", "Decrypt") for name in (
+        f"C_Message{op}Init", f"C_{op}Message", f"C_{op}MessageBegin", f"C_{op}MessageNext",
+        f"C_Message{op}Final")}
 
 V240_COUNT = 68          # CK_FUNCTION_LIST is the first 68 rows
 assert len(FUNCTIONS) == 92, len(FUNCTIONS)

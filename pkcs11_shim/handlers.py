@@ -7,15 +7,16 @@ the handler modules (each registers its functions), attaches one
 tells the C side it is ready (until then every call returns CKR_GENERAL_ERROR).
 """
 
-from . import marshal
+from . import marshal, native
 from .functions import python_functions
 from .handlers_common import REGISTRY, not_supported, onerror, wrap
 
 
 def install(ffi, lib) -> None:
     marshal.bind(ffi)
+    native.bind(ffi, lib)
     from . import (handlers_crypto, handlers_general, handlers_keys,  # noqa: F401  (they register)
-                   handlers_objects, handlers_sessions)
+                   handlers_message, handlers_objects, handlers_sessions)
     for name in python_functions():
         if name in REGISTRY:
             fn, needs_library = REGISTRY[name]

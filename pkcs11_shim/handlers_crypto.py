@@ -9,16 +9,27 @@ shape) rather than one handler each written out:
   check     (hSession, pIn, ulInLen, pSig, ulSigLen)         -> method(s, data, sig)
   sigfinal  (hSession, pSig, ulSigLen)                       -> method(s, sig)
 Output sizes and the buffer rules live in marshal.output and Session.run.
+
+Encrypt, decrypt and sign inits may hand the operation to the native fast path
+(native.py: AES-GCM, raw ECDSA); the C entry points then answer for it without
+Python.
 """
 
+from . import native
 from .handlers_common import handler
 from .marshal import data, need, output
 from .mechparams import read_mechanism
 
 
 def _init(method):
+    kind = method.removesuffix("_init")
+
     def fn(library, session, p_mech, key):
-        getattr(library, method)(session, read_mechanism(p_mech), key)
+        mech = read_mechanism(p_mech)
+        with library.lock:
+            native.forget(session, kind)
+            getattr(library, method)(session, mech, key)
+            native.hand_over(library, session, kind)
     return fn
 
 

@@ -18,6 +18,7 @@ from provider.errors import PKCS11Error
 from provider.library import Library
 from provider.log import LOG
 
+from . import native
 from .handlers_common import State, forget_inherited, handler
 from .marshal import F, bad, data, fill, need, ulongs_out
 
@@ -44,6 +45,7 @@ def initialize(p_args):
         except PKCS11Error as err:
             LOG.error("C_Initialize: %s", err)
             raise
+        native.attach(State.library)
         State.pid = os.getpid()
 
 

@@ -4,19 +4,21 @@ C_LoginUser: this token has no named users. A NULL or empty username makes it
 C_Login (the spec's behaviour for tokens without usernames); a username is
 CKR_ARGUMENTS_BAD rather than silently ignored.
 C_SessionCancel ends the session's operations named by the flags
-(CKF_ENCRYPT, CKF_DECRYPT, CKF_DIGEST, CKF_SIGN, CKF_VERIFY, CKF_FIND_OBJECTS);
-there are no message-based operations to cancel yet.
+(CKF_ENCRYPT, CKF_DECRYPT, CKF_DIGEST, CKF_SIGN, CKF_VERIFY, CKF_FIND_OBJECTS,
+CKF_MESSAGE_ENCRYPT, CKF_MESSAGE_DECRYPT), in the engine and the native fast path.
 Callbacks (C_OpenSession's Notify) are never called, as the spec allows.
 """
 
 from provider import constants as C
 
+from . import native
 from .handlers_common import handler
 from .marshal import F, bad, data, fill, need
 
 CANCEL_KINDS = {
     C.CKF_ENCRYPT: "encrypt", C.CKF_DECRYPT: "decrypt", C.CKF_DIGEST: "digest",
     C.CKF_SIGN: "sign", C.CKF_VERIFY: "verify", C.CKF_FIND_OBJECTS: "find",
+    C.CKF_MESSAGE_ENCRYPT: "message_encrypt", C.CKF_MESSAGE_DECRYPT: "message_decrypt",
 }
 
 
@@ -49,6 +51,7 @@ def session_cancel(library, session, flags):
         for bit, kind in CANCEL_KINDS.items():
             if flags & bit:
                 s.end(kind)
+                native.cancel(session, kind)
 
 
 @handler("C_Login")

@@ -5,12 +5,34 @@ key wrap) also accept Update/Final here: the input is buffered and the
 single-part operation runs at Final. pkcs11-tool's --verify, for one, drives
 every mechanism through C_VerifyUpdate. Output size queries and the buffer rules
 are handled once, in Session.run.
+
+Message-based encryption (PKCS#11 3.0) has its own shape: the operation is a
+key; each message brings its parameters; a length query or a per-message error
+leaves the operation as it was (mechanisms/aes_message.py).
+
+Offloading (issue 4): after an init the shim may ask `offload_grant` for what a
+native fast path needs to run the operation itself, and then `release` it here.
 """
 
+import fcntl
+import hashlib
+import json
+import os
+
 from . import constants as C
+from .log import LOG
+from .errors import PKCS11Error
 from .mechanisms import registry
 from .session import FINAL, SINGLE, UPDATE, Operation
 from .token import require
+
+# message kind -> (the key attribute that permits it, the mechanism flag, encrypting)
+MESSAGE = {
+    "message_encrypt": (C.CKA_ENCRYPT, C.CKF_MESSAGE_ENCRYPT, True),
+    "message_decrypt": (C.CKA_DECRYPT, C.CKF_MESSAGE_DECRYPT, False),
+}
+IV_BLOCK = 1 << 16           # IV counter values reserved per write of the counter file
+IV_COUNTERS = "gcm-iv-counters.json"
 
 # operation kind -> (the key attribute that permits it, the implementation's init method)
 KEYED = {
@@ -40,8 +62,8 @@ class CryptoFunctions:
         """The key `handle` names, checked for use with `mech`, its sealed values opened."""
         key = self._object(session, handle, invalid)
         require(key.cls in (C.CKO_SECRET_KEY, C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY), invalid, "not a key")
-        if usage is not None:
-            require(key.flag(usage), C.CKR_KEY_FUNCTION_NOT_PERMITTED, C.name_of("CKA_", usage) + " is false")
+        if usage is not None and not key.flag(usage):     # (reasons are built only on failure: hot path)
+            raise PKCS11Error(C.CKR_KEY_FUNCTION_NOT_PERMITTED, C.name_of("CKA_", usage) + " is false")
         allowed = key.attrs.get(C.CKA_ALLOWED_MECHANISMS)
         require(not allowed or mech in allowed, C.CKR_MECHANISM_INVALID, "not in CKA_ALLOWED_MECHANISMS")
         return session.token.open(key)
@@ -51,7 +73,8 @@ class CryptoFunctions:
         require(kind not in session.ops, C.CKR_OPERATION_ACTIVE)
         usage, method = KEYED[kind]
         entry = registry.get(mech.type)
-        require(entry.supports(method), C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {kind}")
+        if not entry.supports(method):
+            raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {kind}")
         key = self._key(session, key_handle, usage, mech.type)
         ctx = getattr(entry.impl, method)(key, mech.param)
         always_auth = key.cls == C.CKO_PRIVATE_KEY and key.flag(C.CKA_ALWAYS_AUTHENTICATE)
@@ -133,3 +156,117 @@ class CryptoFunctions:
 
     def verify_final(self, handle, signature):
         self._session(handle).run("verify", lambda op: _final(op, signature), None, FINAL)
+
+    # --- message-based encrypt / decrypt ---------------------------------------------
+    def _message_init(self, handle: int, kind: str, mech, key_handle: int) -> None:
+        session = self._session(handle)
+        require(kind not in session.ops, C.CKR_OPERATION_ACTIVE)
+        usage, flag, encrypting = MESSAGE[kind]
+        entry = registry.get(mech.type)
+        if not entry.flags & flag:
+            raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {kind}")
+        key = self._key(session, key_handle, usage, mech.type)
+        ctx = entry.impl.message_init(key, mech.param, encrypting, lambda: self._reserve_iv(key))
+        session.start(Operation(kind, mech.type, ctx, key=key))
+
+    def message_encrypt_init(self, handle, mech, key):
+        self._message_init(handle, "message_encrypt", mech, key)
+
+    def message_decrypt_init(self, handle, mech, key):
+        self._message_init(handle, "message_decrypt", mech, key)
+
+    def encrypt_message(self, handle, param, aad, data, cap):
+        """(iv, ciphertext, tag), or the needed length when cap is None or too small."""
+        return self._session(handle).op("message_encrypt").ctx.one(param, aad, data, cap)
+
+    def decrypt_message(self, handle, param, aad, data, cap):
+        """The plaintext, or the needed length."""
+        return self._session(handle).op("message_decrypt").ctx.one(param, aad, data, cap)
+
+    def encrypt_message_begin(self, handle, param, aad) -> bytes:
+        return self._session(handle).op("message_encrypt").ctx.begin(param, aad)
+
+    def decrypt_message_begin(self, handle, param, aad) -> None:
+        self._session(handle).op("message_decrypt").ctx.begin(param, aad)
+
+    def encrypt_message_next(self, handle, param, data, cap, last: bool):
+        """(output, tag or None), or the needed length."""
+        return self._session(handle).op("message_encrypt").ctx.next(param, data, cap, last)
+
+    def decrypt_message_next(self, handle, param, data, cap, last: bool):
+        return self._session(handle).op("message_decrypt").ctx.next(param, data, cap, last)
+
+    def message_encrypt_final(self, handle) -> None:
+        self._message_final(handle, "message_encrypt")
+
+    def message_decrypt_final(self, handle) -> None:
+        self._message_final(handle, "message_decrypt")
+
+    def _message_final(self, handle, kind) -> None:
+        session = self._session(handle)
+        session.op(kind)
+        session.end(kind)
+
+    def reserve_iv(self, handle: int, key_handle: int) -> tuple[int, int]:
+        """IV counter values for the key of an offloaded message operation."""
+        session = self._session(handle)
+        return self._reserve_iv(self._key(session, key_handle, None, C.CKM_AES_GCM))
+
+    def _reserve_iv(self, key) -> tuple[int, int]:
+        """(start, count): IV counter values no one got before for this key value.
+
+        The high-water marks live in one file in the token directory, keyed by a
+        hash of the key value (so copies of a key share one counter), read and
+        replaced atomically under an exclusive lock, fsync'd before the values
+        are used: a crash loses unused values, never repeats one."""
+        ident = hashlib.sha256(b"ferrohsm gcm iv counter\0" + bytes(key.attrs[C.CKA_VALUE])).hexdigest()[:32]
+        path = self.config.token_dir / IV_COUNTERS
+        with open(str(path) + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            table = json.loads(path.read_text()) if path.exists() else {}
+            start = table.get(ident, 0)
+            table[ident] = start + IV_BLOCK
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                f.write(json.dumps(table))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return start, IV_BLOCK
+
+    # --- offloading to the native fast path ---------------------------------------------
+    def offload_grant(self, handle: int, kind: str):
+        """What a fast path needs to run the session's just-initialised `kind`
+        operation itself, or None if it is not one it may take: AES-GCM or raw
+        ECDSA before any data, with a key not needing a context-specific login.
+        encrypt/decrypt -> (key handle, key, iv, aad, tag length);
+        message_* -> (key handle, key, b"", b"", 0);
+        sign -> (key handle, private value, CKA_EC_PARAMS), only for a key whose
+        private value the engine holds (a device-held key has none: it stays here)."""
+        op = self._session(handle).ops.get(kind)
+        if op is None or op.started or op.pending is not None or op.needs_auth:
+            return None
+        if kind == "sign":
+            value, params = op.key.attrs.get(C.CKA_VALUE), op.key.attrs.get(C.CKA_EC_PARAMS)
+            if op.mech != C.CKM_ECDSA or op.key.key_type != C.CKK_EC or not isinstance(value, bytes) \
+                    or not isinstance(params, bytes):
+                return None
+            return op.key.handle, value, params
+        if op.mech != C.CKM_AES_GCM:
+            return None
+        grant = getattr(op.ctx, "offload", lambda: None)()
+        if grant is None:
+            return None
+        if kind in MESSAGE:
+            return op.key.handle, grant, b"", b"", 0
+        return (op.key.handle, *grant)
+
+    def release(self, handle: int, kind: str) -> None:
+        """The fast path took the operation over: the engine forgets it."""
+        self._session(handle).end(kind)
+        LOG.debug("session %d: %s handed to the native fast path", handle, kind)

@@ -19,13 +19,15 @@ import time
 
 from . import constants as C
 from . import log
+from .backends.engine import Backends
 from .config import Config
 from .errors import PKCS11Error
 from .fn_crypto import CryptoFunctions
 from .fn_keys import KeyFunctions
+from .fn_backend import BackendFunctions
 from .fn_objects import ObjectFunctions
 from .mechanisms import registry
-from .session import Session
+from .session import Offload, Session
 from .store.sqlite import SqliteStore
 from .token import Token, require
 
@@ -59,11 +61,13 @@ def _locked(fn):
 
 
 @synchronized
-class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
+class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
     def __init__(self, config: Config | None = None):
         self.config = config or Config.load()
         log.configure(self.config.log_level, self.config.log_file)
         self.lock = threading.RLock()
+        self.offload = Offload()           # the shim installs its native fast path here
+        self.backends = Backends(self.config)   # device backends (backends/engine.py)
         self._handles = itertools.count(1)
         self._session_ids = itertools.count(1)
         self._slot_ids = itertools.count(0)
@@ -73,7 +77,18 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
         self.config.token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._scan()
         self.free_slot = next(self._slot_ids)
-        self.tokens[self.free_slot] = Token(self.free_slot, None, self._handles)
+        self.tokens[self.free_slot] = self._new_token(self.free_slot, None)
+
+    def _new_token(self, slot: int, store) -> Token:
+        return Token(slot, store, self._handles, on_change=self._object_changed)
+
+    def _object_changed(self, obj) -> None:
+        """An object left the index or changed: operations using it as their key end."""
+        for session in self.sessions.values():
+            for kind, op in list(session.ops.items()):
+                if op.key is obj:
+                    session.fail(kind, C.CKR_KEY_HANDLE_INVALID)
+        self.offload.drop_key(obj.handle, C.CKR_KEY_HANDLE_INVALID)
 
     def _new_store(self, path: str):
         return SqliteStore(path, max_pin_failures=self.config.pin_max_failures)
@@ -89,13 +104,15 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
                 continue
             slot = next(self._slot_ids)
             self.paths[path] = slot
-            self.tokens[slot] = Token(slot, store, self._handles)
+            self.tokens[slot] = self._new_token(slot, store)
 
     def finalize(self) -> None:
+        self.offload.drop_all()
         self.sessions.clear()
         for token in self.tokens.values():
             token.close()
         self.tokens.clear()
+        self.backends.close()
 
     # --- general ------------------------------------------------------------
     def get_info(self) -> dict:
@@ -110,22 +127,28 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
 
     def get_slot_list(self, token_present: bool) -> list[int]:
         self._scan()
-        return sorted(self.tokens)
+        return sorted(s for s in self.tokens if not token_present
+                      or self._slot_flags(self.tokens[s]) & C.CKF_TOKEN_PRESENT)
+
+    def _slot_flags(self, token) -> int:
+        binding = self.backends.binding(token)
+        return C.CKF_TOKEN_PRESENT if binding is None else binding.slot_flags()
 
     def get_slot_info(self, slot: int) -> dict:
-        self._token(slot)
+        token = self._token(slot)
         return dict(description=f"FerroHSM slot {slot}", manufacturer_id=MANUFACTURER,
-                    flags=C.CKF_TOKEN_PRESENT, hardware_version=VERSION, firmware_version=VERSION)
+                    flags=self._slot_flags(token), hardware_version=VERSION, firmware_version=VERSION)
 
     def get_token_info(self, slot: int) -> dict:
         token = self._token(slot)
+        self.backends.require_present(token)
         sessions = [s for s in self.sessions.values() if s.token is token]
         ready = token.initialized
         return dict(
             label=token.store.label if ready else b" " * 32,
             manufacturer_id=MANUFACTURER, model="FerroHSM soft",
             serial_number=token.store.serial if ready else "",
-            flags=token.flags(),
+            flags=token.flags() | self.backends.pin_flags(token),
             max_session_count=C.CK_EFFECTIVELY_INFINITE, session_count=len(sessions),
             max_rw_session_count=C.CK_EFFECTIVELY_INFINITE,
             rw_session_count=sum(1 for s in sessions if s.rw),
@@ -171,7 +194,7 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
         token.refresh()
         self.paths[path] = slot
         self.free_slot = next(self._slot_ids)
-        self.tokens[self.free_slot] = Token(self.free_slot, None, self._handles)
+        self.tokens[self.free_slot] = self._new_token(self.free_slot, None)
 
     # --- sessions -----------------------------------------------------------
     def _session(self, handle: int) -> Session:
@@ -183,6 +206,7 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
         token = self._token(slot)
         require(flags & C.CKF_SERIAL_SESSION, C.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
         require(token.initialized, C.CKR_TOKEN_NOT_RECOGNIZED, "token not initialized")
+        self.backends.require_present(token)
         rw = bool(flags & C.CKF_RW_SESSION)
         require(rw or token.user != C.CKU_SO, C.CKR_SESSION_READ_WRITE_SO_EXISTS)
         handle = next(self._session_ids)
@@ -193,11 +217,13 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
         session = self._session(handle)
         token = session.token
         del self.sessions[handle]
-        for obj in [o for o in token.index.objects.values() if o.owner == handle]:
+        self.offload.drop_session(handle)
+        for obj in token.index.owned(handle):
             token.index.remove(obj)
         # closing the application's last session with the token logs it out
         if token.user is not None and not any(s.token is token for s in self.sessions.values()):
             token.logout()
+            self.backends.logout(token)
 
     def close_all_sessions(self, slot: int) -> None:
         token = self._token(slot)
@@ -230,7 +256,7 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
             waiting = [op for op in session.ops.values() if op.needs_auth]
             require(token.user == C.CKU_USER, C.CKR_USER_NOT_LOGGED_IN)
             require(bool(waiting), C.CKR_OPERATION_NOT_INITIALIZED, "no operation needs a context-specific login")
-            token.store.login(C.CKU_USER, pin)
+            self._check_pin(token, C.CKU_USER, pin)
             for op in waiting:
                 op.needs_auth = False
             return
@@ -239,16 +265,38 @@ class Library(ObjectFunctions, CryptoFunctions, KeyFunctions):
         if user_type == C.CKU_SO:
             require(all(s.rw for s in self.sessions.values() if s.token is token),
                     C.CKR_SESSION_READ_ONLY_EXISTS)
-        token.login(user_type, pin)
+        self._check_pin(token, user_type, pin, login=True)
+        if user_type == C.CKU_USER:
+            try:
+                self.backends.login(token, pin)    # a device that refuses the PIN fails C_Login
+            except PKCS11Error:
+                token.logout()
+                raise
+
+    def _check_pin(self, token, user_type: int, pin: bytes, login: bool = False) -> None:
+        """A PIN that locks (or is locked) ends the token's cryptographic
+        operations, offloaded ones included: a locked PIN must stop key use."""
+        try:
+            token.login(user_type, pin) if login else token.store.login(user_type, pin)
+        except PKCS11Error as err:
+            if err.rv == C.CKR_PIN_LOCKED or token.store.pin_flags() & (
+                    C.CKF_USER_PIN_LOCKED | C.CKF_SO_PIN_LOCKED):
+                self._end_token_operations(token)
+            raise
 
     def logout(self, handle: int) -> None:
         session = self._session(handle)
         token = session.token
         require(token.user is not None, C.CKR_USER_NOT_LOGGED_IN)
+        self._end_token_operations(token)
+        token.logout()
+        self.backends.logout(token)
+
+    def _end_token_operations(self, token) -> None:
         for s in self.sessions.values():
             if s.token is token:
                 s.end_all()
-        token.logout()
+                self.offload.drop_session(s.handle)
 
     # --- random numbers -----------------------------------------------------
     def generate_random(self, handle: int, length: int) -> bytes:

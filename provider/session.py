@@ -9,7 +9,14 @@ kept here, once:
   - a single-part call after a multi-part update is CKR_OPERATION_ACTIVE, which
     leaves the multi-part operation running (the call is refused, not failed);
   - a key with CKA_ALWAYS_AUTHENTICATE needs C_Login(CKU_CONTEXT_SPECIFIC) after
-    the init and before the operation runs (CKR_USER_NOT_LOGGED_IN otherwise).
+    the init and before the operation runs (CKR_USER_NOT_LOGGED_IN otherwise);
+  - an operation whose key is destroyed or changed ends; the next call of that
+    kind gets CKR_KEY_HANDLE_INVALID once (`fail`), then the usual
+    CKR_OPERATION_NOT_INITIALIZED.
+
+Operations can also be handed to an `Offload` (the shim's native fast path for
+AES-GCM and raw ECDSA, issue 4): the engine then holds nothing for them, and
+tells the offload whenever what it granted stops being valid.
 """
 
 from dataclasses import dataclass, field
@@ -32,12 +39,30 @@ class Operation:
     results: list = field(default_factory=list)   # find: handles not yet returned
 
 
+class Offload:
+    """Where operations handed out of the engine live. The engine calls these
+    under its lock on every event that invalidates what it granted: a session
+    closed or logged out (`drop_session`), a key destroyed or changed
+    (`drop_key`, with the code its operations' next call gets), C_Finalize
+    (`drop_all`). This one holds nothing; the shim installs its own."""
+
+    def drop_session(self, handle: int) -> None:
+        pass
+
+    def drop_key(self, handle: int, rv: int) -> None:
+        pass
+
+    def drop_all(self) -> None:
+        pass
+
+
 class Session:
     def __init__(self, handle: int, token, rw: bool):
         self.handle = handle
         self.token = token
         self.rw = rw
         self.ops: dict[str, Operation] = {}
+        self.ended: dict[str, int] = {}     # kind -> rv for the next call, after `fail`
 
     def state(self) -> int:
         user = self.token.user
@@ -54,12 +79,13 @@ class Session:
     def start(self, op: Operation) -> None:
         if op.kind in self.ops:
             raise PKCS11Error(C.CKR_OPERATION_ACTIVE, op.kind)
+        self.ended.pop(op.kind, None)
         self.ops[op.kind] = op
 
     def op(self, kind: str) -> Operation:
         op = self.ops.get(kind)
         if op is None:
-            raise PKCS11Error(C.CKR_OPERATION_NOT_INITIALIZED, kind)
+            raise PKCS11Error(self.ended.pop(kind, C.CKR_OPERATION_NOT_INITIALIZED), kind)
         if op.needs_auth:   # refused, and like any failure it ends the operation (as SoftHSM2)
             self.end(kind)
             raise PKCS11Error(C.CKR_USER_NOT_LOGGED_IN, "context-specific login required")
@@ -70,6 +96,12 @@ class Session:
 
     def end_all(self) -> None:
         self.ops.clear()
+        self.ended.clear()
+
+    def fail(self, kind: str, rv: int) -> None:
+        """End `kind` from outside (its key went away); its next call gets `rv`."""
+        if self.ops.pop(kind, None) is not None:
+            self.ended[kind] = rv
 
     def run(self, kind: str, step, cap: int | None = None, mode: str = SINGLE):
         """Run one call of operation `kind`.

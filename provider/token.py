@@ -14,14 +14,59 @@ from .objects import Index, Obj
 from .store.base import Sealed
 
 TOKEN_FLAGS = C.CKF_RNG | C.CKF_LOGIN_REQUIRED | C.CKF_RESTORE_KEY_NOT_NEEDED
+OPENED = "opened"        # obj.cache key: no Sealed value left in obj.attrs
+
+
+class WatchedIndex(Index):
+    """An Index that knows each session's objects, and reports every object leaving it,
+    or changing, to `on_change(obj)`
+    - however it happens (destroy, session close, logout, another process's
+    write seen by refresh). A replace that changes no attribute apart from the
+    key material's sealed/unsealed form (refresh replays our own writes) is no change."""
+
+    def __init__(self, on_change):
+        super().__init__()
+        self._on_change = on_change
+        self._replacing = False
+        self._owned: dict[int, dict[int, Obj]] = {}     # session -> its session objects
+
+    def owned(self, session: int) -> list[Obj]:
+        return list(self._owned.get(session, {}).values())
+
+    def add(self, obj: Obj) -> None:
+        super().add(obj)
+        if obj.owner is not None:
+            self._owned.setdefault(obj.owner, {})[obj.handle] = obj
+
+    def remove(self, obj: Obj) -> None:
+        super().remove(obj)
+        mine = self._owned.get(obj.owner)
+        if mine is not None:
+            mine.pop(obj.handle, None)
+            if not mine:
+                del self._owned[obj.owner]
+        if not self._replacing:
+            self._on_change(obj)
+
+    def replace(self, obj: Obj, attrs: dict) -> None:
+        secret = obj.secret_types()
+        changed = any(obj.attrs.get(k) != attrs.get(k) for k in obj.attrs.keys() | attrs.keys()
+                      if k not in secret)
+        self._replacing = True
+        try:
+            super().replace(obj, attrs)
+        finally:
+            self._replacing = False
+        if changed:
+            self._on_change(obj)
 
 
 class Token:
-    def __init__(self, slot_id: int, store, handles):
+    def __init__(self, slot_id: int, store, handles, on_change=lambda obj: None):
         self.slot_id = slot_id
         self.store = store                 # a TokenStore; None for the free slot
         self.user: int | None = None       # CKU_SO or CKU_USER while logged in
-        self.index = Index()
+        self.index = WatchedIndex(on_change)
         self.by_uid: dict[str, Obj] = {}
         self._handles = handles
         self._cursor = None
@@ -92,10 +137,14 @@ class Token:
         self.index.remove(obj)
 
     def open(self, obj: Obj) -> Obj:
-        """Unseal the object's sealed values in place; refuses a tampered record."""
+        """Unseal the object's sealed values in place; refuses a tampered record.
+        Remembered in obj.cache, which the index empties when the values change."""
+        if obj.cache.get(OPENED):
+            return obj
         for cka, value in list(obj.attrs.items()):
             if isinstance(value, Sealed):
                 obj.attrs[cka] = self.store.unseal(obj.uid, cka, value)
+        obj.cache[OPENED] = True
         return obj
 
     # --- login --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """AES-GCM message-based encryption (PKCS#11 3.0): C_MessageEncryptInit,
 C_EncryptMessage, C_EncryptMessageBegin/Next and the decrypt twins, with a
 CK_GCM_MESSAGE_PARAMS per message. native/message.c keeps the same rules for
-the fast path; the two are cross-checked by tests/e2e/c/gcm_fast_check.c.
+the fast path; the two are cross-checked by tests/e2e/c/msg_check.c.
 """
 
 import os

@@ -122,7 +122,7 @@ static void init_finalize(void)
            CKR_ARGUMENTS_BAD);
     EXPECT("C_GetOperationState not supported", F->C_GetOperationState(1, NULL, &n), CKR_FUNCTION_NOT_SUPPORTED);
     EXPECT("C_WaitForSlotEvent not supported", F->C_WaitForSlotEvent(0, NULL, NULL), CKR_FUNCTION_NOT_SUPPORTED);
-    EXPECT("C_EncryptMessage not supported", F->C_EncryptMessage(1, NULL, 0, NULL, 0, NULL, 0, NULL, NULL),
+    EXPECT("C_SignMessage not supported", F->C_SignMessage(1, NULL, 0, NULL, 0, NULL, NULL),
            CKR_FUNCTION_NOT_SUPPORTED);
     EXPECT("C_Finalize(pReserved)", F->C_Finalize(&dummy), CKR_ARGUMENTS_BAD);
     EXPECT("C_Finalize", F->C_Finalize(NULL), CKR_OK);

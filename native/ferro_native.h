@@ -1,0 +1,99 @@
+/* FerroHSM native AES-GCM fast path: shared declarations (see native/README.md).
+ *
+ * The shim's generated C_* entry points call ferro_fast_<name>() first; a
+ * return of FERRO_PASS means "not mine, go to Python". The engine (through
+ * pkcs11_shim/native.py) arms and drops state with the ferro_native_* calls.
+ * "ferro_pkcs11.h" is generated at build time from pkcs11_shim.cdefs plus the
+ * CK* constants of provider.constants. */
+#ifndef FERRO_NATIVE_H
+#define FERRO_NATIVE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <openssl/evp.h>
+
+#include "ferro_pkcs11.h"
+
+/* nothing here is part of the module's ABI: only the C_* entry points are */
+#pragma GCC visibility push(hidden)
+
+#define FERRO_PASS (~(CK_RV)0)
+#define FERRO_SLOTS 4096              /* session handle % FERRO_SLOTS; a clash stays in Python */
+#define FERRO_CHUNK (1 << 30)         /* EVP lengths are int */
+
+enum { FERRO_ENC, FERRO_DEC, FERRO_MENC, FERRO_MDEC, FERRO_SIGN, FERRO_KINDS };
+
+/* An authorisation the engine granted to this session for one key and one
+ * kind of operation, with the key schedule it implies. */
+struct ferro_cache {
+    CK_OBJECT_HANDLE key;             /* 0: empty */
+    EVP_CIPHER_CTX *ctx;              /* key set; per operation only the IV is set */
+    size_t iv_len;                    /* the IV length ctx is set up for */
+    EVP_PKEY_CTX *sign;               /* FERRO_SIGN: an EC private key, ready to sign */
+    size_t half;                      /* FERRO_SIGN: bytes of r (and of s) */
+};
+
+struct ferro_op {
+    int armed;
+    int started;                      /* ENC/DEC: an Update was made; MENC/MDEC: a message is open */
+    int skip_next;                    /* DEC: an Update length query already took its data */
+    CK_RV ended_rv;                   /* what the next call gets after the engine ended it */
+    size_t tag_len;
+    unsigned char *buf;               /* DEC/MDEC: ciphertext collected until the tag is checked */
+    size_t buf_len, buf_cap;
+    unsigned char *pending;           /* DEC: plaintext waiting for a big enough buffer */
+    size_t pending_len;
+    int has_pending;
+    unsigned long long ctr_next, ctr_end;   /* MENC: IV counter values reserved by the engine */
+};
+
+struct ferro_slot {
+    pthread_mutex_t lock;
+    CK_SESSION_HANDLE owner;          /* 0: free */
+    struct ferro_cache cache[FERRO_KINDS];
+    struct ferro_op op[FERRO_KINDS];
+};
+
+extern int ferro_native_enabled;
+
+/* slots.c */
+struct ferro_slot *ferro_lock_owned(CK_SESSION_HANDLE s);   /* locked slot owned by s, or NULL */
+/* The locked slot if `kind` is armed in session s; else NULL with *rv = FERRO_PASS,
+ * or the code the engine left when it ended the operation (given once). */
+struct ferro_slot *ferro_enter(int kind, CK_SESSION_HANDLE s, CK_RV *rv);
+struct ferro_slot *ferro_claim(CK_SESSION_HANDLE s, int kind);   /* locked, owned by s, kind idle */
+void ferro_drop_cache(struct ferro_cache *c);
+void ferro_unlock(struct ferro_slot *sl);
+void ferro_end_op(struct ferro_op *op);
+int ferro_buf_append(struct ferro_op *op, const unsigned char *p, size_t n);
+void ferro_free_secret(unsigned char *p, size_t n);
+
+/* gcm.c */
+const EVP_CIPHER *ferro_gcm_cipher(size_t key_len);                             /* NULL: not 16/24/32 */
+int ferro_gcm_start(EVP_CIPHER_CTX *ctx, struct ferro_cache *c, const unsigned char *iv, size_t iv_len,
+                    const unsigned char *aad, size_t aad_len);
+int ferro_gcm_update(EVP_CIPHER_CTX *ctx, unsigned char *out, const unsigned char *in, size_t n);
+CK_RV ferro_room(CK_BYTE_PTR out, CK_ULONG_PTR pul, size_t need, int *go);   /* two-call convention */
+int ferro_seal_tail(EVP_CIPHER_CTX *ctx, unsigned char *tag, size_t tag_len);  /* GCM final + tag */
+/* open (decrypt + check tag) `n` bytes of body into a fresh buffer; CKR_OK or CKR_ENCRYPTED_DATA_INVALID */
+CK_RV ferro_gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char *body, size_t n, const unsigned char *tag,
+                     size_t tag_len, unsigned char **plain);
+
+/* called by the engine (pkcs11_shim/native.py); 0 = armed, else it stays in Python */
+int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const unsigned char *key_bytes,
+                     size_t key_len, const unsigned char *iv, size_t iv_len, const unsigned char *aad,
+                     size_t aad_len, size_t tag_len);
+int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsigned char *value,
+                          size_t value_len, const unsigned char *ec_params, size_t params_len);
+void ferro_native_drop_session(CK_SESSION_HANDLE s);
+void ferro_native_drop_key(CK_OBJECT_HANDLE key, CK_RV ended_rv);
+void ferro_native_drop_all(void);
+void ferro_native_forget(CK_SESSION_HANDLE s, int kind);
+int ferro_native_cancel(CK_SESSION_HANDLE s, int kind);
+
+/* the engine reserves IV counter values for a key (an extern "Python+C" callback) */
+CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, unsigned long long *start,
+                          unsigned long long *count);
+
+#pragma GCC visibility pop
+#endif

@@ -1,0 +1,322 @@
+/* PKCS#11 3.0 message-based AES-GCM on an armed session: C_EncryptMessage,
+ * C_EncryptMessageBegin/Next, C_MessageEncryptFinal and the decrypt twins, with
+ * CK_GCM_MESSAGE_PARAMS per message. The rules are the engine's (provider/
+ * mechanisms/aes.py, GcmMessages), kept the same here:
+ *   - parameter: NULL -> CKR_ARGUMENTS_BAD; not a CK_GCM_MESSAGE_PARAMS, IV not
+ *     8..128 bytes, tag not 96..128 bits in steps of 8, NULL pIv/pTag ->
+ *     CKR_MECHANISM_PARAM_INVALID;
+ *   - IV generation (encryption): CKG_NO_GENERATE takes the caller's IV;
+ *     CKG_GENERATE / CKG_GENERATE_COUNTER keep the first ulIvFixedBits (a whole
+ *     number of bytes) and put a per-key counter, big-endian, in the >= 4 bytes
+ *     after them; CKG_GENERATE_RANDOM fills >= 12 bytes after them from the
+ *     RNG. The IV used is written back to pIv;
+ *   - counter values come in blocks the engine reserves durably for the key
+ *     (ferro_py_reserve_iv): a value is never handed out twice;
+ *   - a length query (NULL output) changes nothing and generates no IV; a
+ *     non-final C_DecryptMessageNext always takes its part (it outputs nothing);
+ *   - an error on one message leaves the message-based operation active; a
+ *     message that fails its tag check is closed. */
+#include <string.h>
+#include <openssl/rand.h>
+
+#include "ferro_native.h"
+
+#pragma GCC visibility push(hidden)      /* only the C_* entry points are exported */
+
+static CK_RV params(CK_VOID_PTR param, CK_ULONG len, CK_GCM_MESSAGE_PARAMS **out)
+{
+    CK_GCM_MESSAGE_PARAMS *p = param;
+    if (!param)
+        return CKR_ARGUMENTS_BAD;
+    if (len != sizeof *p || !p->pIv || p->ulIvLen < 8 || p->ulIvLen > 128 || !p->pTag
+        || p->ulTagBits < 96 || p->ulTagBits > 128 || p->ulTagBits % 8)
+        return CKR_MECHANISM_PARAM_INVALID;
+    *out = p;
+    return CKR_OK;
+}
+
+/* The next counter value for the armed MENC op of s. It may let go of the slot
+ * lock to ask the engine for more values; *psl is then the retaken lock, or
+ * NULL (nothing locked) when the session went away meanwhile. */
+static CK_RV next_counter(CK_SESSION_HANDLE s, struct ferro_slot **psl, unsigned long long *value)
+{
+    struct ferro_slot *sl = *psl;
+    struct ferro_op *op = &sl->op[FERRO_MENC];
+    while (op->ctr_next == op->ctr_end) {
+        CK_OBJECT_HANDLE key = sl->cache[FERRO_MENC].key;
+        unsigned long long start = 0, count = 0;
+        CK_RV rv;
+        ferro_unlock(sl);
+        rv = ferro_py_reserve_iv(s, key, &start, &count);
+        *psl = sl = ferro_lock_owned(s);
+        if (!sl)
+            return CKR_SESSION_HANDLE_INVALID;
+        op = &sl->op[FERRO_MENC];
+        if (!op->armed || sl->cache[FERRO_MENC].key != key)
+            return CKR_OPERATION_NOT_INITIALIZED;
+        if (rv != CKR_OK)
+            return rv;
+        if (!count)
+            return CKR_GENERAL_ERROR;
+        if (op->ctr_next == op->ctr_end) {
+            op->ctr_next = start;
+            op->ctr_end = start + count;
+        }
+    }
+    *value = op->ctr_next++;
+    return CKR_OK;
+}
+
+static CK_RV make_iv(CK_SESSION_HANDLE s, struct ferro_slot **psl, CK_GCM_MESSAGE_PARAMS *p)
+{
+    size_t fixed = p->ulIvFixedBits / 8, gen;
+    unsigned long long value;
+    CK_RV rv;
+    if (p->ivGenerator == CKG_NO_GENERATE)
+        return CKR_OK;
+    if (p->ulIvFixedBits % 8 || fixed > p->ulIvLen)
+        return CKR_MECHANISM_PARAM_INVALID;
+    gen = p->ulIvLen - fixed;
+    if (p->ivGenerator == CKG_GENERATE_RANDOM) {
+        if (gen < 12)
+            return CKR_MECHANISM_PARAM_INVALID;
+        return RAND_bytes(p->pIv + fixed, (int)gen) == 1 ? CKR_OK : CKR_GENERAL_ERROR;
+    }
+    if (p->ivGenerator != CKG_GENERATE && p->ivGenerator != CKG_GENERATE_COUNTER)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (gen < 4)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if ((rv = next_counter(s, psl, &value)) != CKR_OK)
+        return rv;
+    if (gen < 8 && value >> (8 * gen))
+        return CKR_MECHANISM_PARAM_INVALID;       /* this IV layout's counter space is used up */
+    memset(p->pIv + fixed, 0, gen);
+    for (size_t i = 0; i < gen && i < 8; i++)
+        p->pIv[p->ulIvLen - 1 - i] = (unsigned char)(value >> (8 * i));
+    return CKR_OK;
+}
+
+static CK_RV fail(struct ferro_op *op)
+{
+    ferro_end_op(op);
+    return CKR_GENERAL_ERROR;
+}
+
+static CK_RV leave(struct ferro_slot *sl, CK_RV rv)
+{
+    if (sl)
+        ferro_unlock(sl);
+    return rv;
+}
+
+/* --- encryption ------------------------------------------------------------ */
+CK_RV ferro_fast_C_EncryptMessage(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
+                                  CK_ULONG aad_len, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                                  CK_ULONG_PTR pul)
+{
+    CK_RV rv;
+    int go;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(FERRO_MENC, s, &rv);
+    struct ferro_cache *c;
+    if (!sl)
+        return rv;
+    if (!pul || (!in && n) || (!aad && aad_len))
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (sl->op[FERRO_MENC].started)
+        return leave(sl, CKR_OPERATION_ACTIVE);
+    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)
+        return leave(sl, rv);
+    if ((rv = make_iv(s, &sl, p)) != CKR_OK)
+        return leave(sl, rv);
+    c = &sl->cache[FERRO_MENC];
+    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len) || !ferro_gcm_update(c->ctx, out, in, n)
+        || !ferro_seal_tail(c->ctx, p->pTag, p->ulTagBits / 8))
+        return leave(sl, fail(&sl->op[FERRO_MENC]));
+    return leave(sl, CKR_OK);
+}
+
+CK_RV ferro_fast_C_EncryptMessageBegin(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
+                                       CK_ULONG aad_len)
+{
+    CK_RV rv;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(FERRO_MENC, s, &rv);
+    struct ferro_cache *c;
+    if (!sl)
+        return rv;
+    if (!aad && aad_len)
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (sl->op[FERRO_MENC].started)
+        return leave(sl, CKR_OPERATION_ACTIVE);
+    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = make_iv(s, &sl, p)) != CKR_OK)
+        return leave(sl, rv);
+    c = &sl->cache[FERRO_MENC];
+    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len))
+        return leave(sl, fail(&sl->op[FERRO_MENC]));
+    sl->op[FERRO_MENC].started = 1;
+    return leave(sl, CKR_OK);
+}
+
+CK_RV ferro_fast_C_EncryptMessageNext(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR in,
+                                      CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul, CK_FLAGS flags)
+{
+    CK_RV rv;
+    int go;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(FERRO_MENC, s, &rv);
+    struct ferro_op *op;
+    EVP_CIPHER_CTX *ctx;
+    if (!sl)
+        return rv;
+    op = &sl->op[FERRO_MENC];
+    ctx = sl->cache[FERRO_MENC].ctx;
+    if (!pul || (!in && n))
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (!op->started)
+        return leave(sl, CKR_OPERATION_NOT_INITIALIZED);
+    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)
+        return leave(sl, rv);
+    if (!ferro_gcm_update(ctx, out, in, n))
+        return leave(sl, fail(op));
+    if (flags & CKF_END_OF_MESSAGE) {
+        if (!ferro_seal_tail(ctx, p->pTag, p->ulTagBits / 8))
+            return leave(sl, fail(op));
+        op->started = 0;
+    }
+    return leave(sl, CKR_OK);
+}
+
+static CK_RV message_final(int kind, CK_SESSION_HANDLE s)
+{
+    CK_RV rv;
+    struct ferro_slot *sl = ferro_enter(kind, s, &rv);
+    if (!sl)
+        return rv;
+    ferro_end_op(&sl->op[kind]);
+    return leave(sl, CKR_OK);
+}
+
+CK_RV ferro_fast_C_MessageEncryptFinal(CK_SESSION_HANDLE s)
+{
+    return message_final(FERRO_MENC, s);
+}
+
+static CK_RV active(int kind, CK_SESSION_HANDLE s)
+{
+    CK_RV rv = FERRO_PASS;
+    struct ferro_slot *sl = ferro_lock_owned(s);
+    if (sl) {
+        if (sl->op[kind].armed)
+            rv = CKR_OPERATION_ACTIVE;
+        ferro_unlock(sl);
+    }
+    return rv;
+}
+
+CK_RV ferro_fast_C_MessageEncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key)
+{
+    return active(FERRO_MENC, s);
+}
+
+CK_RV ferro_fast_C_MessageDecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key)
+{
+    return active(FERRO_MDEC, s);
+}
+
+/* --- decryption ------------------------------------------------------------ */
+static CK_RV open_into(struct ferro_slot *sl, CK_GCM_MESSAGE_PARAMS *p, const unsigned char *body, size_t n,
+                       CK_BYTE_PTR out)
+{
+    unsigned char *plain;
+    CK_RV rv = ferro_gcm_open(sl->cache[FERRO_MDEC].ctx, body, n, p->pTag, p->ulTagBits / 8, &plain);
+    if (rv == CKR_OK) {
+        if (n)
+            memcpy(out, plain, n);
+        ferro_free_secret(plain, n ? n : 1);
+    }
+    return rv;
+}
+
+CK_RV ferro_fast_C_DecryptMessage(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
+                                  CK_ULONG aad_len, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                                  CK_ULONG_PTR pul)
+{
+    CK_RV rv;
+    int go;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(FERRO_MDEC, s, &rv);
+    struct ferro_cache *c;
+    if (!sl)
+        return rv;
+    c = &sl->cache[FERRO_MDEC];
+    if (!pul || (!in && n) || (!aad && aad_len))
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (sl->op[FERRO_MDEC].started)
+        return leave(sl, CKR_OPERATION_ACTIVE);
+    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)
+        return leave(sl, rv);
+    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len))
+        return leave(sl, fail(&sl->op[FERRO_MDEC]));
+    return leave(sl, open_into(sl, p, in, n, out));
+}
+
+CK_RV ferro_fast_C_DecryptMessageBegin(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
+                                       CK_ULONG aad_len)
+{
+    CK_RV rv;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(FERRO_MDEC, s, &rv);
+    struct ferro_cache *c;
+    if (!sl)
+        return rv;
+    c = &sl->cache[FERRO_MDEC];
+    if (!aad && aad_len)
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (sl->op[FERRO_MDEC].started)
+        return leave(sl, CKR_OPERATION_ACTIVE);
+    if ((rv = params(param, plen, &p)) != CKR_OK)
+        return leave(sl, rv);
+    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len))
+        return leave(sl, fail(&sl->op[FERRO_MDEC]));
+    sl->op[FERRO_MDEC].started = 1;
+    sl->op[FERRO_MDEC].buf_len = 0;
+    return leave(sl, CKR_OK);
+}
+
+CK_RV ferro_fast_C_DecryptMessageNext(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR in,
+                                      CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul, CK_FLAGS flags)
+{
+    CK_RV rv;
+    int go;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(FERRO_MDEC, s, &rv);
+    struct ferro_op *op;
+    if (!sl)
+        return rv;
+    op = &sl->op[FERRO_MDEC];
+    if (!pul || (!in && n))
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (!op->started)
+        return leave(sl, CKR_OPERATION_NOT_INITIALIZED);
+    if ((rv = params(param, plen, &p)) != CKR_OK)
+        return leave(sl, rv);
+    if (!(flags & CKF_END_OF_MESSAGE)) {
+        *pul = 0;
+        return leave(sl, ferro_buf_append(op, in, n) ? CKR_OK : fail(op));
+    }
+    if ((rv = ferro_room(out, pul, op->buf_len + n, &go)) != CKR_OK || !go)
+        return leave(sl, rv);
+    if (!ferro_buf_append(op, in, n))
+        return leave(sl, fail(op));
+    rv = open_into(sl, p, op->buf, op->buf_len, out);
+    op->started = 0;
+    OPENSSL_cleanse(op->buf, op->buf_len);
+    op->buf_len = 0;
+    return leave(sl, rv);
+}
+
+CK_RV ferro_fast_C_MessageDecryptFinal(CK_SESSION_HANDLE s)
+{
+    return message_final(FERRO_MDEC, s);
+}

@@ -1,0 +1,164 @@
+/* CKM_ECDSA (raw: the caller hashes) with an EC private key, natively: the
+ * engine checks C_SignInit as for AES-GCM (session, login, key, CKA_SIGN,
+ * allowed mechanisms; never a key with CKA_ALWAYS_AUTHENTICATE) and arms the
+ * session with the key; a repeat C_SignInit with the same key is native too,
+ * under the same authorisation cache and invalidation (native/README.md).
+ *
+ * As in the engine (mechanisms/ec.py): the signature is r || s, each the
+ * order's length; data longer than the order is cut to its leftmost bits
+ * (FIPS 186), which is what OpenSSL's ECDSA does with a raw input;
+ * C_SignUpdate collects the data and C_SignFinal signs it (a single-part
+ * mechanism taking multi-part calls, as SoftHSM2 does). Signatures are random,
+ * so unlike the engine a length query keeps no signature: the next call makes
+ * a new one, as valid. */
+#include <string.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/param_build.h>
+
+#include "ferro_native.h"
+
+#pragma GCC visibility push(hidden)      /* only the C_* entry points are exported */
+
+/* An EC private key from CKA_EC_PARAMS (a named curve's OID) and CKA_VALUE. */
+static EVP_PKEY *ec_key(const unsigned char *params, size_t params_len, const unsigned char *value, size_t n)
+{
+    const unsigned char *p = params;
+    ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &p, (long)params_len);
+    int nid = oid ? OBJ_obj2nid(oid) : NID_undef;
+    const char *group = nid != NID_undef ? OBJ_nid2sn(nid) : NULL;
+    BIGNUM *d = BN_secure_new();
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *prm = NULL;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    EVP_PKEY *pkey = NULL;
+    if (group && d && bld && pc && BN_bin2bn(value, (int)n, d)
+        && OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0)
+        && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, d)
+        && (prm = OSSL_PARAM_BLD_to_param(bld)) && EVP_PKEY_fromdata_init(pc) == 1)
+        EVP_PKEY_fromdata(pc, &pkey, EVP_PKEY_KEYPAIR, prm);
+    ASN1_OBJECT_free(oid);
+    BN_clear_free(d);
+    OSSL_PARAM_free(prm);                        /* its BN copy is in secure memory too */
+    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY_CTX_free(pc);
+    return pkey;
+}
+
+int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsigned char *value,
+                          size_t value_len, const unsigned char *ec_params, size_t params_len)
+{
+    struct ferro_slot *sl = ferro_claim(s, FERRO_SIGN);
+    struct ferro_cache *c;
+    int ok = 0;
+    if (!sl)
+        return -1;
+    c = &sl->cache[FERRO_SIGN];
+    if (c->key != key || !c->sign) {
+        EVP_PKEY *pkey = ec_key(ec_params, params_len, value, value_len);
+        ferro_drop_cache(c);
+        if (pkey) {
+            c->sign = EVP_PKEY_CTX_new(pkey, NULL);
+            c->half = (size_t)(EVP_PKEY_get_bits(pkey) + 7) / 8;
+            EVP_PKEY_free(pkey);                 /* the context keeps its own reference */
+            if (c->sign && EVP_PKEY_sign_init(c->sign) == 1)
+                c->key = key;
+            else
+                ferro_drop_cache(c);
+        }
+    }
+    if (c->sign) {
+        ferro_end_op(&sl->op[FERRO_SIGN]);
+        sl->op[FERRO_SIGN].armed = 1;
+        ok = 1;
+    }
+    ferro_unlock(sl);
+    return ok ? 0 : -1;
+}
+
+/* sign data into out (2 * half bytes), or the two-call answer; ends the op unless kept */
+static CK_RV sign(struct ferro_slot *sl, const unsigned char *data, size_t n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+{
+    struct ferro_cache *c = &sl->cache[FERRO_SIGN];
+    unsigned char der[256];
+    size_t der_len = sizeof der;
+    const unsigned char *p = der;
+    ECDSA_SIG *sig = NULL;
+    int go;
+    CK_RV rv = ferro_room(out, pul, 2 * c->half, &go);
+    if (rv != CKR_OK || !go)
+        return rv;
+    rv = CKR_GENERAL_ERROR;
+    if (EVP_PKEY_sign(c->sign, der, &der_len, data ? data : der, n) == 1
+        && (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len))
+        && BN_bn2binpad(ECDSA_SIG_get0_r(sig), out, (int)c->half) > 0
+        && BN_bn2binpad(ECDSA_SIG_get0_s(sig), out + c->half, (int)c->half) > 0)
+        rv = CKR_OK;
+    ECDSA_SIG_free(sig);
+    ferro_end_op(&sl->op[FERRO_SIGN]);
+    return rv;
+}
+
+CK_RV ferro_fast_C_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv = FERRO_PASS;
+    struct ferro_slot *sl;
+    if (!ferro_native_enabled || !(sl = ferro_lock_owned(s)))
+        return FERRO_PASS;
+    if (sl->op[FERRO_SIGN].armed) {
+        rv = CKR_OPERATION_ACTIVE;
+    } else if (m && m->mechanism == CKM_ECDSA && !m->pParameter && !m->ulParameterLen
+               && sl->cache[FERRO_SIGN].sign && sl->cache[FERRO_SIGN].key == key) {
+        ferro_end_op(&sl->op[FERRO_SIGN]);
+        sl->op[FERRO_SIGN].armed = 1;
+        rv = CKR_OK;
+    }
+    ferro_unlock(sl);
+    return rv;
+}
+
+CK_RV ferro_fast_C_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+{
+    CK_RV rv;
+    struct ferro_slot *sl = ferro_enter(FERRO_SIGN, s, &rv);
+    if (!sl)
+        return rv;
+    if (!pul || (!in && n))
+        rv = CKR_ARGUMENTS_BAD;
+    else if (sl->op[FERRO_SIGN].started)
+        rv = CKR_OPERATION_ACTIVE;
+    else
+        rv = sign(sl, in, n, out, pul);
+    ferro_unlock(sl);
+    return rv;
+}
+
+CK_RV ferro_fast_C_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n)
+{
+    CK_RV rv;
+    struct ferro_slot *sl = ferro_enter(FERRO_SIGN, s, &rv);
+    if (!sl)
+        return rv;
+    rv = CKR_OK;
+    if (!in && n)
+        rv = CKR_ARGUMENTS_BAD;
+    else if (ferro_buf_append(&sl->op[FERRO_SIGN], in, n))
+        sl->op[FERRO_SIGN].started = 1;
+    else {
+        rv = CKR_HOST_MEMORY;
+        ferro_end_op(&sl->op[FERRO_SIGN]);
+    }
+    ferro_unlock(sl);
+    return rv;
+}
+
+CK_RV ferro_fast_C_SignFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+{
+    CK_RV rv;
+    struct ferro_slot *sl = ferro_enter(FERRO_SIGN, s, &rv);
+    if (!sl)
+        return rv;
+    rv = pul ? sign(sl, sl->op[FERRO_SIGN].buf, sl->op[FERRO_SIGN].buf_len, out, pul) : CKR_ARGUMENTS_BAD;
+    ferro_unlock(sl);
+    return rv;
+}
