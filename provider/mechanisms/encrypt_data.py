@@ -4,7 +4,8 @@ The new key's value is the base key's encryption of the parameter data (ECB, or
 CBC with the parameter's IV), without padding, as SoftHSM2 does:
   - the data must be a non-empty whole number of blocks (CKR_MECHANISM_PARAM_INVALID);
   - the key takes the first CKA_VALUE_LEN bytes (or its type's fixed length, or
-    all of the output); asking for more than the output is CKR_DATA_LEN_RANGE.
+    all of the output); data shorter than the key asked for is
+    CKR_MECHANISM_PARAM_INVALID (SoftHSM2 refuses it in the parameter check too).
 """
 
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -43,7 +44,7 @@ class EncryptData:
         out = enc.update(data) + enc.finalize()
         length = derived_len(template, len(out))
         if length > len(out):
-            raise PKCS11Error(C.CKR_DATA_LEN_RANGE, "the data is shorter than the key to derive")
+            raise PKCS11Error(C.CKR_MECHANISM_PARAM_INVALID, "the data is shorter than the key to derive")
         return {C.CKA_VALUE: out[:length]}
 
 
