@@ -32,6 +32,9 @@ from ..errors import PKCS11Error
 
 KEY_KINDS = ("ec-p256", "ec-p384", "rsa-2048")
 OPERATIONS = ("sign", "decrypt", "derive")
+# every key kind generates and signs; RSA decrypts; EC derives (ECDH)
+FULL_CAPABILITIES = frozenset({(op, k) for op in ("generate", "sign") for k in KEY_KINDS}
+                              | {("decrypt", "rsa-2048"), ("derive", "ec-p256"), ("derive", "ec-p384")})
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from . import rsapad
 from .apdu import CardError, CardLink, parse_tlv, tlv
-from .base import Backend, DeviceTimeout, DeviceWorker, Health, KeyRef, pss_hash
+from .base import Backend, DeviceTimeout, DeviceWorker, FULL_CAPABILITIES, Health, KeyRef, pss_hash
 
 # SELECT by the 5-byte RID+PIX prefix first (what YubiKeys and jcecard answer; ISO 7816-4
 # partial DF-name selection), then by the SP 800-73-4 AID without its version bytes.
@@ -215,9 +215,7 @@ class PivBackend(Backend):
             return Health(False, e.reason or str(e))
 
     def capabilities(self) -> frozenset:
-        caps = {(op, k) for op in ("generate", "sign") for k in KINDS}
-        return frozenset(caps | {("decrypt", "rsa-2048"), ("derive", "ec-p256"),
-                                 ("derive", "ec-p384")})
+        return FULL_CAPABILITIES
 
     def login(self, secret: bytes) -> None:
         self._run(self._verify, secret)

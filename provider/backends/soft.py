@@ -19,7 +19,7 @@ from ..errors import PKCS11Error
 from ..mechanisms import registry
 from ..mechanisms.params import Ecdh1DeriveParams
 from ..objects import Obj
-from .base import Backend, Health, KeyRef
+from .base import Backend, FULL_CAPABILITIES, Health, KeyRef
 
 # kind -> (CKK, how to make a key of it)
 KINDS = {
@@ -87,9 +87,7 @@ class SoftBackend(Backend):
         return Health(True, "engine keys in the token store")
 
     def capabilities(self) -> frozenset:
-        caps = {(op, k) for op in ("generate", "sign") for k in KINDS}
-        return frozenset(caps | {("decrypt", "rsa-2048"), ("derive", "ec-p256"),
-                                 ("derive", "ec-p384")})
+        return FULL_CAPABILITIES
 
     def generate(self, kind: str, label: str) -> KeyRef:
         self.supports("generate", kind)

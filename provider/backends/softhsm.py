@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .. import constants as C
 from ..errors import PKCS11Error
-from .base import Backend, Health, KeyRef
+from .base import Backend, FULL_CAPABILITIES, Health, KeyRef
 
 MAGIC = b"FSH\x01"
 # kind -> (python-pkcs11 key type name, curve OID or RSA bits, field size)
@@ -128,9 +128,7 @@ class SoftHsmBackend(Backend):
             return Health(False, e.reason or str(e))
 
     def capabilities(self) -> frozenset:
-        caps = {(op, k) for op in ("generate", "sign") for k in KINDS}
-        return frozenset(caps | {("decrypt", "rsa-2048"), ("derive", "ec-p256"),
-                                 ("derive", "ec-p384")})
+        return FULL_CAPABILITIES
 
     def _templates(self, kind: str, extractable: bool):
         from pkcs11 import DEFAULT, Attribute as A
