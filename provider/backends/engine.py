@@ -149,8 +149,8 @@ class Backends:
         return backend
 
     def binding(self, token) -> Binding | None:
-        if not token.initialized:
-            return None
+        if not self.config.token_policies or not token.initialized:
+            return None             # no token names a backend: nothing to look up
         label = token.store.label.decode("utf-8", "replace").rstrip()
         policy = self.config.token_policies.get(label)
         if policy is None:
