@@ -16,70 +16,26 @@
 
 #pragma GCC visibility push(hidden)      /* only the C_* entry points are exported */
 
-CK_RV ferro_fast_C_Encrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
-{
-    CK_RV rv;
-    int go;
-    struct ferro_slot *sl = ferro_enter(FERRO_ENC, s, &rv);
-    struct ferro_op *op;
-    if (!sl)
-        return rv;
-    op = &sl->op[FERRO_ENC];
-    if (!pul || (!in && n))
-        rv = CKR_ARGUMENTS_BAD;
-    else if (op->started)
-        rv = CKR_OPERATION_ACTIVE;
-    else if ((rv = ferro_room(out, pul, n + op->tag_len, &go)) == CKR_OK && go) {
-        EVP_CIPHER_CTX *ctx = sl->cache[FERRO_ENC].ctx;
-        if (!ferro_gcm_update(ctx, out, in, n) || !ferro_seal_tail(ctx, out + n, op->tag_len))
-            rv = CKR_GENERAL_ERROR;
-        ferro_end_op(op);
-    }
-    ferro_unlock(sl);
-    return rv;
-}
+/* Which call of an operation: C_Encrypt, C_EncryptUpdate or C_EncryptFinal (and
+ * the decrypt twins). A Final is run with no input (NULL, 0). */
+enum { SINGLE, UPDATE, FINAL };
 
-CK_RV ferro_fast_C_EncryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
-                                 CK_ULONG_PTR pul)
+/* --- encryption ------------------------------------------------------------ */
+/* Output depends only on the input: n bytes for an Update, n + the tag for a
+ * single-part call, the tag for a Final. */
+static CK_RV seal_part(struct ferro_slot *sl, int part, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                       CK_ULONG_PTR pul)
 {
-    CK_RV rv;
+    struct ferro_op *op = &sl->op[FERRO_ENC];
+    EVP_CIPHER_CTX *ctx = sl->cache[FERRO_ENC].ctx;
     int go;
-    struct ferro_slot *sl = ferro_enter(FERRO_ENC, s, &rv);
-    struct ferro_op *op;
-    if (!sl)
+    CK_RV rv = ferro_room(out, pul, part == UPDATE ? n : n + op->tag_len, &go);
+    if (rv != CKR_OK || !go)
         return rv;
-    op = &sl->op[FERRO_ENC];
-    if (!pul || (!in && n)) {
-        rv = CKR_ARGUMENTS_BAD;
-    } else {
-        op->started = 1;
-        if ((rv = ferro_room(out, pul, n, &go)) == CKR_OK && go
-            && !ferro_gcm_update(sl->cache[FERRO_ENC].ctx, out, in, n)) {
-            rv = CKR_GENERAL_ERROR;
-            ferro_end_op(op);
-        }
-    }
-    ferro_unlock(sl);
-    return rv;
-}
-
-CK_RV ferro_fast_C_EncryptFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR pul)
-{
-    CK_RV rv;
-    int go;
-    struct ferro_slot *sl = ferro_enter(FERRO_ENC, s, &rv);
-    struct ferro_op *op;
-    if (!sl)
-        return rv;
-    op = &sl->op[FERRO_ENC];
-    if (!pul)
-        rv = CKR_ARGUMENTS_BAD;
-    else if ((rv = ferro_room(out, pul, op->tag_len, &go)) == CKR_OK && go) {
-        if (!ferro_seal_tail(sl->cache[FERRO_ENC].ctx, out, op->tag_len))
-            rv = CKR_GENERAL_ERROR;
+    if (!ferro_gcm_update(ctx, out, in, n) || (part != UPDATE && !ferro_seal_tail(ctx, out + n, op->tag_len)))
+        rv = CKR_GENERAL_ERROR;
+    if (part != UPDATE || rv != CKR_OK)
         ferro_end_op(op);
-    }
-    ferro_unlock(sl);
     return rv;
 }
 
@@ -114,71 +70,85 @@ static CK_RV deliver(struct ferro_op *op, CK_BYTE_PTR out, CK_ULONG_PTR pul)
     return rv;
 }
 
-CK_RV ferro_fast_C_Decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+/* An Update collects ciphertext and returns no plaintext. Like the engine, a
+ * length query takes the data and the next call with a buffer then takes none.
+ * A single-part call opens its input, a Final what the Updates collected. */
+static CK_RV open_part(struct ferro_slot *sl, int part, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                       CK_ULONG_PTR pul)
 {
-    CK_RV rv;
-    struct ferro_slot *sl = ferro_enter(FERRO_DEC, s, &rv);
-    struct ferro_op *op;
-    if (!sl)
-        return rv;
-    op = &sl->op[FERRO_DEC];
-    if (!pul || (!in && n))
-        rv = CKR_ARGUMENTS_BAD;
-    else if (op->started)
-        rv = CKR_OPERATION_ACTIVE;
-    else if ((rv = open_all(sl, in, n)) == CKR_OK)
-        rv = deliver(op, out, pul);
+    struct ferro_op *op = &sl->op[FERRO_DEC];
+    CK_RV rv = CKR_OK;
+    if (part != UPDATE) {
+        if ((rv = part == FINAL ? open_all(sl, op->buf, op->buf_len) : open_all(sl, in, n)) == CKR_OK)
+            return deliver(op, out, pul);
+    } else if (op->skip_next) {
+        op->skip_next = out == NULL;
+    } else if (!ferro_buf_append(op, in, n)) {
+        rv = CKR_HOST_MEMORY;
+    } else {
+        op->skip_next = out == NULL;
+    }
+    if (rv == CKR_OK)
+        *pul = 0;
     else
         ferro_end_op(op);
-    ferro_unlock(sl);
     return rv;
 }
 
-/* Collects ciphertext, returns no plaintext. Like the engine, a length query
- * takes the data and the next call with a buffer then takes none. */
-CK_RV ferro_fast_C_DecryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
-                                 CK_ULONG_PTR pul)
+/* --- both ------------------------------------------------------------------ */
+/* The checks every call makes, then seal_part() or open_part(): NULL pul, or
+ * NULL input with a nonzero length, is CKR_ARGUMENTS_BAD; a single-part call after an
+ * Update is CKR_OPERATION_ACTIVE; an Update marks the operation started. */
+static CK_RV run(int kind, int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                 CK_ULONG_PTR pul)
 {
     CK_RV rv;
-    struct ferro_slot *sl = ferro_enter(FERRO_DEC, s, &rv);
+    struct ferro_slot *sl = ferro_enter(kind, s, &rv);
     struct ferro_op *op;
     if (!sl)
         return rv;
-    op = &sl->op[FERRO_DEC];
-    rv = CKR_OK;
+    op = &sl->op[kind];
     if (!pul || (!in && n)) {
         rv = CKR_ARGUMENTS_BAD;
+    } else if (part == SINGLE && op->started) {
+        rv = CKR_OPERATION_ACTIVE;
     } else {
-        op->started = 1;
-        if (op->skip_next)
-            op->skip_next = out == NULL;
-        else if (!ferro_buf_append(op, in, n))
-            rv = CKR_HOST_MEMORY;
-        else
-            op->skip_next = out == NULL;
-        if (rv == CKR_OK)
-            *pul = 0;
-        else
-            ferro_end_op(op);
+        if (part == UPDATE)
+            op->started = 1;
+        rv = kind == FERRO_ENC ? seal_part(sl, part, in, n, out, pul) : open_part(sl, part, in, n, out, pul);
     }
     ferro_unlock(sl);
     return rv;
 }
 
+CK_RV ferro_fast_C_Encrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+{
+    return run(FERRO_ENC, SINGLE, s, in, n, out, pul);
+}
+
+CK_RV ferro_fast_C_EncryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                                 CK_ULONG_PTR pul)
+{
+    return run(FERRO_ENC, UPDATE, s, in, n, out, pul);
+}
+
+CK_RV ferro_fast_C_EncryptFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+{
+    return run(FERRO_ENC, FINAL, s, NULL, 0, out, pul);
+}
+
+CK_RV ferro_fast_C_Decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+{
+    return run(FERRO_DEC, SINGLE, s, in, n, out, pul);
+}
+
+CK_RV ferro_fast_C_DecryptUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                                 CK_ULONG_PTR pul)
+{
+    return run(FERRO_DEC, UPDATE, s, in, n, out, pul);
+}
+
 CK_RV ferro_fast_C_DecryptFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR pul)
 {
-    CK_RV rv;
-    struct ferro_slot *sl = ferro_enter(FERRO_DEC, s, &rv);
-    struct ferro_op *op;
-    if (!sl)
-        return rv;
-    op = &sl->op[FERRO_DEC];
-    if (!pul)
-        rv = CKR_ARGUMENTS_BAD;
-    else if ((rv = open_all(sl, op->buf, op->buf_len)) == CKR_OK)
-        rv = deliver(op, out, pul);
-    else
-        ferro_end_op(op);
-    ferro_unlock(sl);
-    return rv;
+    return run(FERRO_DEC, FINAL, s, NULL, 0, out, pul);
 }

@@ -54,8 +54,6 @@ struct ferro_slot {
     struct ferro_op op[FERRO_KINDS];
 };
 
-extern int ferro_native_enabled;
-
 /* slots.c */
 struct ferro_slot *ferro_lock_owned(CK_SESSION_HANDLE s);   /* locked slot owned by s, or NULL */
 /* The locked slot if `kind` is armed in session s; else NULL with *rv = FERRO_PASS,
@@ -79,7 +77,11 @@ int ferro_seal_tail(EVP_CIPHER_CTX *ctx, unsigned char *tag, size_t tag_len);  /
 CK_RV ferro_gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char *body, size_t n, const unsigned char *tag,
                      size_t tag_len, unsigned char **plain);
 
-/* called by the engine (pkcs11_shim/native.py); 0 = armed, else it stays in Python */
+/* called by the engine (pkcs11_shim/native.py); 0 = armed, else it stays in Python.
+ * pkcs11_shim/build.py reads the lines between the two NATIVE_API markers into its
+ * cffi declarations: the one place they are written. */
+/* NATIVE_API begin */
+extern int ferro_native_enabled;
 int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const unsigned char *key_bytes,
                      size_t key_len, const unsigned char *iv, size_t iv_len, const unsigned char *aad,
                      size_t aad_len, size_t tag_len);
@@ -90,6 +92,7 @@ void ferro_native_drop_key(CK_OBJECT_HANDLE key, CK_RV ended_rv);
 void ferro_native_drop_all(void);
 void ferro_native_forget(CK_SESSION_HANDLE s, int kind);
 int ferro_native_cancel(CK_SESSION_HANDLE s, int kind);
+/* NATIVE_API end */
 
 /* the engine reserves IV counter values for a key (an extern "Python+C" callback) */
 CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, unsigned long long *start,

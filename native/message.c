@@ -109,82 +109,139 @@ static CK_RV leave(struct ferro_slot *sl, CK_RV rv)
     return rv;
 }
 
+static CK_RV open_into(struct ferro_slot *sl, CK_GCM_MESSAGE_PARAMS *p, const unsigned char *body, size_t n,
+                       CK_BYTE_PTR out)
+{
+    unsigned char *plain;
+    CK_RV rv = ferro_gcm_open(sl->cache[FERRO_MDEC].ctx, body, n, p->pTag, p->ulTagBits / 8, &plain);
+    if (rv == CKR_OK) {
+        if (n)
+            memcpy(out, plain, n);
+        ferro_free_secret(plain, n ? n : 1);
+    }
+    return rv;
+}
+
+/* C_EncryptMessage / C_DecryptMessage (whole: the message's data in and out in
+ * this call) and C_EncryptMessageBegin / C_DecryptMessageBegin (not whole: no
+ * in/out/pul): the checks, the parameters, the IV (generated when encrypting),
+ * a new GCM message with the AAD; then the whole message, or the op started. */
+static CK_RV message_start(int kind, int whole, CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen,
+                           CK_BYTE_PTR aad, CK_ULONG aad_len, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
+                           CK_ULONG_PTR pul)
+{
+    CK_RV rv;
+    int go;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(kind, s, &rv);
+    struct ferro_cache *c;
+    if (!sl)
+        return rv;
+    if ((whole && (!pul || (!in && n))) || (!aad && aad_len))
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (sl->op[kind].started)
+        return leave(sl, CKR_OPERATION_ACTIVE);
+    if ((rv = params(param, plen, &p)) != CKR_OK
+        || (whole && ((rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)))
+        return leave(sl, rv);
+    if (kind == FERRO_MENC && (rv = make_iv(s, &sl, p)) != CKR_OK)
+        return leave(sl, rv);
+    c = &sl->cache[kind];
+    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len))
+        return leave(sl, fail(&sl->op[kind]));
+    if (!whole) {
+        sl->op[kind].started = 1;
+        if (kind == FERRO_MDEC)
+            sl->op[kind].buf_len = 0;
+        return leave(sl, CKR_OK);
+    }
+    if (kind == FERRO_MDEC)
+        return leave(sl, open_into(sl, p, in, n, out));
+    if (!ferro_gcm_update(c->ctx, out, in, n) || !ferro_seal_tail(c->ctx, p->pTag, p->ulTagBits / 8))
+        return leave(sl, fail(&sl->op[kind]));
+    return leave(sl, CKR_OK);
+}
+
+/* One part of the open message: encrypted at once; or, decrypting, collected
+ * (nothing is released before the tag is checked). CKF_END_OF_MESSAGE closes it. */
+static CK_RV seal_next(struct ferro_slot *sl, struct ferro_op *op, CK_GCM_MESSAGE_PARAMS *p, CK_BYTE_PTR in,
+                       CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul, CK_FLAGS flags)
+{
+    EVP_CIPHER_CTX *ctx = sl->cache[FERRO_MENC].ctx;
+    int go;
+    CK_RV rv = ferro_room(out, pul, n, &go);
+    if (rv != CKR_OK || !go)
+        return rv;
+    if (!ferro_gcm_update(ctx, out, in, n))
+        return fail(op);
+    if (flags & CKF_END_OF_MESSAGE) {
+        if (!ferro_seal_tail(ctx, p->pTag, p->ulTagBits / 8))
+            return fail(op);
+        op->started = 0;
+    }
+    return CKR_OK;
+}
+
+static CK_RV open_next(struct ferro_slot *sl, struct ferro_op *op, CK_GCM_MESSAGE_PARAMS *p, CK_BYTE_PTR in,
+                       CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul, CK_FLAGS flags)
+{
+    int go;
+    CK_RV rv;
+    if (!(flags & CKF_END_OF_MESSAGE)) {
+        *pul = 0;
+        return ferro_buf_append(op, in, n) ? CKR_OK : fail(op);
+    }
+    if ((rv = ferro_room(out, pul, op->buf_len + n, &go)) != CKR_OK || !go)
+        return rv;
+    if (!ferro_buf_append(op, in, n))
+        return fail(op);
+    rv = open_into(sl, p, op->buf, op->buf_len, out);
+    op->started = 0;
+    OPENSSL_cleanse(op->buf, op->buf_len);
+    op->buf_len = 0;
+    return rv;
+}
+
+/* C_EncryptMessageNext / C_DecryptMessageNext: the checks, the parameters, then
+ * seal_next() or open_next(). */
+static CK_RV message_next(int kind, CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR in,
+                          CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul, CK_FLAGS flags)
+{
+    CK_RV rv;
+    CK_GCM_MESSAGE_PARAMS *p;
+    struct ferro_slot *sl = ferro_enter(kind, s, &rv);
+    struct ferro_op *op;
+    if (!sl)
+        return rv;
+    op = &sl->op[kind];
+    if (!pul || (!in && n))
+        return leave(sl, CKR_ARGUMENTS_BAD);
+    if (!op->started)
+        return leave(sl, CKR_OPERATION_NOT_INITIALIZED);
+    if ((rv = params(param, plen, &p)) != CKR_OK)
+        return leave(sl, rv);
+    return leave(sl, kind == FERRO_MENC ? seal_next(sl, op, p, in, n, out, pul, flags)
+                                        : open_next(sl, op, p, in, n, out, pul, flags));
+}
+
 /* --- encryption ------------------------------------------------------------ */
 CK_RV ferro_fast_C_EncryptMessage(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
                                   CK_ULONG aad_len, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
                                   CK_ULONG_PTR pul)
 {
-    CK_RV rv;
-    int go;
-    CK_GCM_MESSAGE_PARAMS *p;
-    struct ferro_slot *sl = ferro_enter(FERRO_MENC, s, &rv);
-    struct ferro_cache *c;
-    if (!sl)
-        return rv;
-    if (!pul || (!in && n) || (!aad && aad_len))
-        return leave(sl, CKR_ARGUMENTS_BAD);
-    if (sl->op[FERRO_MENC].started)
-        return leave(sl, CKR_OPERATION_ACTIVE);
-    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)
-        return leave(sl, rv);
-    if ((rv = make_iv(s, &sl, p)) != CKR_OK)
-        return leave(sl, rv);
-    c = &sl->cache[FERRO_MENC];
-    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len) || !ferro_gcm_update(c->ctx, out, in, n)
-        || !ferro_seal_tail(c->ctx, p->pTag, p->ulTagBits / 8))
-        return leave(sl, fail(&sl->op[FERRO_MENC]));
-    return leave(sl, CKR_OK);
+    return message_start(FERRO_MENC, 1, s, param, plen, aad, aad_len, in, n, out, pul);
 }
 
 CK_RV ferro_fast_C_EncryptMessageBegin(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
                                        CK_ULONG aad_len)
 {
-    CK_RV rv;
-    CK_GCM_MESSAGE_PARAMS *p;
-    struct ferro_slot *sl = ferro_enter(FERRO_MENC, s, &rv);
-    struct ferro_cache *c;
-    if (!sl)
-        return rv;
-    if (!aad && aad_len)
-        return leave(sl, CKR_ARGUMENTS_BAD);
-    if (sl->op[FERRO_MENC].started)
-        return leave(sl, CKR_OPERATION_ACTIVE);
-    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = make_iv(s, &sl, p)) != CKR_OK)
-        return leave(sl, rv);
-    c = &sl->cache[FERRO_MENC];
-    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len))
-        return leave(sl, fail(&sl->op[FERRO_MENC]));
-    sl->op[FERRO_MENC].started = 1;
-    return leave(sl, CKR_OK);
+    return message_start(FERRO_MENC, 0, s, param, plen, aad, aad_len, NULL, 0, NULL, NULL);
 }
 
 CK_RV ferro_fast_C_EncryptMessageNext(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR in,
                                       CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul, CK_FLAGS flags)
 {
-    CK_RV rv;
-    int go;
-    CK_GCM_MESSAGE_PARAMS *p;
-    struct ferro_slot *sl = ferro_enter(FERRO_MENC, s, &rv);
-    struct ferro_op *op;
-    EVP_CIPHER_CTX *ctx;
-    if (!sl)
-        return rv;
-    op = &sl->op[FERRO_MENC];
-    ctx = sl->cache[FERRO_MENC].ctx;
-    if (!pul || (!in && n))
-        return leave(sl, CKR_ARGUMENTS_BAD);
-    if (!op->started)
-        return leave(sl, CKR_OPERATION_NOT_INITIALIZED);
-    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)
-        return leave(sl, rv);
-    if (!ferro_gcm_update(ctx, out, in, n))
-        return leave(sl, fail(op));
-    if (flags & CKF_END_OF_MESSAGE) {
-        if (!ferro_seal_tail(ctx, p->pTag, p->ulTagBits / 8))
-            return leave(sl, fail(op));
-        op->started = 0;
-    }
-    return leave(sl, CKR_OK);
+    return message_next(FERRO_MENC, s, param, plen, in, n, out, pul, flags);
 }
 
 static CK_RV message_final(int kind, CK_SESSION_HANDLE s)
@@ -225,95 +282,23 @@ CK_RV ferro_fast_C_MessageDecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, C
 }
 
 /* --- decryption ------------------------------------------------------------ */
-static CK_RV open_into(struct ferro_slot *sl, CK_GCM_MESSAGE_PARAMS *p, const unsigned char *body, size_t n,
-                       CK_BYTE_PTR out)
-{
-    unsigned char *plain;
-    CK_RV rv = ferro_gcm_open(sl->cache[FERRO_MDEC].ctx, body, n, p->pTag, p->ulTagBits / 8, &plain);
-    if (rv == CKR_OK) {
-        if (n)
-            memcpy(out, plain, n);
-        ferro_free_secret(plain, n ? n : 1);
-    }
-    return rv;
-}
-
 CK_RV ferro_fast_C_DecryptMessage(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
                                   CK_ULONG aad_len, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
                                   CK_ULONG_PTR pul)
 {
-    CK_RV rv;
-    int go;
-    CK_GCM_MESSAGE_PARAMS *p;
-    struct ferro_slot *sl = ferro_enter(FERRO_MDEC, s, &rv);
-    struct ferro_cache *c;
-    if (!sl)
-        return rv;
-    c = &sl->cache[FERRO_MDEC];
-    if (!pul || (!in && n) || (!aad && aad_len))
-        return leave(sl, CKR_ARGUMENTS_BAD);
-    if (sl->op[FERRO_MDEC].started)
-        return leave(sl, CKR_OPERATION_ACTIVE);
-    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)
-        return leave(sl, rv);
-    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len))
-        return leave(sl, fail(&sl->op[FERRO_MDEC]));
-    return leave(sl, open_into(sl, p, in, n, out));
+    return message_start(FERRO_MDEC, 1, s, param, plen, aad, aad_len, in, n, out, pul);
 }
 
 CK_RV ferro_fast_C_DecryptMessageBegin(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR aad,
                                        CK_ULONG aad_len)
 {
-    CK_RV rv;
-    CK_GCM_MESSAGE_PARAMS *p;
-    struct ferro_slot *sl = ferro_enter(FERRO_MDEC, s, &rv);
-    struct ferro_cache *c;
-    if (!sl)
-        return rv;
-    c = &sl->cache[FERRO_MDEC];
-    if (!aad && aad_len)
-        return leave(sl, CKR_ARGUMENTS_BAD);
-    if (sl->op[FERRO_MDEC].started)
-        return leave(sl, CKR_OPERATION_ACTIVE);
-    if ((rv = params(param, plen, &p)) != CKR_OK)
-        return leave(sl, rv);
-    if (!ferro_gcm_start(c->ctx, c, p->pIv, p->ulIvLen, aad, aad_len))
-        return leave(sl, fail(&sl->op[FERRO_MDEC]));
-    sl->op[FERRO_MDEC].started = 1;
-    sl->op[FERRO_MDEC].buf_len = 0;
-    return leave(sl, CKR_OK);
+    return message_start(FERRO_MDEC, 0, s, param, plen, aad, aad_len, NULL, 0, NULL, NULL);
 }
 
 CK_RV ferro_fast_C_DecryptMessageNext(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG plen, CK_BYTE_PTR in,
                                       CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul, CK_FLAGS flags)
 {
-    CK_RV rv;
-    int go;
-    CK_GCM_MESSAGE_PARAMS *p;
-    struct ferro_slot *sl = ferro_enter(FERRO_MDEC, s, &rv);
-    struct ferro_op *op;
-    if (!sl)
-        return rv;
-    op = &sl->op[FERRO_MDEC];
-    if (!pul || (!in && n))
-        return leave(sl, CKR_ARGUMENTS_BAD);
-    if (!op->started)
-        return leave(sl, CKR_OPERATION_NOT_INITIALIZED);
-    if ((rv = params(param, plen, &p)) != CKR_OK)
-        return leave(sl, rv);
-    if (!(flags & CKF_END_OF_MESSAGE)) {
-        *pul = 0;
-        return leave(sl, ferro_buf_append(op, in, n) ? CKR_OK : fail(op));
-    }
-    if ((rv = ferro_room(out, pul, op->buf_len + n, &go)) != CKR_OK || !go)
-        return leave(sl, rv);
-    if (!ferro_buf_append(op, in, n))
-        return leave(sl, fail(op));
-    rv = open_into(sl, p, op->buf, op->buf_len, out);
-    op->started = 0;
-    OPENSSL_cleanse(op->buf, op->buf_len);
-    op->buf_len = 0;
-    return leave(sl, rv);
+    return message_next(FERRO_MDEC, s, param, plen, in, n, out, pul, flags);
 }
 
 CK_RV ferro_fast_C_MessageDecryptFinal(CK_SESSION_HANDLE s)

@@ -117,48 +117,45 @@ CK_RV ferro_fast_C_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_H
     return rv;
 }
 
-CK_RV ferro_fast_C_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
-{
-    CK_RV rv;
-    struct ferro_slot *sl = ferro_enter(FERRO_SIGN, s, &rv);
-    if (!sl)
-        return rv;
-    if (!pul || (!in && n))
-        rv = CKR_ARGUMENTS_BAD;
-    else if (sl->op[FERRO_SIGN].started)
-        rv = CKR_OPERATION_ACTIVE;
-    else
-        rv = sign(sl, in, n, out, pul);
-    ferro_unlock(sl);
-    return rv;
-}
+/* Which call: C_Sign, C_SignUpdate (no output, no pul) or C_SignFinal (no input). */
+enum { SINGLE, UPDATE, FINAL };
 
-CK_RV ferro_fast_C_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n)
+static CK_RV run(int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
 {
     CK_RV rv;
     struct ferro_slot *sl = ferro_enter(FERRO_SIGN, s, &rv);
+    struct ferro_op *op;
     if (!sl)
         return rv;
-    rv = CKR_OK;
-    if (!in && n)
+    op = &sl->op[FERRO_SIGN];
+    if ((part != UPDATE && !pul) || (!in && n)) {
         rv = CKR_ARGUMENTS_BAD;
-    else if (ferro_buf_append(&sl->op[FERRO_SIGN], in, n))
-        sl->op[FERRO_SIGN].started = 1;
-    else {
+    } else if (part == SINGLE) {
+        rv = op->started ? CKR_OPERATION_ACTIVE : sign(sl, in, n, out, pul);
+    } else if (part == FINAL) {
+        rv = sign(sl, op->buf, op->buf_len, out, pul);
+    } else if (ferro_buf_append(op, in, n)) {
+        op->started = 1;
+        rv = CKR_OK;
+    } else {
         rv = CKR_HOST_MEMORY;
-        ferro_end_op(&sl->op[FERRO_SIGN]);
+        ferro_end_op(op);
     }
     ferro_unlock(sl);
     return rv;
 }
 
+CK_RV ferro_fast_C_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR pul)
+{
+    return run(SINGLE, s, in, n, out, pul);
+}
+
+CK_RV ferro_fast_C_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n)
+{
+    return run(UPDATE, s, in, n, NULL, NULL);
+}
+
 CK_RV ferro_fast_C_SignFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR pul)
 {
-    CK_RV rv;
-    struct ferro_slot *sl = ferro_enter(FERRO_SIGN, s, &rv);
-    if (!sl)
-        return rv;
-    rv = pul ? sign(sl, sl->op[FERRO_SIGN].buf, sl->op[FERRO_SIGN].buf_len, out, pul) : CKR_ARGUMENTS_BAD;
-    ferro_unlock(sl);
-    return rv;
+    return run(FINAL, s, NULL, 0, out, pul);
 }

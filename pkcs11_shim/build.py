@@ -39,22 +39,19 @@ MODULE = "_ferrohsm_pkcs11"
 LIBNAME = "libferrohsm-pkcs11.so"
 NATIVE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
 
-# what pkcs11_shim/native.py calls in native/ (as declared in native/ferro_native.h)
-NATIVE_API = """
-extern int ferro_native_enabled;
-int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const unsigned char *key_bytes,
-                     size_t key_len, const unsigned char *iv, size_t iv_len, const unsigned char *aad,
-                     size_t aad_len, size_t tag_len);
-int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsigned char *value,
-                          size_t value_len, const unsigned char *ec_params, size_t params_len);
-void ferro_native_drop_session(CK_SESSION_HANDLE s);
-void ferro_native_drop_key(CK_OBJECT_HANDLE key, CK_RV ended_rv);
-void ferro_native_drop_all(void);
-void ferro_native_forget(CK_SESSION_HANDLE s, int kind);
-int ferro_native_cancel(CK_SESSION_HANDLE s, int kind);
-"""
+
+def _native_api() -> str:
+    """What pkcs11_shim/native.py calls in native/: the declarations between the
+    NATIVE_API markers of native/ferro_native.h, where they are written once."""
+    with open(os.path.join(NATIVE_DIR, "ferro_native.h")) as f:
+        text = f.read()
+    begin, end = "/* NATIVE_API begin */", "/* NATIVE_API end */"
+    start = text.index(begin) + len(begin)
+    return text[start:text.index(end, start)]
+
+
 # the engine reserves IV counter values for the native message path
-NATIVE_CDEF = NATIVE_API + """
+RESERVE_IV_CDEF = """
 extern "Python+C" CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
                                             unsigned long long *start, unsigned long long *count);
 """
@@ -283,17 +280,18 @@ def make_ffi(include_dir: str) -> cffi.FFI:
         f.write(native_header())
     ffi = cffi.FFI()
     decls = header()
+    native_api = _native_api()
     ffi.embedding_api("")      # no Python-implemented exports: the C_* are C
     ffi.cdef(decls)
     ffi.cdef("extern int ferro_python_ready;")
-    ffi.cdef(NATIVE_CDEF)
+    ffi.cdef(native_api + RESERVE_IV_CDEF)
     ffi.cdef("".join(f'extern "Python" CK_RV py_{name}({params});\n'
                      for name, how, params in FUNCTIONS if how == PY))
     libdir = sysconfig.get_config_var("LIBDIR")
     home = sys.base_prefix.replace("\\", "\\\\").replace('"', '\\"')
     ffi.set_source(
         MODULE,
-        decls + BOOT_C + NATIVE_API + _entry_points() + _function_lists() + INTERFACES_C,
+        decls + BOOT_C + native_api + _entry_points() + _function_lists() + INTERFACES_C,
         sources=sorted(os.path.join(NATIVE_DIR, f) for f in os.listdir(NATIVE_DIR) if f.endswith(".c")),
         include_dirs=[include_dir, NATIVE_DIR],
         define_macros=[("_GNU_SOURCE", None), ("FERRO_PYTHON_HOME", f'"{home}"')],

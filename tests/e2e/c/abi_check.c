@@ -14,24 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ferro_pkcs11.h"
+#include "check.h"
 
 #define N_240 68
 #define N_30 92
 #define RACERS 8
-
-static int failures;
-static CK_FUNCTION_LIST_3_0 *F;
-
-#define CHECK(what, cond) do { \
-        if (cond) printf("ok %s\n", what); \
-        else { printf("FAIL %s (line %d)\n", what, __LINE__); failures++; } \
-    } while (0)
-#define EXPECT(what, call, want) do { \
-        CK_RV _rv = (call); \
-        if (_rv == (CK_RV)(want)) printf("ok %s\n", what); \
-        else { printf("FAIL %s: rv 0x%lx, want 0x%lx\n", what, _rv, (CK_RV)(want)); failures++; } \
-    } while (0)
 
 static int all_set(void *list, int n)
 {

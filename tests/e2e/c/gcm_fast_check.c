@@ -13,7 +13,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "session.h"
+
+static CK_ULONG unhex(const char *h, CK_BYTE *out)
+{
+    CK_ULONG n = 0;
+    if (h[0] == '-')
+        return 0;
+    for (; h[0] && h[1]; h += 2)
+        sscanf(h, "%2hhx", &out[n++]);
+    return n;
+}
 
 static const CK_BYTE KEY[32] = "0123456789abcdef0123456789abcdef";
 static CK_BYTE IV[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
@@ -298,15 +308,7 @@ int main(int argc, char **argv)
     CK_OBJECT_HANDLE key;
     CK_BYTE out[64];
     CK_ULONG n = sizeof out;
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s MODULE LABEL USER_PIN VECTORS\n", argv[0]);
-        return 2;
-    }
-    load(argv[1]);
-    EXPECT("C_Initialize", F->C_Initialize(NULL), CKR_OK);
-    slot = find_slot(argv[2]);
-    s = open_rw(slot);
-    EXPECT("C_Login", F->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)argv[3], strlen(argv[3])), CKR_OK);
+    s = start(argc, argv, 5, "LABEL USER_PIN VECTORS", &slot);
     vectors(s, argv[4]);
     key = make_key(s, KEY, 32, CK_TRUE);
     rules(s, key);

@@ -6,7 +6,7 @@
  *   msg_check MODULE LABEL USER_PIN
  *
  * Run on both paths by test_gcm_fast.py, which compares the "ok"/"out" lines. */
-#include "check.h"
+#include "session.h"
 
 static const CK_BYTE KEY[32] = "0123456789abcdef0123456789abcdef";
 static CK_BYTE MSG[40] = "forty bytes of plaintext, to be sealed..";
@@ -168,15 +168,7 @@ int main(int argc, char **argv)
     CK_BYTE sealed[56], ct[64];
     CK_ULONG n = sizeof ct;
     unsigned long long before, after;
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s MODULE LABEL USER_PIN\n", argv[0]);
-        return 2;
-    }
-    load(argv[1]);
-    EXPECT("C_Initialize", F->C_Initialize(NULL), CKR_OK);
-    slot = find_slot(argv[2]);
-    s = open_rw(slot);
-    EXPECT("C_Login", F->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)argv[3], strlen(argv[3])), CKR_OK);
+    s = start(argc, argv, 4, "LABEL USER_PIN", &slot);
     key = make_key(s, KEY, 32, CK_TRUE);
     encrypt(s, key, sealed);
     decrypt(s, key, sealed);
