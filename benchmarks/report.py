@@ -35,9 +35,9 @@ TARGETS = [
     ("open+close session with 5,000 objects", "open_close_session_5000", ("SoftHSM2", "open_close_session_5000"),
      100, "ratio",
      "C_OpenSession and C_CloseSession are two calls into the Python engine: 0.35 us each for the "
-     "bare call, 7-12 us each with the engine's bookkeeping (measured: C_GetSessionInfo 7 us). "
-     "SoftHSM2 needs about 50 us per pair with 5,000 objects (it re-reads its object files), so "
-     "100x means 0.5 us per pair: less than entering Python twice. It needs sessions opened and "
+     "bare call, about 5 us for the pair's bookkeeping in-process, about 10 us per pair through "
+     "the ABI. SoftHSM2 needs about 65 us per pair with 5,000 objects (it re-reads its object "
+     "files), so 100x means 0.65 us per pair: about what entering Python twice costs alone. It needs sessions opened and "
      "closed natively: a native session table that hands out handles and tells the engine about a "
      "session lazily, on its first call that needs Python (and closes it there only if the engine "
      "ever saw it)."),
