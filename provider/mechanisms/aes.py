@@ -141,6 +141,19 @@ def _gcm_params(param) -> tuple[bytes, bytes, int]:
     return bytes(param.iv), bytes(param.aad or b""), param.tag_bits // 8
 
 
+def gcm_open(algorithm, iv: bytes, aad: bytes, body: bytes, tag: bytes) -> bytes:
+    """Decrypt and check the tag; no plaintext leaves unless the tag holds."""
+    engine = Cipher(algorithm, modes.GCM(iv, tag, min_tag_length=len(tag))).decryptor()
+    if aad:
+        engine.authenticate_additional_data(aad)
+    plain = engine.update(body)
+    try:
+        engine.finalize()
+    except InvalidTag:
+        raise PKCS11Error(C.CKR_ENCRYPTED_DATA_INVALID, "GCM tag mismatch") from None
+    return plain
+
+
 class GcmEncrypt(Context):
     def __init__(self, key, iv: bytes, aad: bytes, tag_len: int):
         self._key, self._iv, self._aad, self._tag_len = key, iv, aad, tag_len
@@ -197,15 +210,7 @@ class GcmDecrypt(Context):
         if len(data) < self._tag_len:
             raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "shorter than the tag")
         body, tag = data[:-self._tag_len], data[-self._tag_len:]
-        engine = Cipher(self._algorithm, modes.GCM(self._iv, tag, min_tag_length=self._tag_len)).decryptor()
-        if self._aad:
-            engine.authenticate_additional_data(self._aad)
-        plain = engine.update(body)
-        try:
-            engine.finalize()
-        except InvalidTag:
-            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_INVALID, "GCM tag mismatch") from None
-        return plain
+        return gcm_open(self._algorithm, self._iv, self._aad, body, tag)
 
 
 class AesGcm:

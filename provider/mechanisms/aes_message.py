@@ -6,12 +6,11 @@ the fast path; the two are cross-checked by tests/e2e/c/msg_check.c.
 
 import os
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .. import constants as C
 from ..errors import PKCS11Error
-from .aes import BLOCK, GCM_IV_LEN, GCM_TAG_BITS, is_bytes
+from .aes import GCM_IV_LEN, GCM_TAG_BITS, gcm_open, is_bytes
 from .base import require_param
 from .params import GcmMessageParams
 
@@ -73,10 +72,9 @@ class GcmMessages:
         require_param(gen >= 8 or value < 1 << (8 * gen), "this IV layout's counter space is used up")
         return bytes(p.iv[:fixed]) + value.to_bytes(gen, "big")
 
-    def _cipher(self, iv: bytes, aad: bytes, tag: bytes | None = None, tag_len: int = BLOCK):
-        mode = modes.GCM(iv, tag, min_tag_length=tag_len) if tag is not None else modes.GCM(iv)
-        cipher = Cipher(algorithms.AES(self._value), mode)
-        engine = cipher.decryptor() if tag is not None else cipher.encryptor()
+    def _cipher(self, iv: bytes, aad: bytes):
+        """An encryptor (decryption goes through aes.gcm_open, which checks the tag first)."""
+        engine = Cipher(algorithms.AES(self._value), modes.GCM(iv)).encryptor()
         if aad:
             engine.authenticate_additional_data(aad)
         return engine
@@ -84,13 +82,7 @@ class GcmMessages:
     def _open_all(self, iv: bytes, aad: bytes, data: bytes, p, tag_len: int) -> bytes:
         tag = bytes(p.tag[:tag_len])
         require_param(len(tag) == tag_len, "pTag holds ulTagBits")
-        engine = self._cipher(iv, aad, tag, tag_len)
-        plain = engine.update(data)
-        try:
-            engine.finalize()
-        except InvalidTag:
-            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_INVALID, "GCM tag mismatch") from None
-        return plain
+        return gcm_open(algorithms.AES(self._value), iv, aad, data, tag)
 
     @property
     def busy(self) -> bool:
