@@ -8,7 +8,10 @@ shape) rather than one handler each written out:
   update    (hSession, pIn, ulInLen)                         -> method(s, data)
   check     (hSession, pIn, ulInLen, pSig, ulSigLen)         -> method(s, data, sig)
   sigfinal  (hSession, pSig, ulSigLen)                       -> method(s, sig)
-Output sizes and the buffer rules live in marshal.output and Session.run.
+Output sizes and the buffer rules live in marshal.output and Session.run. A
+NULL pointer is refused through the engine (Library.refuse), so that it ends the
+operation; input buffers go to the engine as `Chunk`s, copied only after the
+engine checked the call.
 
 Encrypt, decrypt and sign inits may hand the operation to the native fast path
 (native.py: AES-GCM, raw ECDSA); the C entry points then answer for it without
@@ -17,7 +20,7 @@ Python.
 
 from . import native
 from .handlers_common import handler
-from .marshal import data, need, output
+from .marshal import F, Chunk, output
 from .mechparams import read_mechanism
 
 
@@ -33,36 +36,52 @@ def _init(method):
     return fn
 
 
+def _kind(method: str) -> str:
+    return method.split("_")[0]
+
+
+def _refuse_null(library, session, method, *pointers) -> None:
+    """(pointer, length) pairs, or (pointer, None) for one that must be there: a
+    NULL one is CKR_ARGUMENTS_BAD, which ends the operation (spec: every error
+    but the two-call answers does) once the session and the operation are known."""
+    for p, n in pointers:
+        if p == F.NULL and (n is None or n):
+            library.refuse(session, _kind(method), "NULL pointer")
+
+
 def _out(method):
     def fn(library, session, p_in, in_len, p_out, pul_out):
-        need(pul_out)
-        chunk = data(p_in, in_len)
+        _refuse_null(library, session, method, (pul_out, None), (p_in, in_len))
+        chunk = Chunk(p_in, in_len)
         return output(p_out, pul_out, lambda cap: getattr(library, method)(session, chunk, cap))
     return fn
 
 
 def _final(method):
     def fn(library, session, p_out, pul_out):
-        need(pul_out)
+        _refuse_null(library, session, method, (pul_out, None))
         return output(p_out, pul_out, lambda cap: getattr(library, method)(session, cap))
     return fn
 
 
 def _update(method):
     def fn(library, session, p_in, in_len):
-        getattr(library, method)(session, data(p_in, in_len))
+        _refuse_null(library, session, method, (p_in, in_len))
+        getattr(library, method)(session, Chunk(p_in, in_len))
     return fn
 
 
 def _check(method):
     def fn(library, session, p_in, in_len, p_sig, sig_len):
-        getattr(library, method)(session, data(p_in, in_len), data(p_sig, sig_len))
+        _refuse_null(library, session, method, (p_in, in_len), (p_sig, sig_len))
+        getattr(library, method)(session, Chunk(p_in, in_len), Chunk(p_sig, sig_len))
     return fn
 
 
 def _sigfinal(method):
     def fn(library, session, p_sig, sig_len):
-        getattr(library, method)(session, data(p_sig, sig_len))
+        _refuse_null(library, session, method, (p_sig, sig_len))
+        getattr(library, method)(session, Chunk(p_sig, sig_len))
     return fn
 
 

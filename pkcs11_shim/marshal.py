@@ -6,7 +6,7 @@ stay straight-line code:
     CKR_ARGUMENTS_BAD;
   - the two-call output convention (`output`, `ulongs_out`): NULL buffer ->
     *pulLen = needed, CKR_OK; too small -> *pulLen = needed,
-    CKR_BUFFER_TOO_SMALL; the engine keeps the operation alive in both cases;
+    CKR_BUFFER_TOO_SMALL; the engine changes nothing in both cases;
   - C_GetAttributeValue's per-attribute rules (`write_attributes`);
   - info structs: fixed-width text blank-padded, never NUL-terminated.
 `bind(ffi)` is called once by handlers.install with the library's ffi.
@@ -15,6 +15,7 @@ stay straight-line code:
 from provider import attrtypes
 from provider import constants as C
 from provider.errors import PKCS11Error
+from provider.session import Deferred
 
 
 class _Ref:
@@ -59,7 +60,8 @@ def data(p, n: int, required: bool = False) -> bytes:
 # --- outputs ---------------------------------------------------------------------
 def output(p_out, pul_len, produce) -> int:
     """Two-call convention. `produce(cap)` gets the caller's capacity (None for a
-    length query) and returns the whole output; the engine keeps it pending."""
+    length query) and returns the output, or the length needed (an int) when it
+    did not deliver: the engine then changed nothing (Session.run)."""
     need(pul_len)
     cap = None if p_out == F.NULL else pul_len[0]
     try:
@@ -68,15 +70,27 @@ def output(p_out, pul_len, produce) -> int:
         if err.rv == C.CKR_BUFFER_TOO_SMALL and err.needed is not None:
             pul_len[0] = err.needed
         raise
-    n = len(out)
+    n = out if isinstance(out, int) else len(out)
     pul_len[0] = n
     if cap is None:
         return C.CKR_OK
-    if cap < n:
+    if cap < n or isinstance(out, int):
         return C.CKR_BUFFER_TOO_SMALL
     if n:
         F.ffi.memmove(p_out, out, n)
     return C.CKR_OK
+
+
+class Chunk(Deferred):
+    """An input buffer the engine copies only once it checked the call (the
+    session, the operation, the mechanism's length limits): a caller that states
+    more than its buffer holds gets an error code wherever a check can tell."""
+
+    def __init__(self, p, n: int):
+        self.p, self.size = p, n
+
+    def read(self) -> bytes:
+        return data(self.p, self.size)
 
 
 def ulongs_out(values, p_list, pul_count) -> int:

@@ -3,8 +3,11 @@
 Mechanisms the spec defines as single-part (RSA PKCS#1, OAEP, raw ECDSA, EdDSA,
 key wrap) also accept Update/Final here: the input is buffered and the
 single-part operation runs at Final. pkcs11-tool's --verify, for one, drives
-every mechanism through C_VerifyUpdate. Output size queries and the buffer rules
-are handled once, in Session.run.
+every mechanism through C_VerifyUpdate. Output size queries, the buffer rules
+and the order of the checks (session, operation, arguments, the mechanism's
+length limits, then the input is read) are handled once, in Session.run. A call
+with output returns the bytes when they are delivered, else the length needed
+(an int): a length query, or a buffer too small.
 
 Message-based encryption (PKCS#11 3.0) has its own shape: the operation is a
 key; each message brings its parameters; a length query or a per-message error
@@ -23,7 +26,7 @@ from . import constants as C
 from .log import LOG
 from .errors import PKCS11Error
 from .mechanisms import registry
-from .session import FINAL, SINGLE, UPDATE, Operation
+from .session import FINAL, NO_OUTPUT, SINGLE, UPDATE, Operation, read, size_of
 from .token import require
 
 # message kind -> (the key attribute that permits it, the mechanism flag, encrypting)
@@ -43,10 +46,24 @@ KEYED = {
 }
 
 
-def _update(op: Operation, data: bytes):
+def _buffered(op: Operation) -> int:
+    return sum(map(len, op.results))
+
+
+def _update_len(op: Operation, n: int) -> int:
+    """Output of an encrypt/decrypt Update of n bytes (a buffered single-part one: none)."""
+    return op.ctx.update_len(n) if op.ctx.multipart else 0
+
+
+def _final_len(op: Operation):
+    """Output (or signature) length of a Final; None: only the data tells."""
+    return op.ctx.final_len() if op.ctx.multipart else op.ctx.out_len(_buffered(op))
+
+
+def _update(op: Operation, data):
     if op.ctx.multipart:
-        return op.ctx.update(data)
-    op.results.append(bytes(data))
+        return op.ctx.update(read(data))
+    op.results.append(bytes(read(data)))
     return b"" if op.kind in ("encrypt", "decrypt") else None
 
 
@@ -54,6 +71,12 @@ def _final(op: Operation, *args):
     if op.ctx.multipart:
         return op.ctx.final(*args)
     return op.ctx.oneshot(b"".join(op.results), *args)
+
+
+def _signature_len(expected, signature) -> None:
+    """A signature to verify is checked for length before it is read."""
+    if expected is not None and size_of(signature) != expected:
+        raise PKCS11Error(C.CKR_SIGNATURE_LEN_RANGE, f"expected {expected} bytes")
 
 
 class CryptoFunctions:
@@ -80,30 +103,49 @@ class CryptoFunctions:
         always_auth = key.cls == C.CKO_PRIVATE_KEY and key.flag(C.CKA_ALWAYS_AUTHENTICATE)
         session.start(Operation(kind, mech.type, ctx, key=key, needs_auth=always_auth))
 
+    # --- the call shapes (the engine side of the shim's tables) ---------------------
+    def _single(self, kind: str, handle, data, cap):
+        n = size_of(data)
+        return self._session(handle).run(kind, SINGLE, lambda op: op.ctx.oneshot(read(data)),
+                                         lambda op: op.ctx.out_len(n), cap)
+
+    def _part(self, kind: str, handle, data, cap=NO_OUTPUT):
+        n = size_of(data)
+        size = None if cap is NO_OUTPUT else (lambda op: _update_len(op, n))
+        return self._session(handle).run(kind, UPDATE, lambda op: _update(op, data), size, cap, at_least=n)
+
+    def _last(self, kind: str, handle, cap):
+        return self._session(handle).run(kind, FINAL, _final, _final_len, cap)
+
+    def refuse(self, handle, kind: str, reason: str):
+        """The shim found a NULL pointer: CKR_ARGUMENTS_BAD, which ends the operation
+        (after the session and the operation were checked, in that order)."""
+        self._session(handle).refuse(kind, reason)
+
     # --- encrypt / decrypt -----------------------------------------------------------
     def encrypt_init(self, handle, mech, key):
         self._init(handle, "encrypt", mech, key)
 
     def encrypt(self, handle, data, cap):
-        return self._session(handle).run("encrypt", lambda op: op.ctx.oneshot(data), cap, SINGLE)
+        return self._single("encrypt", handle, data, cap)
 
     def encrypt_update(self, handle, data, cap):
-        return self._session(handle).run("encrypt", lambda op: _update(op, data), cap, UPDATE)
+        return self._part("encrypt", handle, data, cap)
 
     def encrypt_final(self, handle, cap):
-        return self._session(handle).run("encrypt", _final, cap, FINAL)
+        return self._last("encrypt", handle, cap)
 
     def decrypt_init(self, handle, mech, key):
         self._init(handle, "decrypt", mech, key)
 
     def decrypt(self, handle, data, cap):
-        return self._session(handle).run("decrypt", lambda op: op.ctx.oneshot(data), cap, SINGLE)
+        return self._single("decrypt", handle, data, cap)
 
     def decrypt_update(self, handle, data, cap):
-        return self._session(handle).run("decrypt", lambda op: _update(op, data), cap, UPDATE)
+        return self._part("decrypt", handle, data, cap)
 
     def decrypt_final(self, handle, cap):
-        return self._session(handle).run("decrypt", _final, cap, FINAL)
+        return self._last("decrypt", handle, cap)
 
     # --- digest ----------------------------------------------------------------------
     def digest_init(self, handle, mech):
@@ -114,10 +156,10 @@ class CryptoFunctions:
         session.start(Operation("digest", mech.type, entry.impl.digest_init(mech.param)))
 
     def digest(self, handle, data, cap):
-        return self._session(handle).run("digest", lambda op: op.ctx.oneshot(data), cap, SINGLE)
+        return self._single("digest", handle, data, cap)
 
     def digest_update(self, handle, data):
-        self._session(handle).run("digest", lambda op: op.ctx.update(data), None, UPDATE)
+        self._part("digest", handle, data)
 
     def digest_key(self, handle, key_handle):
         session = self._session(handle)
@@ -127,35 +169,38 @@ class CryptoFunctions:
             key = self._object(session, key_handle, C.CKR_KEY_HANDLE_INVALID)
             require(key.cls == C.CKO_SECRET_KEY, C.CKR_KEY_INDIGESTIBLE, "only secret keys")
             op.ctx.update(session.token.open(key).attrs[C.CKA_VALUE])
-        session.run("digest", step, None, UPDATE)
+        session.run("digest", UPDATE, step)
 
     def digest_final(self, handle, cap):
-        return self._session(handle).run("digest", lambda op: op.ctx.final(), cap, FINAL)
+        return self._last("digest", handle, cap)
 
     # --- sign / verify -----------------------------------------------------------------
     def sign_init(self, handle, mech, key):
         self._init(handle, "sign", mech, key)
 
     def sign(self, handle, data, cap):
-        return self._session(handle).run("sign", lambda op: op.ctx.oneshot(data), cap, SINGLE)
+        return self._single("sign", handle, data, cap)
 
     def sign_update(self, handle, data):
-        self._session(handle).run("sign", lambda op: _update(op, data), None, UPDATE)
+        self._part("sign", handle, data)
 
     def sign_final(self, handle, cap):
-        return self._session(handle).run("sign", _final, cap, FINAL)
+        return self._last("sign", handle, cap)
 
     def verify_init(self, handle, mech, key):
         self._init(handle, "verify", mech, key)
 
     def verify(self, handle, data, signature):
-        self._session(handle).run("verify", lambda op: op.ctx.oneshot(data, signature), None, SINGLE)
+        n = size_of(data)
+        self._session(handle).run("verify", SINGLE, lambda op: op.ctx.oneshot(read(data), read(signature)),
+                                  lambda op: _signature_len(op.ctx.out_len(n), signature))
 
     def verify_update(self, handle, data):
-        self._session(handle).run("verify", lambda op: _update(op, data), None, UPDATE)
+        self._part("verify", handle, data)
 
     def verify_final(self, handle, signature):
-        self._session(handle).run("verify", lambda op: _final(op, signature), None, FINAL)
+        self._session(handle).run("verify", FINAL, lambda op: _final(op, read(signature)),
+                                  lambda op: _signature_len(_final_len(op), signature))
 
     # --- message-based encrypt / decrypt ---------------------------------------------
     def _message_init(self, handle: int, kind: str, mech, key_handle: int) -> None:
@@ -249,7 +294,7 @@ class CryptoFunctions:
         sign -> (key handle, private value, CKA_EC_PARAMS), only for a key whose
         private value the engine holds (a device-held key has none: it stays here)."""
         op = self._session(handle).ops.get(kind)
-        if op is None or op.started or op.pending is not None or op.needs_auth:
+        if op is None or op.shape is not None or op.needs_auth:
             return None
         if kind == "sign":
             value, params = op.key.attrs.get(C.CKA_VALUE), op.key.attrs.get(C.CKA_EC_PARAMS)

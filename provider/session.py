@@ -3,16 +3,35 @@
 Each session has at most one active operation of each kind (encrypt, decrypt,
 digest, sign, verify, find). The rules the spec sets for every operation are
 kept here, once:
-  - an error other than CKR_BUFFER_TOO_SMALL ends the operation;
-  - a length query (no output buffer) or a too-small buffer keeps the operation
-    and the computed output, so the next call returns exactly those bytes;
-  - a single-part call after a multi-part update is CKR_OPERATION_ACTIVE, which
-    leaves the multi-part operation running (the call is refused, not failed);
+  - an error ends the operation (CKR_ARGUMENTS_BAD too, once the session and
+    the operation are known: `refuse`), except CKR_OPERATION_ACTIVE below;
+  - the two-call convention (PKCS#11 3.0 section 5.2): a length query (no output
+    buffer) or a too-small buffer answers the length and changes nothing: no
+    input is taken, the operation is neither advanced nor ended; the call with a
+    big enough buffer does the work on its own input. A query to a multi-part
+    Update answers at least the input's length, even when the mechanism
+    releases nothing before Final (AEAD decryption), as SoftHSM2 does, so a
+    client that allocates what it was told passes a real buffer next time;
+  - a single-part call after a multi-part call, or a multi-part call after a
+    single-part length answer, is CKR_OPERATION_ACTIVE, which leaves the
+    operation as it was (the call is refused, not failed);
   - a key with CKA_ALWAYS_AUTHENTICATE needs C_Login(CKU_CONTEXT_SPECIFIC) after
     the init and before the operation runs (CKR_USER_NOT_LOGGED_IN otherwise);
   - an operation whose key is destroyed or changed ends; the next call of that
     kind gets CKR_KEY_HANDLE_INVALID once (`fail`), then the usual
     CKR_OPERATION_NOT_INITIALIZED.
+
+How the length is known without doing the work: every context tells the
+exact output length of its next call from the input length alone
+(`update_len`, `final_len`, `out_len`; see mechanisms/registry.py), which needs
+no copy of the context (the primitives' cipher contexts cannot be copied).
+Where only the data tells (single-part CBC-PAD, RSA and RFC 5649 unwrap
+decryption) `out_len` answers None and the single-part step is a pure function
+of its input: it is computed, and delivered only if it fits; the call with the
+buffer computes it again from its own input. The same length functions check
+the mechanism's length limits before the input is read (`Deferred` input is
+copied only then), so a stated length the mechanism cannot take is an error
+code, not a read past the caller's buffer.
 
 Operations can also be handed to an `Offload` (the shim's native fast path for
 AES-GCM and raw ECDSA, issue 4): the engine then holds nothing for them, and
@@ -25,6 +44,24 @@ from . import constants as C
 from .errors import PKCS11Error
 
 SINGLE, UPDATE, FINAL = "single", "update", "final"
+NO_OUTPUT = "no output"      # `cap` of a call that returns no data (C_DigestUpdate, C_Verify, ...)
+
+
+class Deferred:
+    """Input the engine reads only when the call has been checked (the shim's C
+    buffers): `size` is the length the caller stated, `read()` the bytes."""
+    size = 0
+
+    def read(self) -> bytes:
+        raise NotImplementedError
+
+
+def size_of(data) -> int:
+    return data.size if isinstance(data, Deferred) else len(data)
+
+
+def read(data) -> bytes:
+    return data.read() if isinstance(data, Deferred) else data
 
 
 @dataclass
@@ -33,8 +70,7 @@ class Operation:
     mech: int
     ctx: object
     key: object = None
-    started: bool = False          # a multi-part update has been made
-    pending: bytes | None = None   # output computed but not yet delivered
+    shape: str | None = None       # SINGLE or UPDATE once a call committed it to one
     needs_auth: bool = False       # waiting for a context-specific login
     results: list = field(default_factory=list)   # find: handles not yet returned
 
@@ -103,36 +139,42 @@ class Session:
         if self.ops.pop(kind, None) is not None:
             self.ended[kind] = rv
 
-    def run(self, kind: str, step, cap: int | None = None, mode: str = SINGLE):
+    def refuse(self, kind: str, reason: str):
+        """A call of operation `kind` with a bad argument (a NULL pointer): it ends
+        the operation, as every error but the two-call answers does."""
+        self.op(kind)
+        self.end(kind)
+        raise PKCS11Error(C.CKR_ARGUMENTS_BAD, reason)
+
+    def run(self, kind: str, mode: str, work, size=None, cap=NO_OUTPUT, at_least: int = 0):
         """Run one call of operation `kind`.
 
-        `step(op)` does the work and returns the output, or None for calls with
-        no output. `cap` is the caller's output capacity, None for a length
-        query. `mode` is SINGLE (C_Encrypt, C_Sign, ...: finishes the operation),
-        UPDATE (keeps it) or FINAL (C_EncryptFinal, ...: finishes it).
+        `mode` is SINGLE (C_Encrypt, C_Sign, ...: finishes the operation), UPDATE
+        (keeps it) or FINAL (C_EncryptFinal, ...: finishes it). `size(op)` runs
+        before any input is read: it checks the mechanism's length limits and
+        returns the exact output length of this call, or None when only the work
+        tells (then `work` must leave op as it was). `work(op)` does the work and
+        returns the output (None for calls without one). `cap` is the caller's
+        output capacity, None for a length query, NO_OUTPUT for calls with no
+        output; `at_least` is the least a length query answers (an Update's input
+        length). Returns the output when it is delivered, else the length needed
+        (an int): the caller says CKR_OK to a query, CKR_BUFFER_TOO_SMALL else.
         """
         op = self.op(kind)
-        if mode == SINGLE and op.started:
-            raise PKCS11Error(C.CKR_OPERATION_ACTIVE, f"a multi-part {kind} is in progress")
+        shape = SINGLE if mode == SINGLE else UPDATE
+        if op.shape not in (None, shape):
+            raise PKCS11Error(C.CKR_OPERATION_ACTIVE, f"a {op.shape}-part {kind} is in progress")
+        op.shape = shape
         try:
-            if op.pending is None:
-                out = step(op)
-                if mode == UPDATE:
-                    op.started = True
-            else:
-                out = op.pending
-            if out is not None and (cap is None or cap < len(out)):
-                op.pending = out           # keep it: the caller will ask again
-                return out
-            op.pending = None
-        except PKCS11Error as err:
-            if err.rv != C.CKR_BUFFER_TOO_SMALL:
-                self.end(kind)
-            raise
+            n = None if size is None else size(op)
+            if cap is not NO_OUTPUT and n is not None and (cap is None or cap < n):
+                return n if cap is not None else max(n, at_least)
+            out = work(op)
+            if cap is not NO_OUTPUT and n is None and (cap is None or cap < len(out)):
+                return len(out) if cap is not None else max(len(out), at_least)
         except Exception:
             self.end(kind)
             raise
         if mode != UPDATE:
             self.end(kind)
         return out
-

@@ -32,7 +32,7 @@ connection per process) and binds each token that has a [token.LABEL] policy:
 from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 
 from .. import constants as C
@@ -333,7 +333,8 @@ def context(backends: Backends, token, key, kind: str, mech):
         if mech.type not in DECRYPT:
             raise _fail(C.CKR_MECHANISM_INVALID, f"decrypt {C.name_of('CKM_', mech.type)}")
         _check_type(key, mech.type)
-        return OneShot(lambda data: backends.use(token, key, lambda b, r: b.decrypt(r, mech, data)))
+        return OneShot(lambda data: backends.use(token, key, lambda b, r: b.decrypt(r, mech, data)),
+                       lambda n: None)       # only the data tells (a pure call: Session.run)
     if mech.type not in SIGN:
         raise _fail(C.CKR_MECHANISM_INVALID, f"sign {C.name_of('CKM_', mech.type)}")
     digest_mech, asked = SIGN[mech.type]
@@ -350,7 +351,18 @@ def context(backends: Backends, token, key, kind: str, mech):
 
     def sign(data: bytes) -> bytes:
         return backends.use(token, key, lambda b, r: b.sign(r, backend_mech, prefix + data))
-    return OneShot(sign) if digest_mech is None else Hashed(hash_for(digest_mech), sign)
+    size = _signature_size(key)
+    if digest_mech is None:
+        return OneShot(sign, lambda n: size)
+    return Hashed(hash_for(digest_mech), sign, size)
+
+
+def _signature_size(key) -> int:
+    """Bytes of a signature by the held key: the modulus, or r || s."""
+    public = serialization.load_der_public_key(bytes(key.attrs[C.CKA_PUBLIC_KEY_INFO]))
+    if isinstance(public, rsa.RSAPublicKey):
+        return (public.key_size + 7) // 8
+    return 2 * ((public.curve.key_size + 7) // 8)
 
 
 def derive(backends: Backends, token, key, mech, template: dict) -> dict:

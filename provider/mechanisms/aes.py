@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .. import constants as C
 from ..errors import PKCS11Error
 from .blockmodes import CODES, BlockMode, cbc, ecb, is_bytes
-from .base import Context, SinglePart, cached, check_key_type, require_param, secret
+from .asym import OneShot
+from .base import Context, cached, check_key_type, require_param, secret
 from .generic import secret_value
 from .hmac import Mac
 from .params import CtrParams, GcmParams
@@ -49,6 +50,7 @@ KEY_SIZES = (16, 24, 32)
 MIN_KEY, MAX_KEY = 16, 32
 GCM_TAG_BITS = range(96, 129, 8)
 GCM_IV_LEN = range(8, 129)
+GCM_MAX = (1 << 36) - 32                        # SP 800-38D: plaintext bytes under one IV
 KW_IV = bytes.fromhex("A6A6A6A6A6A6A6A6")      # RFC 3394 §2.2.3.1
 KWP_IV = bytes.fromhex("A65959A6")             # RFC 5649 §3
 
@@ -102,10 +104,18 @@ class CtrCtx(Context):
         self._left = limit                      # bytes the counter still covers
         self._encrypting = encrypting
 
-    def update(self, data: bytes) -> bytes:
-        if len(data) > self._left:
+    def update_len(self, n: int) -> int:
+        if n > self._left:
             raise PKCS11Error(CODES[self._encrypting][0], "the counter would wrap")
-        self._left -= len(data)
+        return n
+
+    out_len = update_len
+
+    def final_len(self) -> int:
+        return 0
+
+    def update(self, data: bytes) -> bytes:
+        self._left -= self.update_len(len(data))
         return self._engine.update(bytes(data))
 
     def final(self) -> bytes:
@@ -154,10 +164,26 @@ def gcm_open(algorithm, iv: bytes, aad: bytes, body: bytes, tag: bytes) -> bytes
     return plain
 
 
+def _gcm_room(total: int, n: int, code: int) -> int:
+    if total + n > GCM_MAX:
+        raise PKCS11Error(code, "more than GCM can take under one IV")
+    return n
+
+
 class GcmEncrypt(Context):
     def __init__(self, key, iv: bytes, aad: bytes, tag_len: int):
         self._key, self._iv, self._aad, self._tag_len = key, iv, aad, tag_len
         self._engine = None
+        self._total = 0
+
+    def update_len(self, n: int) -> int:
+        return _gcm_room(self._total, n, C.CKR_DATA_LEN_RANGE)
+
+    def final_len(self) -> int:
+        return self._tag_len
+
+    def out_len(self, n: int) -> int:
+        return self.update_len(n) + self._tag_len
 
     def _stream(self):
         if self._engine is None:
@@ -167,6 +193,7 @@ class GcmEncrypt(Context):
         return self._engine
 
     def update(self, data: bytes) -> bytes:
+        self._total += self.update_len(len(data))
         return self._stream().update(bytes(data))
 
     def final(self) -> bytes:
@@ -200,7 +227,21 @@ class GcmDecrypt(Context):
             return None
         return self._algorithm.key, self._iv, self._aad, self._tag_len
 
+    def update_len(self, n: int) -> int:
+        _gcm_room(sum(map(len, self._parts)), n, C.CKR_ENCRYPTED_DATA_LEN_RANGE)
+        return 0
+
+    def final_len(self) -> int:
+        return max(sum(map(len, self._parts)) - self._tag_len, 0)
+
+    def out_len(self, n: int) -> int:
+        if n < self._tag_len:
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "shorter than the tag")
+        _gcm_room(0, n - self._tag_len, C.CKR_ENCRYPTED_DATA_LEN_RANGE)
+        return n - self._tag_len
+
     def update(self, data: bytes) -> bytes:
+        self.update_len(len(data))
         self._parts.append(bytes(data))
         return b""
 
@@ -233,14 +274,6 @@ class AesGcm:
 
 
 # --- key wrap (RFC 3394, RFC 5649) --------------------------------------------------
-class OneShot(SinglePart):
-    def __init__(self, fn):
-        self._fn = fn
-
-    def oneshot(self, data: bytes) -> bytes:
-        return self._fn(bytes(data))
-
-
 def _kw_fits(n: int) -> bool:
     return n >= 16 and n % 8 == 0
 
@@ -250,9 +283,20 @@ def _kwp_fits(n: int) -> bool:
 
 
 class KeyWrap:
-    def __init__(self, wrap_fn, unwrap_fn, default_iv: bytes, plain_fits, wrapped_min: int):
+    def __init__(self, wrap_fn, unwrap_fn, default_iv: bytes, plain_fits, wrapped_min: int, padded: bool):
         self._wrap, self._unwrap, self._iv = wrap_fn, unwrap_fn, default_iv
-        self._fits, self._wrapped_min = plain_fits, wrapped_min
+        self._fits, self._wrapped_min, self._padded = plain_fits, wrapped_min, padded
+
+    def _sealed_len(self, n: int, bad_len: int) -> int:
+        if not self._fits(n):
+            raise PKCS11Error(bad_len, "length not supported by this key wrap")
+        return (n + 7) // 8 * 8 + 8
+
+    def _opened_len(self, n: int):
+        """Exact for RFC 3394; for RFC 5649 only the unwrapped data tells."""
+        if n < self._wrapped_min or n % 8:
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "not a wrapped length")
+        return None if self._padded else n - 8
 
     def _key(self, key, param) -> bytes:
         require_param(param is None or (is_bytes(param) and bytes(param) == self._iv),
@@ -260,13 +304,11 @@ class KeyWrap:
         return aes_key(key)
 
     def _seal(self, value: bytes, data: bytes, bad_len: int) -> bytes:
-        if not self._fits(len(data)):
-            raise PKCS11Error(bad_len, "length not supported by this key wrap")
+        self._sealed_len(len(data), bad_len)
         return self._wrap(value, data)
 
     def _open(self, value: bytes, data: bytes) -> bytes:
-        if len(data) < self._wrapped_min or len(data) % 8:
-            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "not a wrapped length")
+        self._opened_len(len(data))
         try:
             return self._unwrap(value, data)
         except keywrap.InvalidUnwrap:
@@ -280,11 +322,12 @@ class KeyWrap:
 
     def encrypt_init(self, key, param) -> OneShot:
         value = self._key(key, param)
-        return OneShot(lambda data: self._seal(value, data, C.CKR_DATA_LEN_RANGE))
+        return OneShot(lambda data: self._seal(value, data, C.CKR_DATA_LEN_RANGE),
+                       lambda n: self._sealed_len(n, C.CKR_DATA_LEN_RANGE))
 
     def decrypt_init(self, key, param) -> OneShot:
         value = self._key(key, param)
-        return OneShot(lambda data: self._open(value, data))
+        return OneShot(lambda data: self._open(value, data), self._opened_len)
 
 
 # --- CMAC --------------------------------------------------------------------------
@@ -302,8 +345,10 @@ register(C.CKM_AES_CTR, AesCtr(), MIN_KEY, MAX_KEY)
 register(C.CKM_AES_GCM, AesGcm(), MIN_KEY, MAX_KEY,
          extra_flags=C.CKF_MESSAGE_ENCRYPT | C.CKF_MESSAGE_DECRYPT)
 register(C.CKM_AES_KEY_WRAP,
-         KeyWrap(keywrap.aes_key_wrap, keywrap.aes_key_unwrap, KW_IV, _kw_fits, 24), MIN_KEY, MAX_KEY)
-_KWP = KeyWrap(keywrap.aes_key_wrap_with_padding, keywrap.aes_key_unwrap_with_padding, KWP_IV, _kwp_fits, 16)
+         KeyWrap(keywrap.aes_key_wrap, keywrap.aes_key_unwrap, KW_IV, _kw_fits, 24, padded=False),
+         MIN_KEY, MAX_KEY)
+_KWP = KeyWrap(keywrap.aes_key_wrap_with_padding, keywrap.aes_key_unwrap_with_padding, KWP_IV, _kwp_fits, 16,
+               padded=True)
 register(C.CKM_AES_KEY_WRAP_PAD, _KWP, MIN_KEY, MAX_KEY)
 register(C.CKM_AES_KEY_WRAP_KWP, _KWP, MIN_KEY, MAX_KEY)
 register(C.CKM_AES_CMAC, Mac(_cmac, BLOCK, general=False), MIN_KEY, MAX_KEY)

@@ -12,10 +12,14 @@ from .base import Context, SinglePart, check_key_type
 
 # --- contexts -----------------------------------------------------------------------
 class OneShot(SinglePart):
-    """A single-part operation: oneshot(data, *signature) -> fn(data, *signature)."""
+    """A single-part operation: oneshot(data, *signature) -> fn(data, *signature).
+    `size(n)` is its output (or signature) length for n bytes of data, None when
+    only the data tells (fn is a pure function, so it may be computed to learn
+    it); it raises the mechanism's length errors before the data is read."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, size):
         self._fn = fn
+        self.out_len = size
 
     def oneshot(self, data: bytes, *args):
         return self._fn(bytes(data), *(bytes(a) for a in args))
@@ -24,9 +28,16 @@ class OneShot(SinglePart):
 class Hashed(Context):
     """Hash the data part by part; at final hand the digest (and signature) to fn."""
 
-    def __init__(self, algorithm, fn):
+    def __init__(self, algorithm, fn, size: int | None):
         self._h = hashes.Hash(algorithm)
         self._fn = fn
+        self._size = size
+
+    def final_len(self):
+        return self._size
+
+    def out_len(self, n: int):
+        return self._size
 
     def update(self, data: bytes):
         self._h.update(bytes(data))

@@ -46,6 +46,12 @@ class DigestCtx(Context):
     def final(self) -> bytes:
         return self._h.finalize()
 
+    def final_len(self) -> int:
+        return self._h.algorithm.digest_size
+
+    def out_len(self, n: int) -> int:
+        return self._h.algorithm.digest_size
+
     def oneshot(self, data: bytes) -> bytes:
         self._h.update(bytes(data))
         return self._h.finalize()

@@ -128,17 +128,18 @@ class Ecdsa:
         require_param(param is None, "takes no parameter")
         curve, priv = _private(key)
         if self.mech_hash is None:
-            return OneShot(lambda data: _sign(curve, priv, *_prehashed(curve, data)))
+            return OneShot(lambda data: _sign(curve, priv, *_prehashed(curve, data)), lambda n: 2 * curve.size)
         alg = hash_for(self.mech_hash)
-        return Hashed(alg, lambda digest: _sign(curve, priv, digest, Prehashed(alg)))
+        return Hashed(alg, lambda digest: _sign(curve, priv, digest, Prehashed(alg)), 2 * curve.size)
 
     def verify_init(self, key, param):
         require_param(param is None, "takes no parameter")
         curve, pub = _public(key)
         if self.mech_hash is None:
-            return OneShot(lambda data, sig: _verify(curve, pub, *_prehashed(curve, data), sig))
+            return OneShot(lambda data, sig: _verify(curve, pub, *_prehashed(curve, data), sig),
+                           lambda n: 2 * curve.size)
         alg = hash_for(self.mech_hash)
-        return Hashed(alg, lambda digest, sig: _verify(curve, pub, digest, Prehashed(alg), sig))
+        return Hashed(alg, lambda digest, sig: _verify(curve, pub, digest, Prehashed(alg), sig), 2 * curve.size)
 
 
 # --- ECDH -----------------------------------------------------------------------------

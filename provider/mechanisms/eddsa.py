@@ -85,12 +85,12 @@ class Eddsa:
     def sign_init(self, key, param):
         curve, priv = _private(key)
         _check_param(curve, param)
-        return OneShot(priv.sign)
+        return OneShot(priv.sign, lambda n: SIGNATURE_LEN[curve.name])
 
     def verify_init(self, key, param):
         curve, pub = _public(key)
         _check_param(curve, param)
-        return OneShot(lambda data, sig: _verify(curve, pub, data, sig))
+        return OneShot(lambda data, sig: _verify(curve, pub, data, sig), lambda n: SIGNATURE_LEN[curve.name])
 
 
 class EdwardsKeyPairGen:

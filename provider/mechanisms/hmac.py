@@ -36,6 +36,12 @@ class MacSign(Context):
     def final(self) -> bytes:
         return self._mac.finalize()[:self._len]
 
+    def final_len(self) -> int:
+        return self._len
+
+    def out_len(self, n: int) -> int:
+        return self._len
+
     def oneshot(self, data: bytes) -> bytes:
         self._mac.update(bytes(data))
         return self.final()

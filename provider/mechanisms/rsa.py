@@ -139,15 +139,30 @@ def _pkcs1_verify(pub, data: bytes, signature: bytes) -> None:
         raise PKCS11Error(C.CKR_SIGNATURE_INVALID)
 
 
+def _at_most(key, overhead: int):
+    """The output length function of an operation taking at most k - overhead bytes."""
+    def size(n: int) -> int:
+        if n > _size(key) - overhead:
+            raise PKCS11Error(C.CKR_DATA_LEN_RANGE)
+        return _size(key)
+    return size
+
+
+def _one_block(key):
+    """... and of a decryption taking exactly one modulus-sized block (output: only the data tells)."""
+    def size(n: int) -> None:
+        if n != _size(key):
+            raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE)
+    return size
+
+
 def _encrypt(pub, pad, overhead: int, data: bytes) -> bytes:
-    if len(data) > _size(pub) - overhead:
-        raise PKCS11Error(C.CKR_DATA_LEN_RANGE)
+    _at_most(pub, overhead)(len(data))
     return pub.encrypt(data, pad)
 
 
 def _decrypt(priv, pad, data: bytes) -> bytes:
-    if len(data) != _size(priv):
-        raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE)
+    _one_block(priv)(len(data))
     try:
         return priv.decrypt(data, pad)
     except ValueError:
@@ -163,12 +178,12 @@ class _Cipher:
     def encrypt_init(self, key, param):
         pad, overhead = self.padding(param)
         pub = _public(key)
-        return OneShot(lambda data: _encrypt(pub, pad, overhead, data))
+        return OneShot(lambda data: _encrypt(pub, pad, overhead, data), _at_most(pub, overhead))
 
     def decrypt_init(self, key, param):
         pad, _ = self.padding(param)
         priv = _private(key)
-        return OneShot(lambda data: _decrypt(priv, pad, data))
+        return OneShot(lambda data: _decrypt(priv, pad, data), _one_block(priv))
 
     def wrap(self, wrapping_key, param, key_bytes: bytes) -> bytes:
         pad, overhead = self.padding(param)
@@ -190,12 +205,12 @@ class RsaPkcs(_Cipher):
     def sign_init(self, key, param):
         self.padding(param)
         priv = _private(key)
-        return OneShot(lambda data: _pkcs1_sign(priv, data))
+        return OneShot(lambda data: _pkcs1_sign(priv, data), _at_most(priv, PKCS1_OVERHEAD))
 
     def verify_init(self, key, param):
         self.padding(param)
         pub = _public(key)
-        return OneShot(lambda data, sig: _pkcs1_verify(pub, data, sig))
+        return OneShot(lambda data, sig: _pkcs1_verify(pub, data, sig), _at_most(pub, PKCS1_OVERHEAD))
 
 
 class RsaOaep(_Cipher):
@@ -244,18 +259,25 @@ class RsaPss:
     def __init__(self, mech_hash: int | None = None):
         self.mech_hash = mech_hash
 
-    def _ctx(self, fn, alg):
-        return OneShot(fn) if self.mech_hash is None else Hashed(alg, fn)
+    def _ctx(self, fn, alg, key):
+        if self.mech_hash is not None:
+            return Hashed(alg, fn, _size(key))
+
+        def size(n: int) -> int:
+            if n != alg.digest_size:
+                raise PKCS11Error(C.CKR_DATA_LEN_RANGE, "data must be one hash value")
+            return _size(key)
+        return OneShot(fn, size)
 
     def sign_init(self, key, param):
         priv = _private(key)
         pad, alg = _pss(param, priv, self.mech_hash)
-        return self._ctx(lambda digest: _pss_sign(priv, pad, alg, digest), alg)
+        return self._ctx(lambda digest: _pss_sign(priv, pad, alg, digest), alg, priv)
 
     def verify_init(self, key, param):
         pub = _public(key)
         pad, alg = _pss(param, pub, self.mech_hash)
-        return self._ctx(lambda digest, sig: _pss_verify(pub, pad, alg, digest, sig), alg)
+        return self._ctx(lambda digest, sig: _pss_verify(pub, pad, alg, digest, sig), alg, pub)
 
 
 class HashedPkcs1:
@@ -267,7 +289,7 @@ class HashedPkcs1:
     def sign_init(self, key, param):
         require_param(param is None, "takes no parameter")
         priv, alg = _private(key), hash_for(self.mech_hash)
-        return Hashed(alg, lambda digest: priv.sign(digest, padding.PKCS1v15(), Prehashed(alg)))
+        return Hashed(alg, lambda digest: priv.sign(digest, padding.PKCS1v15(), Prehashed(alg)), _size(priv))
 
     def verify_init(self, key, param):
         require_param(param is None, "takes no parameter")
@@ -276,7 +298,7 @@ class HashedPkcs1:
         def verify(digest, signature):
             _signature_len(pub, signature)
             checked(pub.verify, signature, digest, padding.PKCS1v15(), Prehashed(alg))
-        return Hashed(alg, verify)
+        return Hashed(alg, verify, _size(pub))
 
 
 # --- generation and the key type ----------------------------------------------------------

@@ -52,14 +52,71 @@ def test_gcm_round_trip_and_buffer_too_small(user):
     lib, s = user
     k = aes_key(lib, s)
     lib.encrypt_init(s, GCM, k)
-    sized = lib.encrypt(s, b"hello world", None)             # length query keeps the operation
-    small = lib.encrypt(s, b"hello world", 4)                  # too small (the shim says
-                                                               # BUFFER_TOO_SMALL): still active
-    ct = lib.encrypt(s, b"hello world", len(sized))
-    assert sized == small == ct and len(ct) == 11 + 16
+    assert lib.encrypt(s, b"hello world", None) == 11 + 16    # a length query changes nothing
+    assert lib.encrypt(s, b"hello world", 4) == 11 + 16       # too small (BUFFER_TOO_SMALL): still active
+    ct = lib.encrypt(s, b"hello world", 27)
+    assert len(ct) == 27
     assert rv(lib.encrypt, s, b"again", 100) == C.CKR_OPERATION_NOT_INITIALIZED
     lib.decrypt_init(s, GCM, k)
+    assert lib.decrypt(s, ct, None) == 11
     assert lib.decrypt(s, ct, 100) == b"hello world"
+
+
+def test_length_queries_take_no_input(user):
+    """Issue 9: a query (twice) before each Update takes nothing; each call with a
+    buffer works on its own input; a tampered tag still fails."""
+    lib, s = user
+    k = aes_key(lib, s)
+    lib.encrypt_init(s, GCM, k)
+    ct = lib.encrypt(s, b"x" * 144, 200)
+    for tag, want in ((ct[-16:], b"x" * 144), (bytes([ct[-16] ^ 1]) + ct[-15:], None)):
+        lib.decrypt_init(s, GCM, k)
+        got = b""
+        for chunk in (ct[:-16], tag):
+            assert lib.decrypt_update(s, chunk, None) == len(chunk)    # at least the input's length
+            assert lib.decrypt_update(s, chunk, None) == len(chunk)
+            got += lib.decrypt_update(s, chunk, len(chunk))
+        assert lib.decrypt_final(s, None) == 144
+        if want is None:
+            assert rv(lib.decrypt_final, s, 144) == C.CKR_ENCRYPTED_DATA_INVALID
+        else:
+            assert got + lib.decrypt_final(s, 144) == want
+    cbc = Mechanism(C.CKM_AES_CBC_PAD, b"\x02" * 16)
+    lib.encrypt_init(s, cbc, k)
+    out = b""
+    for n in (10, 30, 60):
+        need = lib.encrypt_update(s, b"p" * n, None)
+        assert need >= n and lib.encrypt_update(s, b"p" * n, None) == need
+        out += lib.encrypt_update(s, b"p" * n, need)
+    assert lib.encrypt_final(s, None) == 16
+    out += lib.encrypt_final(s, 16)
+    assert len(out) == 112
+    lib.decrypt_init(s, cbc, k)
+    assert lib.decrypt(s, out, None) == 100 and lib.decrypt(s, out, 99) == 100
+    assert lib.decrypt(s, out, 100) == b"p" * 100
+
+
+def test_single_part_length_answer_refuses_multi_part(user):
+    lib, s = user
+    k = aes_key(lib, s)
+    lib.encrypt_init(s, GCM, k)
+    assert lib.encrypt(s, b"abc", None) == 19
+    assert rv(lib.encrypt_update, s, b"abc", 100) == C.CKR_OPERATION_ACTIVE    # refused, not ended
+    assert rv(lib.encrypt_final, s, 100) == C.CKR_OPERATION_ACTIVE
+    assert len(lib.encrypt(s, b"abc", 19)) == 19
+
+
+@pytest.mark.parametrize("kind", ["encrypt", "decrypt", "digest", "sign", "verify"])
+def test_bad_arguments_end_the_operation(user, kind):
+    lib, s = user
+    k = aes_key(lib, s, SIGN=True, VERIFY=True)
+    mech = {"sign": Mechanism(C.CKM_AES_CMAC), "verify": Mechanism(C.CKM_AES_CMAC)}.get(kind, GCM)
+    if kind == "digest":
+        lib.digest_init(s, Mechanism(C.CKM_SHA256))
+    else:
+        getattr(lib, kind + "_init")(s, mech, k)
+    assert rv(lib.refuse, s, kind, "NULL pointer") == C.CKR_ARGUMENTS_BAD
+    assert rv(lib.refuse, s, kind, "NULL pointer") == C.CKR_OPERATION_NOT_INITIALIZED
 
 
 def test_error_ends_operation(user):
