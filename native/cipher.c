@@ -1,13 +1,13 @@
 /* C_Encrypt / C_EncryptUpdate / C_EncryptFinal and the decrypt twins for an
  * armed AES-GCM operation, with the rules of the engine's Session.run:
- *   - NULL pul*Len, or NULL input with a nonzero length: CKR_ARGUMENTS_BAD, the
- *     operation stays;
- *   - a single-part call after an Update: CKR_OPERATION_ACTIVE, it stays;
+ *   - NULL pul*Len, or NULL input with a nonzero length: CKR_ARGUMENTS_BAD, which
+ *     ends the operation (the spec: every error but the two-call answers does);
+ *   - a single-part call after an Update, or a multi-part call after a
+ *     single-part length answer: CKR_OPERATION_ACTIVE, the operation stays;
  *   - NULL output: the length, CKR_OK; too small: the length and
- *     CKR_BUFFER_TOO_SMALL; both keep the operation. Encryption output depends
- *     only on the input, so a length query computes nothing; decryption is done
- *     (tag checked) at the first call that needs it and the plaintext is held
- *     until a big enough buffer comes, as the engine does;
+ *     CKR_BUFFER_TOO_SMALL; both change nothing (no input taken, nothing
+ *     computed): every output length follows from the input lengths, so only
+ *     the call with a big enough buffer does the work, on its own input;
  *   - decryption releases nothing before the tag is checked; a bad tag is
  *     CKR_ENCRYPTED_DATA_INVALID; any error but BUFFER_TOO_SMALL ends the op. */
 #include <string.h>
@@ -40,65 +40,65 @@ static CK_RV seal_part(struct ferro_slot *sl, int part, CK_BYTE_PTR in, CK_ULONG
 }
 
 /* --- decryption ------------------------------------------------------------ */
-/* Check the tag of body||tag (n bytes) once; the plaintext waits in op->pending. */
-static CK_RV open_all(struct ferro_slot *sl, const unsigned char *data, size_t n)
+/* Open (decrypt, check the tag) body||tag of n bytes into out: the plaintext is
+ * made in a buffer of our own and copied out only once the tag held. */
+static CK_RV open_into(struct ferro_slot *sl, const unsigned char *data, size_t n, CK_BYTE_PTR out)
 {
     struct ferro_op *op = &sl->op[FERRO_DEC];
-    CK_RV rv;
-    if (op->has_pending)
-        return CKR_OK;
-    if (n < op->tag_len)
-        return CKR_ENCRYPTED_DATA_LEN_RANGE;
-    rv = ferro_gcm_open(sl->cache[FERRO_DEC].ctx, data, n - op->tag_len, data + n - op->tag_len,
-                        op->tag_len, &op->pending);
+    unsigned char *plain;
+    size_t body = n - op->tag_len;
+    CK_RV rv = ferro_gcm_open(sl->cache[FERRO_DEC].ctx, data, body, data + body, op->tag_len, &plain);
     if (rv == CKR_OK) {
-        op->pending_len = n - op->tag_len;
-        op->has_pending = 1;
+        if (body)
+            memcpy(out, plain, body);
+        ferro_free_secret(plain, body ? body : 1);
     }
     return rv;
 }
 
-static CK_RV deliver(struct ferro_op *op, CK_BYTE_PTR out, CK_ULONG_PTR pul)
-{
-    int go;
-    CK_RV rv = ferro_room(out, pul, op->pending_len, &go);
-    if (rv == CKR_OK && go) {
-        if (op->pending_len)
-            memcpy(out, op->pending, op->pending_len);
-        ferro_end_op(op);
-    }
-    return rv;
-}
-
-/* An Update collects ciphertext and returns no plaintext. Like the engine, a
- * length query takes the data and the next call with a buffer then takes none.
- * A single-part call opens its input, a Final what the Updates collected. */
+/* Every length is known from the input lengths: an Update releases nothing (its
+ * query answers at least its input's length, as SoftHSM2), a single-part call
+ * or a Final n - tag bytes; only the call with a big enough buffer takes its
+ * input (an Update) or opens (single-part, Final). */
 static CK_RV open_part(struct ferro_slot *sl, int part, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
                        CK_ULONG_PTR pul)
 {
     struct ferro_op *op = &sl->op[FERRO_DEC];
-    CK_RV rv = CKR_OK;
-    if (part != UPDATE) {
-        if ((rv = part == FINAL ? open_all(sl, op->buf, op->buf_len) : open_all(sl, in, n)) == CKR_OK)
-            return deliver(op, out, pul);
-    } else if (op->skip_next) {
-        op->skip_next = out == NULL;
-    } else if (!ferro_buf_append(op, in, n)) {
-        rv = CKR_HOST_MEMORY;
-    } else {
-        op->skip_next = out == NULL;
-    }
-    if (rv == CKR_OK)
+    const unsigned char *data = part == FINAL ? op->buf : in;
+    size_t len = part == FINAL ? op->buf_len : n;
+    CK_RV rv;
+    if (part == UPDATE) {
+        if (!out) {
+            *pul = n;
+            return CKR_OK;
+        }
+        if (!ferro_buf_append(op, in, n)) {
+            ferro_end_op(op);
+            return CKR_HOST_MEMORY;
+        }
         *pul = 0;
-    else
+        return CKR_OK;
+    }
+    if (len < op->tag_len) {
         ferro_end_op(op);
+        return CKR_ENCRYPTED_DATA_LEN_RANGE;
+    }
+    if (!out || *pul < len - op->tag_len) {         /* *pul is written only on success */
+        rv = out ? CKR_BUFFER_TOO_SMALL : CKR_OK;
+        *pul = len - op->tag_len;
+        return rv;
+    }
+    if ((rv = open_into(sl, data, len, out)) == CKR_OK)
+        *pul = len - op->tag_len;
+    ferro_end_op(op);
     return rv;
 }
 
 /* --- both ------------------------------------------------------------------ */
 /* The checks every call makes, then seal_part() or open_part(): NULL pul, or
- * NULL input with a nonzero length, is CKR_ARGUMENTS_BAD; a single-part call after an
- * Update is CKR_OPERATION_ACTIVE; an Update marks the operation started. */
+ * NULL input with a nonzero length, is CKR_ARGUMENTS_BAD and ends the operation;
+ * a single-part call after a multi-part one, or a multi-part call after a
+ * single-part length answer, is CKR_OPERATION_ACTIVE and leaves it. */
 static CK_RV run(int kind, int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out,
                  CK_ULONG_PTR pul)
 {
@@ -110,10 +110,13 @@ static CK_RV run(int kind, int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULO
     op = &sl->op[kind];
     if (!pul || (!in && n)) {
         rv = CKR_ARGUMENTS_BAD;
-    } else if (part == SINGLE && op->started) {
+        ferro_end_op(op);
+    } else if (part == SINGLE ? op->started : op->single) {
         rv = CKR_OPERATION_ACTIVE;
     } else {
-        if (part == UPDATE)
+        if (part == SINGLE)
+            op->single = 1;
+        else
             op->started = 1;
         rv = kind == FERRO_ENC ? seal_part(sl, part, in, n, out, pul) : open_part(sl, part, in, n, out, pul);
     }

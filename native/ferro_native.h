@@ -35,15 +35,12 @@ struct ferro_cache {
 
 struct ferro_op {
     int armed;
-    int started;                      /* ENC/DEC: an Update was made; MENC/MDEC: a message is open */
-    int skip_next;                    /* DEC: an Update length query already took its data */
+    int started;                      /* ENC/DEC/SIGN: a multi-part call was made; MENC/MDEC: a message is open */
+    int single;                       /* ENC/DEC/SIGN: a single-part call answered a length */
     CK_RV ended_rv;                   /* what the next call gets after the engine ended it */
     size_t tag_len;
     unsigned char *buf;               /* DEC/MDEC: ciphertext collected until the tag is checked */
     size_t buf_len, buf_cap;
-    unsigned char *pending;           /* DEC: plaintext waiting for a big enough buffer */
-    size_t pending_len;
-    int has_pending;
     unsigned long long ctr_next, ctr_end;   /* MENC: IV counter values reserved by the engine */
 };
 

@@ -13,7 +13,8 @@
  *   - counter values come in blocks the engine reserves durably for the key
  *     (ferro_py_reserve_iv): a value is never handed out twice;
  *   - a length query (NULL output) changes nothing and generates no IV; a
- *     non-final C_DecryptMessageNext always takes its part (it outputs nothing);
+ *     non-final C_DecryptMessageNext outputs nothing, takes its part only with
+ *     an output buffer, and its query answers the part's length (as Update's);
  *   - an error on one message leaves the message-based operation active; a
  *     message that fails its tag check is closed. */
 #include <string.h>
@@ -187,9 +188,9 @@ static CK_RV open_next(struct ferro_slot *sl, struct ferro_op *op, CK_GCM_MESSAG
 {
     int go;
     CK_RV rv;
-    if (!(flags & CKF_END_OF_MESSAGE)) {
-        *pul = 0;
-        return ferro_buf_append(op, in, n) ? CKR_OK : fail(op);
+    if (!(flags & CKF_END_OF_MESSAGE)) {     /* releases nothing; a query takes nothing */
+        *pul = out ? 0 : n;
+        return !out || ferro_buf_append(op, in, n) ? CKR_OK : fail(op);
     }
     if ((rv = ferro_room(out, pul, op->buf_len + n, &go)) != CKR_OK || !go)
         return rv;

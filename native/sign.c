@@ -8,9 +8,11 @@
  * order's length; data longer than the order is cut to its leftmost bits
  * (FIPS 186), which is what OpenSSL's ECDSA does with a raw input;
  * C_SignUpdate collects the data and C_SignFinal signs it (a single-part
- * mechanism taking multi-part calls, as SoftHSM2 does). Signatures are random,
- * so unlike the engine a length query keeps no signature: the next call makes
- * a new one, as valid. */
+ * mechanism taking multi-part calls, as SoftHSM2 does). The signature's length
+ * is the curve's, so a length query or a too-small buffer signs nothing and
+ * changes nothing; the call with the buffer signs its own input. As in the
+ * engine, NULL arguments end the operation, and a multi-part call after a
+ * single-part length answer (or the reverse) is CKR_OPERATION_ACTIVE. */
 #include <string.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
@@ -129,9 +131,13 @@ static CK_RV run(int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_B
         return rv;
     op = &sl->op[FERRO_SIGN];
     if ((part != UPDATE && !pul) || (!in && n)) {
-        rv = CKR_ARGUMENTS_BAD;
+        rv = CKR_ARGUMENTS_BAD;                  /* ends the operation, as every error does */
+        ferro_end_op(op);
+    } else if (part == SINGLE ? op->started : op->single) {
+        rv = CKR_OPERATION_ACTIVE;               /* refused: the operation stays as it was */
     } else if (part == SINGLE) {
-        rv = op->started ? CKR_OPERATION_ACTIVE : sign(sl, in, n, out, pul);
+        op->single = 1;
+        rv = sign(sl, in, n, out, pul);
     } else if (part == FINAL) {
         rv = sign(sl, op->buf, op->buf_len, out, pul);
     } else if (ferro_buf_append(op, in, n)) {

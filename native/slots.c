@@ -88,7 +88,6 @@ void ferro_free_secret(unsigned char *p, size_t n)
 void ferro_end_op(struct ferro_op *op)
 {
     ferro_free_secret(op->buf, op->buf_cap);
-    ferro_free_secret(op->pending, op->pending_len);
     memset(op, 0, sizeof *op);
 }
 

@@ -118,7 +118,9 @@ class GcmMessages:
         _busy(not self.busy, C.CKR_OPERATION_NOT_INITIALIZED)
         tag_len = _message_tag_len(p)
         if not self._encrypting:
-            if not last:
+            if not last:                    # releases nothing; a query takes nothing
+                if cap is None:
+                    return len(data)
                 self._parts.append(bytes(data))
                 return b"", None
             needed = sum(map(len, self._parts)) + len(data)

@@ -88,6 +88,8 @@ static void rules(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
     EXPECT("C_EncryptInit", F->C_EncryptInit(s, &M, key), CKR_OK);
     EXPECT("second C_EncryptInit", F->C_EncryptInit(s, &M, key), CKR_OPERATION_ACTIVE);
     EXPECT("C_Encrypt NULL pulLen", F->C_Encrypt(s, MSG, 40, one, NULL), CKR_ARGUMENTS_BAD);
+    EXPECT("ARGUMENTS_BAD ended it", F->C_Encrypt(s, MSG, 40, one, &n), CKR_OPERATION_NOT_INITIALIZED);
+    EXPECT("C_EncryptInit again", F->C_EncryptInit(s, &M, key), CKR_OK);
     EXPECT("C_Encrypt length query", F->C_Encrypt(s, MSG, 40, NULL, &n), CKR_OK);
     CHECK("length is data + tag", n == 56);
     n = 10;

@@ -52,6 +52,9 @@ static void digests(CK_SESSION_HANDLE s)
     EXPECT("operation ended", F->C_Digest(s, (CK_BYTE_PTR)"abc", 3, out, &len), CKR_OPERATION_NOT_INITIALIZED);
     EXPECT("C_Digest(NULL pulDigestLen)", F->C_DigestInit(s, &sha), CKR_OK);
     EXPECT("NULL pulDigestLen", F->C_DigestFinal(s, out, NULL), CKR_ARGUMENTS_BAD);
+    EXPECT("ARGUMENTS_BAD ended the digest", F->C_DigestUpdate(s, (CK_BYTE_PTR)"ab", 2),
+           CKR_OPERATION_NOT_INITIALIZED);
+    EXPECT("C_DigestInit again", F->C_DigestInit(s, &sha), CKR_OK);
     EXPECT("C_DigestUpdate", F->C_DigestUpdate(s, (CK_BYTE_PTR)"ab", 2), CKR_OK);
     len = sizeof out;
     EXPECT("single-part during multi-part", F->C_Digest(s, (CK_BYTE_PTR)"c", 1, out, &len), CKR_OPERATION_ACTIVE);
