@@ -18,7 +18,7 @@ from provider.mechanisms import params as P
 
 from . import native
 from .handlers_common import handler
-from .marshal import F, bad, data, need
+from .marshal import F, Chunk, bad, need
 
 TAG_BITS = range(96, 129, 8)
 
@@ -35,6 +35,14 @@ def _params(p, n: int, with_tag: bool):
     iv = F.ffi.buffer(s.pIv, s.ulIvLen)[:] if s.ulIvLen <= 128 else b""
     tag = F.ffi.buffer(s.pTag, s.ulTagBits // 8)[:] if with_tag and s.ulTagBits in TAG_BITS else b""
     return s, P.GcmMessageParams(iv, s.ulIvFixedBits, s.ivGenerator, s.ulTagBits, tag)
+
+
+def _input(p, n: int) -> Chunk:
+    """An input buffer, copied by the engine only once it checked the call; a NULL
+    one with a nonzero length is CKR_ARGUMENTS_BAD at once, as on the native path."""
+    if p == F.NULL and n:
+        raise bad("NULL buffer")
+    return Chunk(p, n)
 
 
 def _cap(p_out, pul_out):
@@ -70,7 +78,7 @@ handler("C_MessageDecryptInit")(_init("message_decrypt_init", "message_decrypt")
 @handler("C_EncryptMessage")
 def encrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, in_len, p_out, pul_out):
     need(pul_out)
-    aad, text = data(p_aad, aad_len), data(p_in, in_len)
+    aad, text = _input(p_aad, aad_len), _input(p_in, in_len)
     s, param = _params(p_param, param_len, with_tag=False)
     result = library.encrypt_message(session, param, aad, text, _cap(p_out, pul_out))
     if isinstance(result, int):
@@ -86,7 +94,7 @@ def encrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, 
 @handler("C_DecryptMessage")
 def decrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, in_len, p_out, pul_out):
     need(pul_out)
-    aad, text = data(p_aad, aad_len), data(p_in, in_len)
+    aad, text = _input(p_aad, aad_len), _input(p_in, in_len)
     _, param = _params(p_param, param_len, with_tag=True)
     result = library.decrypt_message(session, param, aad, text, _cap(p_out, pul_out))
     if isinstance(result, int):
@@ -98,14 +106,14 @@ def decrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, 
 
 @handler("C_EncryptMessageBegin")
 def encrypt_message_begin(library, session, p_param, param_len, p_aad, aad_len):
-    aad = data(p_aad, aad_len)
+    aad = _input(p_aad, aad_len)
     s, param = _params(p_param, param_len, with_tag=False)
     _put(s.pIv, library.encrypt_message_begin(session, param, aad))
 
 
 @handler("C_DecryptMessageBegin")
 def decrypt_message_begin(library, session, p_param, param_len, p_aad, aad_len):
-    aad = data(p_aad, aad_len)
+    aad = _input(p_aad, aad_len)
     _, param = _params(p_param, param_len, with_tag=False)
     library.decrypt_message_begin(session, param, aad)
 
@@ -113,7 +121,7 @@ def decrypt_message_begin(library, session, p_param, param_len, p_aad, aad_len):
 def _next(method: str, with_tag: bool):
     def fn(library, session, p_param, param_len, p_in, in_len, p_out, pul_out, flags):
         need(pul_out)
-        text = data(p_in, in_len)
+        text = _input(p_in, in_len)
         s, param = _params(p_param, param_len, with_tag)
         last = bool(flags & C.CKF_END_OF_MESSAGE)
         result = getattr(library, method)(session, param, text, _cap(p_out, pul_out), last)

@@ -13,6 +13,7 @@ from ..errors import PKCS11Error
 from .aes import GCM_IV_LEN, GCM_TAG_BITS, gcm_open, is_bytes
 from .base import require_param
 from .params import GcmMessageParams
+from ..session import read, size_of
 
 IV_COUNTER_MIN, IV_RANDOM_MIN = 4, 12        # bytes the token generates after the fixed part
 
@@ -93,9 +94,9 @@ class GcmMessages:
         the needed length (an int) when cap is None or too small."""
         _busy(self.busy, C.CKR_OPERATION_ACTIVE)
         tag_len = _message_tag_len(p)
-        if cap is None or cap < len(data):
-            return len(data)
-        iv = self._iv(p)
+        if cap is None or cap < size_of(data):
+            return size_of(data)
+        iv, aad, data = self._iv(p), read(aad), read(data)
         if not self._encrypting:
             return self._open_all(iv, aad, data, p, tag_len)
         engine = self._cipher(iv, aad)
@@ -106,7 +107,7 @@ class GcmMessages:
         """Open a message; returns the IV it uses."""
         _busy(self.busy, C.CKR_OPERATION_ACTIVE)
         _message_tag_len(p)
-        iv = self._iv(p)
+        iv, aad = self._iv(p), read(aad)
         if self._encrypting:
             self._engine = self._cipher(iv, aad)
         else:
@@ -120,18 +121,18 @@ class GcmMessages:
         if not self._encrypting:
             if not last:                    # releases nothing; a query takes nothing
                 if cap is None:
-                    return len(data)
-                self._parts.append(bytes(data))
+                    return size_of(data)
+                self._parts.append(bytes(read(data)))
                 return b"", None
-            needed = sum(map(len, self._parts)) + len(data)
+            needed = sum(map(len, self._parts)) + size_of(data)
             if cap is None or cap < needed:
                 return needed
-            (iv, aad), body = self._open, b"".join(self._parts) + bytes(data)
+            (iv, aad), body = self._open, b"".join(self._parts) + bytes(read(data))
             self._open, self._parts = None, []
             return self._open_all(iv, aad, body, p, tag_len), None
-        if cap is None or cap < len(data):
-            return len(data)
-        out = self._engine.update(bytes(data))
+        if cap is None or cap < size_of(data):
+            return size_of(data)
+        out = self._engine.update(bytes(read(data)))
         if not last:
             return out, None
         engine, self._engine = self._engine, None
