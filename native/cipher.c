@@ -20,6 +20,10 @@
  * the decrypt twins). A Final is run with no input (NULL, 0). */
 enum { SINGLE, UPDATE, FINAL };
 
+/* SP 800-38D: at most 2^36 - 32 bytes of plaintext under one IV. Checked before
+ * any input is read, as the engine does (mechanisms/aes.py GCM_MAX). */
+#define GCM_MAX ((1ULL << 36) - 32)
+
 /* --- encryption ------------------------------------------------------------ */
 /* Output depends only on the input: n bytes for an Update, n + the tag for a
  * single-part call, the tag for a Final. */
@@ -113,6 +117,10 @@ static CK_RV run(int kind, int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULO
         ferro_end_op(op);
     } else if (part == SINGLE ? op->started : op->single) {
         rv = CKR_OPERATION_ACTIVE;
+    } else if (n > GCM_MAX + (kind == FERRO_DEC ? op->tag_len : 0)
+               || (kind == FERRO_DEC && op->buf_len > GCM_MAX + op->tag_len - n)) {
+        rv = kind == FERRO_ENC ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
+        ferro_end_op(op);
     } else {
         if (part == SINGLE)
             op->single = 1;

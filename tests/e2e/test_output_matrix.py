@@ -399,6 +399,33 @@ def asymmetric(script):
                                  ed.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()), raw)
     sig = ed.sign(DATA)
     sign_verify(script, "CKM_EDDSA", C.CKM_EDDSA, "-", ed_priv, ed_pub, DATA, equals(sig), sig)
+    return priv_h, pub_h, ec_pub
+
+
+def stated_lengths(script, aes, rsa_priv, rsa_pub, ec_pub):
+    """Issue 9 (eager copies): a stated length the mechanism cannot take is its
+    error code before any input is read (the buffer holds 16 bytes); the error
+    ends the operation."""
+    huge = 1 << 40
+    generic = secret(script, C.CKK_GENERIC_SECRET, b"h" * 32)
+    gcm = f"gcm:{bytes(12).hex()}:-:80"
+    cases = [("E", "one", C.CKM_RSA_PKCS, "-", rsa_pub, huge, C.CKR_DATA_LEN_RANGE),
+             ("D", "one", C.CKM_RSA_PKCS, "-", rsa_priv, huge, C.CKR_ENCRYPTED_DATA_LEN_RANGE),
+             ("S", "one", C.CKM_RSA_PKCS, "-", rsa_priv, huge, C.CKR_DATA_LEN_RANGE),
+             ("V", "one", C.CKM_ECDSA_SHA256, "-", ec_pub, huge, C.CKR_SIGNATURE_LEN_RANGE),
+             ("V", "one", C.CKM_SHA256_HMAC, "-", generic, huge, C.CKR_SIGNATURE_LEN_RANGE),
+             ("E", "one", C.CKM_AES_ECB, "-", aes, huge + 1, C.CKR_DATA_LEN_RANGE),
+             ("D", "one", C.CKM_AES_CBC, f"raw:{bytes(16).hex()}", aes, huge + 3, C.CKR_ENCRYPTED_DATA_LEN_RANGE),
+             ("E", "one", C.CKM_AES_KEY_WRAP, "-", aes, huge + 1, C.CKR_DATA_LEN_RANGE),
+             ("E", "one", C.CKM_AES_GCM, gcm, aes, huge, C.CKR_DATA_LEN_RANGE),
+             ("E", "upd", C.CKM_AES_GCM, gcm, aes, huge, C.CKR_DATA_LEN_RANGE),
+             ("D", "one", C.CKM_AES_GCM, gcm, aes, huge, C.CKR_ENCRYPTED_DATA_LEN_RANGE),
+             ("D", "upd", C.CKM_AES_GCM, gcm, aes, huge, C.CKR_ENCRYPTED_DATA_LEN_RANGE)]
+    for op, fn, mech, param, key, n, want in cases:
+        init = f"init {op} {mech:x} {param} {key}"
+        script.group(f"stated length {n:#x}: {C.name_of('CKM_', mech)} {op} {fn}",
+                     [init, f"huge {op} {fn} {n:x}", init, f"call {op} fin plain -"],
+                     lambda a, want=want: True if a[:3] == ["0", f"{want:x}", "0"] else f"{a}")
 
 
 def mechanism_list_covered(script):
@@ -559,7 +586,7 @@ def script():
     aes = ciphers(s)
     digests(s)
     macs(s, aes)
-    asymmetric(s)
+    stated_lengths(s, aes, *asymmetric(s))
     mechanism_list_covered(s)
     reproductions(s, aes)
     ecdsa_rules(s)

@@ -9,6 +9,8 @@
  *   mechs                        C_GetMechanismList + Info   -> "0 MECH:FLAGS,..."
  *   init OP MECH PARAM KEY       C_<OP>Init (KEY "@N": the N-th object created) -> "RV"
  *   call OP FN PATTERN DATA [SIG]                             -> "RV OUT LOG"
+ *   huge OP FN N                 FN with a 16-byte input stated as N bytes (C_Verify:
+ *                                the signature), a 64-byte output  -> "RV"
  *   nul OP FN                    FN with a NULL pulLen (one, fin) or NULL data
  *                                of length 5 (upd, ver)       -> "RV"
  * OP: E encrypt, D decrypt, S sign, V verify, H digest. FN: one (C_Encrypt,
@@ -114,6 +116,17 @@ static void cmd_call(CK_SESSION_HANDLE s, char op, const char *fn, const char *p
     printf(" %s\n", log);
     free(in);
     free(out);
+}
+
+/* FN called with a 16-byte input buffer stated as N bytes (for C_Verify: the
+ * signature), a 64-byte output: where a check can tell, an error, not a read */
+static void cmd_huge(CK_SESSION_HANDLE s, char op, const char *fn, const char *n)
+{
+    CK_BYTE in[16] = {0}, out[64];
+    CK_ULONG len = sizeof out, stated = strtoul(n, NULL, 16);
+    CK_RV rv = op == 'V' && !strcmp(fn, "one") ? F->C_Verify(s, in, sizeof in, in, stated)
+                                               : call(op, fn, in, stated, out, &len, s);
+    printf("%lx\n", rv);
 }
 
 static void cmd_nul(CK_SESSION_HANDLE s, char op, const char *fn)
@@ -249,6 +262,8 @@ int main(int argc, char **argv)
             cmd_init(s, w[1][0], w[2], w[3], w[4]);
         else if (!strcmp(w[0], "call"))
             cmd_call(s, w[1][0], w[2], w[3], w[4], w[5]);
+        else if (!strcmp(w[0], "huge"))
+            cmd_huge(s, w[1][0], w[2], w[3]);
         else if (!strcmp(w[0], "nul"))
             cmd_nul(s, w[1][0], w[2]);
         else
