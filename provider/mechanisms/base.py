@@ -9,7 +9,8 @@ from ..errors import PKCS11Error
 
 
 class Context:
-    """Multi-part by default: oneshot is update + final."""
+    """Multi-part by default: oneshot is update + final (on this context: a
+    subclass whose out_len answers None gives a pure oneshot of its own)."""
     multipart = True
 
     def oneshot(self, data: bytes, *args):

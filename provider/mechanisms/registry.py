@@ -19,11 +19,20 @@ Implementation protocol (define only what the mechanism supports):
          resolve(handle) -> key object, for parameters that name other keys
 
   CipherCtx:  update(data) -> bytes, final() -> bytes, oneshot(data) -> bytes,
-              multipart: bool (False: only the single-part call is allowed)
+              multipart: bool (False: single-part only; the engine buffers Update/Final)
   SignCtx:    update(data), final() -> bytes, oneshot(data) -> bytes, multipart
   VerifyCtx:  update(data), final(signature), oneshot(data, signature), multipart;
               a bad signature raises CKR_SIGNATURE_INVALID or CKR_SIGNATURE_LEN_RANGE
   DigestCtx:  update(data), final() -> bytes, oneshot(data) -> bytes, multipart
+
+  and the lengths, told without changing the context (the two-call convention,
+  see session.py), each raising the mechanism's length error for an input it
+  cannot take, before the input is read:
+    out_len(n)     output of oneshot over n bytes (verify: the signature's length),
+                   or None when only the data tells - then oneshot must be a pure
+                   function of its input (it is computed to learn the length);
+    update_len(n)  CipherCtx with multipart: output of update(n bytes) now, exact;
+    final_len()    multipart contexts: output (verify: signature) length of final().
 
 `key` is the engine's object (provider.objects.Obj): typed attributes in
 `key.attrs`, sealed values already opened, and `key.cache`, a dict a family may
