@@ -90,7 +90,10 @@ class Script:
         self.lines += lines
 
     def run(self, token, exe, native: bool) -> list[str]:
-        env = {**token.env, "FERROHSM_NATIVE": "1" if native else "0"}
+        log = token.root / "debug.log"          # to see that the native path was taken
+        conf = token.root / "debug.conf"
+        conf.write_text(token.conf.read_text().replace('level = "ERROR"', f'level = "DEBUG"\nfile = "{log}"'))
+        env = {**token.env, "FERROHSM_CONF": str(conf), "FERROHSM_NATIVE": "1" if native else "0"}
         proc = token.run("env", "-i", *[f"{k}={v}" for k, v in env.items()], exe, token.module, "e2e", USER_PIN,
                          input="\n".join(self.lines).encode() + b"\n", check=False, timeout=600)
         out = proc.stdout.decode().splitlines()
@@ -105,6 +108,9 @@ class Script:
                                 + "\n    ".join(f"{c}  ->  {a[:200]}" for c, a in
                                                zip(self.lines[start:start + n], answers[start:start + n])))
         assert not failures, f"{len(failures)} of {len(self.checks)} checks failed:\n" + "\n".join(failures[:25])
+        handed = log.read_text() if log.exists() else ""
+        for kind in ("encrypt", "decrypt", "sign"):
+            assert (f"{kind} handed to the native fast path" in handed) == native, kind
         return answers
 
 
