@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from provider import constants as C
 from provider.errors import PKCS11Error
 from provider.mechanisms.params import Ecdh1DeriveParams, GcmParams, Mechanism
+from provider.session import Deferred
 
 from .conftest import RW, USER_PIN
 from .tmpl import T, ulong
@@ -272,3 +273,34 @@ def test_key_usable_only_by_visible_sessions(shared):
     lib.logout(s)
     assert rv(lib.encrypt_init, s, GCM, k) == C.CKR_KEY_HANDLE_INVALID
     lib.close_all_sessions(slot)
+
+
+def test_bad_arguments_after_session_and_operation(user):
+    lib, s = user
+    assert rv(lib.refuse, 0xBAD, "encrypt", "NULL pointer") == C.CKR_SESSION_HANDLE_INVALID
+    assert rv(lib.refuse, s, "encrypt", "NULL pointer") == C.CKR_OPERATION_NOT_INITIALIZED
+
+
+class Unreadable(Deferred):
+    """A caller's buffer stated larger than it is: reading it would crash a C host."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def read(self):
+        raise AssertionError("the input was read before its length was checked")
+
+
+@pytest.mark.parametrize("mech, op, code", [
+    (Mechanism(C.CKM_AES_ECB), "encrypt", C.CKR_DATA_LEN_RANGE),
+    (Mechanism(C.CKM_AES_CBC, b"\x00" * 16), "decrypt", C.CKR_ENCRYPTED_DATA_LEN_RANGE),
+    (GCM, "encrypt", C.CKR_DATA_LEN_RANGE),
+    (GCM, "decrypt", C.CKR_ENCRYPTED_DATA_LEN_RANGE),
+    (Mechanism(C.CKM_AES_KEY_WRAP), "encrypt", C.CKR_DATA_LEN_RANGE),
+])
+def test_stated_length_checked_before_the_input_is_read(user, mech, op, code):
+    lib, s = user
+    k = aes_key(lib, s)
+    getattr(lib, op + "_init")(s, mech, k)
+    assert rv(getattr(lib, op), s, Unreadable((1 << 40) + 1), 64) == code
+    assert rv(getattr(lib, op), s, b"", 64) == C.CKR_OPERATION_NOT_INITIALIZED     # the error ended it
