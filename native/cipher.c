@@ -2,8 +2,9 @@
  * armed AES-GCM operation, with the rules of the engine's Session.run:
  *   - NULL pul*Len, or NULL input with a nonzero length: CKR_ARGUMENTS_BAD, which
  *     ends the operation (the spec: every error but the two-call answers does);
- *   - a single-part call after an Update, or a multi-part call after a
- *     single-part length answer: CKR_OPERATION_ACTIVE, the operation stays;
+ *   - a single-part call after an Update, or an Update after a single-part
+ *     length answer: CKR_OPERATION_ACTIVE, the operation stays; a Final then
+ *     is CKR_OPERATION_ACTIVE too, and ends it (a Final always does);
  *   - NULL output: the length, CKR_OK; too small: the length and
  *     CKR_BUFFER_TOO_SMALL; both change nothing (no input taken, nothing
  *     computed): every output length follows from the input lengths, so only
@@ -116,7 +117,9 @@ static CK_RV run(int kind, int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULO
         rv = CKR_ARGUMENTS_BAD;
         ferro_end_op(op);
     } else if (part == SINGLE ? op->started : op->single) {
-        rv = CKR_OPERATION_ACTIVE;
+        rv = CKR_OPERATION_ACTIVE;               /* refused; a Final always ends it (Session.run) */
+        if (part == FINAL)
+            ferro_end_op(op);
     } else if (n > GCM_MAX + (kind == FERRO_DEC ? op->tag_len : 0)
                || (kind == FERRO_DEC && op->buf_len > GCM_MAX + op->tag_len - n)) {
         rv = kind == FERRO_ENC ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;

@@ -134,7 +134,9 @@ static CK_RV run(int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_B
         rv = CKR_ARGUMENTS_BAD;                  /* ends the operation, as every error does */
         ferro_end_op(op);
     } else if (part == SINGLE ? op->started : op->single) {
-        rv = CKR_OPERATION_ACTIVE;               /* refused: the operation stays as it was */
+        rv = CKR_OPERATION_ACTIVE;               /* refused; a Final always ends it (Session.run) */
+        if (part == FINAL)
+            ferro_end_op(op);
     } else if (part == SINGLE) {
         op->single = 1;
         rv = sign(sl, in, n, out, pul);

@@ -14,7 +14,11 @@ kept here, once:
     client that allocates what it was told passes a real buffer next time;
   - a single-part call after a multi-part call, or a multi-part call after a
     single-part length answer, is CKR_OPERATION_ACTIVE, which leaves the
-    operation as it was (the call is refused, not failed);
+    operation as it was (the call is refused, not failed) - except a Final,
+    which "always terminates the active operation unless it returns
+    CKR_BUFFER_TOO_SMALL or is a successful call to determine the length"
+    (PKCS#11 3.0 C_EncryptFinal, C_SignFinal, ...): pkcs11-tool --test-ec ends
+    its C_Sign length query's operation with C_SignFinal, then signs again;
   - a key with CKA_ALWAYS_AUTHENTICATE needs C_Login(CKU_CONTEXT_SPECIFIC) after
     the init and before the operation runs (CKR_USER_NOT_LOGGED_IN otherwise);
   - an operation whose key is destroyed or changed ends; the next call of that
@@ -163,6 +167,8 @@ class Session:
         op = self.op(kind)
         shape = SINGLE if mode == SINGLE else UPDATE
         if op.shape not in (None, shape):
+            if mode == FINAL:           # a Final always ends the operation (see the module note)
+                self.end(kind)
             raise PKCS11Error(C.CKR_OPERATION_ACTIVE, f"a {op.shape}-part {kind} is in progress")
         op.shape = shape
         try:

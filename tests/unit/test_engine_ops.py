@@ -103,8 +103,11 @@ def test_single_part_length_answer_refuses_multi_part(user):
     lib.encrypt_init(s, GCM, k)
     assert lib.encrypt(s, b"abc", None) == 19
     assert rv(lib.encrypt_update, s, b"abc", 100) == C.CKR_OPERATION_ACTIVE    # refused, not ended
-    assert rv(lib.encrypt_final, s, 100) == C.CKR_OPERATION_ACTIVE
     assert len(lib.encrypt(s, b"abc", 19)) == 19
+    lib.encrypt_init(s, GCM, k)
+    assert lib.encrypt(s, b"abc", 4) == 19
+    assert rv(lib.encrypt_final, s, 100) == C.CKR_OPERATION_ACTIVE              # a Final always ends it
+    assert rv(lib.encrypt, s, b"abc", 19) == C.CKR_OPERATION_NOT_INITIALIZED
 
 
 @pytest.mark.parametrize("kind", ["encrypt", "decrypt", "digest", "sign", "verify"])
