@@ -179,12 +179,13 @@ static void ferro_site_dir(char *out, size_t size)
     free(real);
 }
 
-/* BOOT_PY (below, as a C string) defines ferro_boot(site_dir): the install's
-   site-packages first on sys.path, then "" or the one line refusing a host that
-   already imported other versions of our dependencies. GIL held. */
+/* FERRO_BOOT_PY (build.py's BOOT_PY) defines ferro_boot(site_dir): "" once the
+   install's site-packages is first on sys.path, or the one line refusing a host
+   that already imported other versions of our dependencies. Then cffi's start-up.
+   GIL held. */
 static int ferro_start_python_side(const char *dir)
 {
-    PyObject *globals, *res = NULL, *line;
+    PyObject *globals, *res = NULL;
     int ok = 0;
     globals = PyDict_New();
     if (!globals || PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins()) < 0)

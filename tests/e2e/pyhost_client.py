@@ -6,7 +6,7 @@ import ctypes
 import gc
 import sys
 
-from ctypes import POINTER, Structure, byref, c_ubyte, c_ulong, c_void_p
+from ctypes import Structure, byref, c_ubyte, c_ulong, c_void_p
 
 CKR_OK, CKR_GENERAL_ERROR = 0, 0x5
 CKF_RW_SESSION, CKF_SERIAL_SESSION = 0x2, 0x4
@@ -43,7 +43,9 @@ class Module:
         self.dll = ctypes.CDLL(path)
         self.keep = []        # buffers an armed operation points into
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):            # C_x: the copy's exported function
+        if not name.startswith("C_"):
+            raise AttributeError(name)
         fn = getattr(self.dll, name)
         fn.restype = c_ulong
         return fn
