@@ -118,6 +118,7 @@ del cycle
 with lock:
     LOAD
     bookkeeping = [{"n": i} for i in range(50)]   # what a host does next, lock still held
+assert gc.isenabled()                     # the host's setting, restored
 gc.collect()
 assert collected == [1], collected
 print("loaded", rv)
@@ -127,6 +128,17 @@ print("loaded", rv)
 def test_load_under_held_lock_with_cycle_pending(token):
     code = LOCKED_LOAD.replace("LOAD", "m = Module(sys.argv[1]); rv = m.C_Initialize(None)")
     assert "loaded 0" in run(token, code, token.module, timeout=60).stdout.decode()
+
+
+def test_start_up_keeps_a_host_s_disabled_collector_disabled(token):
+    code = """
+import gc
+gc.disable()
+m = Module(sys.argv[1])
+check(m.C_Initialize(None), "C_Initialize")
+print("enabled", gc.isenabled())
+"""
+    assert "enabled False" in run(token, code, token.module).stdout.decode()
 
 
 def test_pykcs11_load_under_its_lock_with_cycle_pending(token):
