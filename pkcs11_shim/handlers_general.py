@@ -9,7 +9,10 @@ CKR_CANT_LOCK (we cannot run on the application's mutexes); some but not all
 -> CKR_ARGUMENTS_BAD; pReserved must be NULL. CKF_LIBRARY_CANT_CREATE_OS_THREADS
 is fine: the engine creates no threads. Two threads racing get exactly one CKR_OK.
 Both act on the State of the loaded copy they were called through (a second copy
-of the .so in the process is a library of its own).
+of the .so in the process is a library of its own). A Python host that already
+imported other versions of cryptography or cffi than the module was installed
+with never gets here: the start-up refuses it in one line and C_Initialize
+answers CKR_GENERAL_ERROR (build.py, BOOT_PY).
 """
 
 import os

@@ -240,3 +240,16 @@ def test_debian_python_with_its_cryptography_imported_is_refused_in_one_line(tok
 def _debian_python_present(request):
     if "debian" in request.node.name and not Path(DEBIAN_PYTHON).exists():
         pytest.fail(f"{DEBIAN_PYTHON} is missing: scripts/setup.sh installs python3-cryptography")
+
+
+def test_c_host_runs_on_the_module_s_own_packages(token):
+    """A C host: the embedded interpreter's own site-packages (here with older
+    cryptography and cffi) comes after the install's. LD_DEBUG=files names every
+    shared object loaded, the two dependencies' extensions among them."""
+    site = str(Path(token.module).parent.parent)
+    proc = token.run("pkcs11-tool", "--module", token.module, "-L", env={**token.env, "LD_DEBUG": "files"})
+    loaded = [line.split("file=", 1)[1].split()[0] for line in proc.stderr.decode().splitlines()
+              if "file=" in line and "dynamically loaded by" in line]
+    extensions = [path for path in loaded if "_cffi_backend" in path or "_rust.abi3" in path]
+    assert len(extensions) == 2, extensions
+    assert all(path.startswith(site + "/") for path in extensions), extensions
