@@ -24,9 +24,10 @@ PIN = {USER_PIN.encode()!r}
 """
 
 
-def run(token, code: str, *args, python=sys.executable, timeout=120) -> subprocess.CompletedProcess:
-    proc = subprocess.run([python, "-c", PRELUDE + code, *map(str, args)], env=token.env, cwd=token.root,
-                          capture_output=True, timeout=timeout)
+def run(token, code: str, *args, python=sys.executable, timeout=120, native="1") -> subprocess.CompletedProcess:
+    """`native`: FERROHSM_NATIVE, "0" keeps every operation in the engine."""
+    proc = subprocess.run([python, "-c", PRELUDE + code, *map(str, args)], cwd=token.root,
+                          env={**token.env, "FERROHSM_NATIVE": native}, capture_output=True, timeout=timeout)
     assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout: {proc.stdout.decode()}\n"
                                   f"stderr: {proc.stderr.decode()}")
     return proc
@@ -58,9 +59,13 @@ print("walked")
 """
 
 
-def test_load_use_unload_copy_reload_three_cycles(token, tmp_path):
+BOTH_PATHS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "engine"])
+
+
+@BOTH_PATHS
+def test_load_use_unload_copy_reload_three_cycles(token, tmp_path, native):
     copies = [copy_of(token.module, tmp_path / f"copy{i}") for i in range(3)]
-    assert "walked" in run(token, CYCLES, token.module, *copies).stdout.decode()
+    assert "walked" in run(token, CYCLES, token.module, *copies, native=native).stdout.decode()
 
 
 TWO_COPIES = """
@@ -83,9 +88,10 @@ print("walked")
 """
 
 
-def test_two_copies_are_two_libraries(token, tmp_path):
+@BOTH_PATHS
+def test_two_copies_are_two_libraries(token, tmp_path, native):
     copy = copy_of(token.module, tmp_path / "copy")
-    assert "walked" in run(token, TWO_COPIES, token.module, copy).stdout.decode()
+    assert "walked" in run(token, TWO_COPIES, token.module, copy, native=native).stdout.decode()
 
 
 def test_sys_modules_and_gc_walk_after_unload(token):
