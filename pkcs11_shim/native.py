@@ -4,7 +4,7 @@ After the engine accepted an encrypt, decrypt, message or sign init, `hand_over`
 it for the operation (Library.offload_grant) and arms native state with it; the
 engine then forgets the operation (Library.release). From then on the session's
 operation of that kind lives in native code only, and the C entry points answer
-without Python. `NativeOffload` is what the engine calls to drop native state
+without Python. A `Binding` is what the engine calls to drop native state
 (key destroyed or changed, session closed, logout, PIN locked, C_Finalize).
 All of this runs under the engine's lock, so arming and dropping are ordered.
 Each loaded copy of the .so has its own native tables: a copy's `Binding` is
