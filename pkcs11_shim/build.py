@@ -14,15 +14,49 @@ Booting Python from a C host (pkcs11-tool dlopen()s us RTLD_LOCAL):
   2. on the first call (pthread_once), if the host has no interpreter, start one
      with an isolated PyConfig whose home is the base Python this library was
      built with (the host's argv[0] and environment say nothing useful about
-     Python), add the site-packages directory the library is installed in
-     (<site-packages>/pkcs11_shim/lib...so, found with dladdr) through
-     site.addsitedir so .pth files work, and release the GIL; register
-     pthread_atfork handlers so a forked child has a sane interpreter
+     Python), put the site-packages directory the library is installed in
+     (<site-packages>/pkcs11_shim/lib...so, found with dladdr) FIRST on sys.path
+     through site.addsitedir (so .pth files work; addsitedir appends, so what it
+     added is moved to the front: the module runs on the cryptography and cffi
+     it was installed with, not the interpreter's), and release the GIL;
+     register pthread_atfork handlers so a forked child has a sane interpreter
      (what os.fork does for Python hosts);
-  3. in a Python host (python-pkcs11) the interpreter is reused: only step 2's
-     path is added, under the GIL.
-Only then does cffi's own embedding start-up (import _cffi_backend, run the
-init code below) happen, inside the first py_C_x call.
+  3. in a Python host (python-pkcs11, PyKCS11, ctypes) the interpreter is
+     reused: only step 2's path is added, under the GIL - unless the host has
+     already imported other versions of cryptography or _cffi_backend than the
+     ones installed with us (their dist-info in that directory): then the start
+     fails with one line on stderr naming them and the versions needed, and
+     every call (C_Initialize first) answers CKR_GENERAL_ERROR, rather than an
+     engine half-working on the host's packages (BOOT_PY).
+Then, still inside that first call, cffi's own embedding start-up runs
+(cffi_start_python: import _cffi_backend, run INIT_CODE with this copy's ffi
+and lib). All of step 2/3 and cffi's start-up run with the host's garbage
+collector disabled (its previous setting restored after): a collection there
+would run the host's finalisers, which may need a lock the host holds while it
+loads us (PyKCS11 does), and the load would hang. gc.freeze()+unfreeze() then
+zero the allocation count the start-up ran up, so the host's next allocation
+does not collect at once either. (Imports still pass through the host's import
+hooks; nothing else of the host's runs.)
+
+Python hosts share one interpreter with every loaded copy of this library:
+  - each copy (the same file from another directory is another copy) runs
+    INIT_CODE once with its own ffi and lib, and handlers.install gives it its
+    own State (handlers_common) and native binding: its own initialisation,
+    sessions, logins and native tables. C_Finalize of one copy never touches
+    another.
+  - After dlclose nothing may point into unmapped memory: cffi's lib and ffi
+    objects, the ctypes they realised and the def_extern callbacks stay
+    reachable from the host's garbage collector (the callbacks are referenced
+    from the .so's own data, so they can never be freed), and a host that walks
+    gc.get_objects() or sys.modules would touch them. We cannot remove them all,
+    so each copy keeps itself mapped for the life of the process: its
+    constructor dlopen()s it once more with RTLD_NOLOAD|RTLD_NODELETE. A host
+    that loads the same path again gets the same copy back; C_Finalize has
+    already reset it (engine, sessions, native tables), so it behaves as a
+    fresh library for a host that finalized before unloading, as the spec asks
+    (C_Finalize is the last call). A host that unloads without C_Finalize finds
+    it still initialized (CKR_CRYPTOKI_ALREADY_INITIALIZED), as with a library
+    it never unloaded. INIT_CODE also takes its cffi module out of sys.modules.
 """
 
 import os
@@ -56,6 +90,44 @@ extern "Python+C" CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDL
                                             unsigned long long *start, unsigned long long *count);
 """
 
+# Run by BOOT_C before cffi's start-up, in the host's interpreter, GIL held.
+BOOT_PY = r"""
+import os, site, sys
+
+def ferro_boot(site_dir):
+    if not site_dir:
+        return ""
+    installed = {}                           # the versions installed with us
+    for entry in os.listdir(site_dir):
+        name, _, rest = entry.partition("-")
+        if name in DEPENDENCIES and rest.endswith(".dist-info"):
+            installed[name] = rest[:-len(".dist-info")]
+    wrong = []
+    for name, module in DEPENDENCIES.items():
+        loaded = sys.modules.get(module)
+        version = getattr(loaded, "__version__", None)
+        if loaded is not None and name in installed and version != installed[name]:
+            wrong.append(f"{name} {version} ({getattr(loaded, '__file__', '?')})")
+    if wrong:
+        need = ", ".join(f"{name} {version}" for name, version in sorted(installed.items()))
+        return (f"ferrohsm: cannot start: this process already imported {', '.join(wrong)}; "
+                f"the module runs only on the versions installed with it ({need}, in {site_dir}): "
+                "load it before importing those, or run the program in that environment")
+    if site_dir not in sys.path:             # addsitedir appends: move what it added to the front
+        before = list(sys.path)
+        site.addsitedir(site_dir)
+        added = [p for p in sys.path if p not in before]
+        sys.path[:] = added + before
+    return ""
+
+DEPENDENCIES = {"cffi": "_cffi_backend", "cryptography": "cryptography"}
+"""
+
+
+def _c_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n\"\n\"") + '"'
+
+
 BOOT_C = r"""
 #include <dlfcn.h>
 #include <limits.h>
@@ -81,6 +153,9 @@ __attribute__((constructor)) static void ferro_global_python(void)
     Dl_info info;
     if (dladdr((void *)&Py_IsInitialized, &info) && info.dli_fname)
         dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
+    /* this copy stays mapped until the process exits (see the docstring) */
+    if (dladdr((void *)&ferro_global_python, &info) && info.dli_fname)
+        dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
 static void ferro_site_dir(char *out, size_t size)
@@ -104,24 +179,58 @@ static void ferro_site_dir(char *out, size_t size)
     free(real);
 }
 
-static int ferro_add_site_dir(const char *dir)    /* GIL held */
+/* FERRO_BOOT_PY (build.py's BOOT_PY) defines ferro_boot(site_dir): "" once the
+   install's site-packages is first on sys.path, or the one line refusing a host
+   that already imported other versions of our dependencies. Then cffi's start-up.
+   GIL held. */
+static int ferro_start_python_side(const char *dir)
 {
-    PyObject *site, *res;
-    if (!dir[0])
-        return 1;
-    site = PyImport_ImportModule("site");
-    if (!site) {
-        PyErr_Print();
-        return 0;
-    }
-    res = PyObject_CallMethod(site, "addsitedir", "s", dir);
-    Py_DECREF(site);
-    if (!res) {
-        PyErr_Print();
-        return 0;
-    }
+    PyObject *globals, *res = NULL;
+    int ok = 0;
+    globals = PyDict_New();
+    if (!globals || PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins()) < 0)
+        goto out;
+    res = PyRun_String(FERRO_BOOT_PY, Py_file_input, globals, globals);
+    if (!res)
+        goto out;
     Py_DECREF(res);
-    return 1;
+    res = PyObject_CallFunction(PyDict_GetItemString(globals, "ferro_boot"), "s", dir);
+    if (!res || !PyUnicode_Check(res))
+        goto out;
+    if (PyUnicode_GetLength(res)) {
+        fprintf(stderr, "%s\n", PyUnicode_AsUTF8(res));
+        goto out;
+    }
+    ok = cffi_start_python() == 0;     /* cffi's own start-up: our INIT_CODE */
+out:
+    if (PyErr_Occurred())
+        PyErr_Print();
+    Py_XDECREF(res);
+    Py_XDECREF(globals);
+    return ok;
+}
+
+/* The host's garbage collector stays off while we start (a collection would run
+   the host's finalisers, which may need a lock the host holds while loading us);
+   afterwards gc.freeze()+gc.unfreeze() zero the allocation count our start-up
+   ran up, so the host's next allocation does not collect either (its young
+   objects move to the oldest generation; skipped if the host froze objects). */
+static int ferro_start_quietly(const char *dir)    /* GIL held */
+{
+    int was_enabled = PyGC_Disable(), ok = ferro_start_python_side(dir);
+    PyObject *gc = PyImport_ImportModule("gc"), *n = NULL, *r;
+    if (gc && (n = PyObject_CallMethod(gc, "get_freeze_count", NULL)) && PyLong_AsLong(n) == 0) {
+        r = PyObject_CallMethod(gc, "freeze", NULL);
+        Py_XDECREF(r);
+        r = PyObject_CallMethod(gc, "unfreeze", NULL);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(n);
+    Py_XDECREF(gc);
+    PyErr_Clear();
+    if (was_enabled)
+        PyGC_Enable();
+    return ok;
 }
 
 static void ferro_prefork(void) { ferro_fork_gil = PyGILState_Ensure(); PyOS_BeforeFork(); }
@@ -147,12 +256,12 @@ static void ferro_boot_once(void)
                     status.err_msg ? status.err_msg : "?");
             return;
         }
-        ferro_python_ok = ferro_add_site_dir(dir);
+        ferro_python_ok = ferro_start_quietly(dir);
         PyEval_SaveThread();
         pthread_atfork(ferro_prefork, ferro_postfork_parent, ferro_postfork_child);
     } else {
         PyGILState_STATE gil = PyGILState_Ensure();
-        ferro_python_ok = ferro_add_site_dir(dir);
+        ferro_python_ok = ferro_start_quietly(dir);
         PyGILState_Release(gil);
     }
 }
@@ -253,8 +362,12 @@ def _function_lists() -> str:
             + table("CK_FUNCTION_LIST_3_0", "ferro_list_30", "{3, 0}", FUNCTIONS))
 
 
+# Runs once per loaded copy, with that copy's own ffi and lib. Every copy registers
+# itself as sys.modules["{MODULE}"]; nothing imports it again, so it goes.
 INIT_CODE = f"""
 from {MODULE} import ffi, lib
+import sys
+sys.modules.pop("{MODULE}", None)
 try:
     import pkcs11_shim.handlers as _handlers
     _handlers.install(ffi, lib)
@@ -291,7 +404,8 @@ def make_ffi(include_dir: str) -> cffi.FFI:
     home = sys.base_prefix.replace("\\", "\\\\").replace('"', '\\"')
     ffi.set_source(
         MODULE,
-        decls + BOOT_C + native_api + _entry_points() + _function_lists() + INTERFACES_C,
+        decls + f"static const char FERRO_BOOT_PY[] = {_c_string(BOOT_PY)};\n" + BOOT_C
+        + native_api + _entry_points() + _function_lists() + INTERFACES_C,
         sources=sorted(os.path.join(NATIVE_DIR, f) for f in os.listdir(NATIVE_DIR) if f.endswith(".c")),
         include_dirs=[include_dir, NATIVE_DIR],
         define_macros=[("_GNU_SOURCE", None), ("FERRO_PYTHON_HOME", f'"{home}"')],

@@ -1,11 +1,18 @@
 """What every handler shares: the registry of Python-implemented functions, the
-one wrapper that turns results and exceptions into a CK_RV, and the process's
-initialization state.
+one wrapper that turns results and exceptions into a CK_RV, and each loaded
+copy's initialization state.
+
+A Python host may load the .so more than once (the same file from two
+directories): each copy runs the init code with its own ffi and lib, but these
+Python modules are shared. So nothing here is per process: `install` makes one
+`State` per copy and wraps that copy's entry points around it.
 
 The wrapper:
   - refuses every function but C_Initialize/C_Finalize with
-    CKR_CRYPTOKI_NOT_INITIALIZED until C_Initialize succeeded in this process
-    (after fork() the child starts uninitialized, as SoftHSM2 and p11-kit expect);
+    CKR_CRYPTOKI_NOT_INITIALIZED until C_Initialize succeeded on this copy in
+    this process (after fork() the child starts uninitialized, as SoftHSM2 and
+    p11-kit expect);
+  - calls handlers registered with needs_library=False as fn(state, *c_args);
   - returns CKR_OK for a handler that returns None, else the int it returns;
   - turns PKCS11Error into its rv (logged at DEBUG), and any other exception
     into CKR_GENERAL_ERROR with one ERROR log record. Nothing escapes to C.
@@ -33,37 +40,38 @@ def handler(name: str, needs_library: bool = True):
 
 
 class State:
-    lock = threading.Lock()
-    library = None            # provider.library.Library while initialized
-    pid = None                # the process that initialized it
-    inherited: list = []      # libraries a forked child must neither use nor close
+    """One loaded copy of the library."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.library = None        # provider.library.Library while initialized
+        self.pid = None            # the process that initialized it
+        self.inherited = []        # libraries a forked child must neither use nor close
+        self.native = None         # native.Binding: this copy's C side
+
+    def forget_inherited(self) -> None:
+        """In a forked child: drop the parent's library without closing its store
+        connections (they belong to the parent), keep it referenced so they are
+        never finalized here."""
+        if self.library is not None and self.pid != os.getpid():
+            self.inherited.append(self.library)
+            self.library = self.pid = None
 
 
-def current():
-    library = State.library
-    if library is None or State.pid != os.getpid():
-        raise PKCS11Error(C.CKR_CRYPTOKI_NOT_INITIALIZED)
-    return library
-
-
-def forget_inherited() -> None:
-    """In a forked child: drop the parent's library without closing its store
-    connections (they belong to the parent), keep it referenced so they are
-    never finalized here."""
-    if State.library is not None and State.pid != os.getpid():
-        State.inherited.append(State.library)
-        State.library = State.pid = None
+# every copy loaded in this process (copies stay mapped until exit: build.py)
+COPIES: list[State] = []
 
 
 def _after_fork_in_child() -> None:
-    State.lock = threading.Lock()     # another thread may have held it at fork()
-    forget_inherited()
+    for state in COPIES:
+        state.lock = threading.Lock()     # another thread may have held it at fork()
+        state.forget_inherited()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def wrap(name: str, fn, needs_library: bool):
+def wrap(name: str, fn, needs_library: bool, state: State):
     ok, general = C.CKR_OK, C.CKR_GENERAL_ERROR
     not_initialized = C.CKR_CRYPTOKI_NOT_INITIALIZED
     getpid = os.getpid
@@ -71,12 +79,12 @@ def wrap(name: str, fn, needs_library: bool):
     def entry(*args):
         try:
             if needs_library:
-                library = State.library
-                if library is None or State.pid != getpid():
+                library = state.library
+                if library is None or state.pid != getpid():
                     return not_initialized
                 rv = fn(library, *args)
             else:
-                rv = fn(*args)
+                rv = fn(state, *args)
             return ok if rv is None else rv
         except PKCS11Error as err:
             if LOG.isEnabledFor(logging.DEBUG):

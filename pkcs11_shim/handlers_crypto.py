@@ -30,7 +30,7 @@ def _init(method):
     def fn(library, session, p_mech, key):
         mech = read_mechanism(p_mech)
         with library.lock:
-            native.forget(session, kind)
+            native.forget(library, session, kind)
             getattr(library, method)(session, mech, key)
             native.hand_over(library, session, kind)
     return fn

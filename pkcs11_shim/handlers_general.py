@@ -8,6 +8,11 @@ CKF_OS_LOCKING_OK -> we use OS locks; all four without CKF_OS_LOCKING_OK ->
 CKR_CANT_LOCK (we cannot run on the application's mutexes); some but not all
 -> CKR_ARGUMENTS_BAD; pReserved must be NULL. CKF_LIBRARY_CANT_CREATE_OS_THREADS
 is fine: the engine creates no threads. Two threads racing get exactly one CKR_OK.
+Both act on the State of the loaded copy they were called through (a second copy
+of the .so in the process is a library of its own). A Python host that already
+imported other versions of cryptography or cffi than the module was installed
+with never gets here: the start-up refuses it in one line and C_Initialize
+answers CKR_GENERAL_ERROR (build.py, BOOT_PY).
 """
 
 import os
@@ -19,14 +24,14 @@ from provider.library import Library
 from provider.log import LOG
 
 from . import native
-from .handlers_common import State, forget_inherited, handler
+from .handlers_common import handler
 from .marshal import F, bad, data, fill, need, ulongs_out
 
 LABEL_LEN = 32
 
 
 @handler("C_Initialize", needs_library=False)
-def initialize(p_args):
+def initialize(state, p_args):
     if p_args != F.NULL:
         args = F.ffi.cast("CK_C_INITIALIZE_ARGS *", p_args)
         if args.pReserved != F.NULL:
@@ -36,29 +41,29 @@ def initialize(p_args):
             raise bad("mutex callbacks: all or none")
         if given == 4 and not args.flags & C.CKF_OS_LOCKING_OK:
             raise PKCS11Error(C.CKR_CANT_LOCK, "application mutexes without CKF_OS_LOCKING_OK")
-    with State.lock:
-        forget_inherited()
-        if State.library is not None:
+    with state.lock:
+        state.forget_inherited()
+        if state.library is not None:
             raise PKCS11Error(C.CKR_CRYPTOKI_ALREADY_INITIALIZED)
         try:
-            State.library = Library(Config.load())
+            library = Library(Config.load())
         except PKCS11Error as err:
             LOG.error("C_Initialize: %s", err)
             raise
-        native.attach(State.library)
-        State.pid = os.getpid()
+        native.attach(library, state.native)
+        state.library, state.pid = library, os.getpid()
 
 
 @handler("C_Finalize", needs_library=False)
-def finalize(p_reserved):
+def finalize(state, p_reserved):
     if p_reserved != F.NULL:
         raise bad("pReserved must be NULL")
-    with State.lock:
-        forget_inherited()
-        library = State.library
+    with state.lock:
+        state.forget_inherited()
+        library = state.library
         if library is None:
             raise PKCS11Error(C.CKR_CRYPTOKI_NOT_INITIALIZED)
-        State.library = State.pid = None
+        state.library = state.pid = None
     library.finalize()
 
 

@@ -51,7 +51,7 @@ def session_cancel(library, session, flags):
         for bit, kind in CANCEL_KINDS.items():
             if flags & bit:
                 s.end(kind)
-                native.cancel(session, kind)
+                native.cancel(library, session, kind)
 
 
 @handler("C_Login")

@@ -4,9 +4,11 @@ After the engine accepted an encrypt, decrypt, message or sign init, `hand_over`
 it for the operation (Library.offload_grant) and arms native state with it; the
 engine then forgets the operation (Library.release). From then on the session's
 operation of that kind lives in native code only, and the C entry points answer
-without Python. `NativeOffload` is what the engine calls to drop native state
+without Python. A `Binding` is what the engine calls to drop native state
 (key destroyed or changed, session closed, logout, PIN locked, C_Finalize).
 All of this runs under the engine's lock, so arming and dropping are ordered.
+Each loaded copy of the .so has its own native tables: a copy's `Binding` is
+what its libraries' `offload` is, and every call here goes through it.
 
 FERROHSM_NATIVE=0 in the environment keeps every operation in Python (the tests
 use it to compare the two paths byte for byte).
@@ -17,59 +19,77 @@ import os
 from provider import constants as C
 from provider.errors import PKCS11Error
 
-from .handlers_common import State, onerror
+from .handlers_common import onerror
 
 # operation kind -> the native table's index (native/ferro_native.h)
 KINDS = {"encrypt": 0, "decrypt": 1, "message_encrypt": 2, "message_decrypt": 3, "sign": 4}
 
 
-class _N:
-    ffi = None
-    lib = None
-    enabled = False
+class Binding:
+    """One loaded copy's native side (its own native/slots.c tables), and the
+    provider.session.Offload its libraries drop native state through."""
 
-
-class NativeOffload:
-    """provider.session.Offload, backed by native/slots.c."""
+    def __init__(self, ffi, lib):
+        self.ffi, self.lib = ffi, lib
+        self.enabled = os.environ.get("FERROHSM_NATIVE", "1") != "0"
 
     def drop_session(self, handle: int) -> None:
-        _N.lib.ferro_native_drop_session(handle)
+        self.lib.ferro_native_drop_session(handle)
 
     def drop_key(self, handle: int, rv: int) -> None:
-        _N.lib.ferro_native_drop_key(handle, rv)
+        self.lib.ferro_native_drop_key(handle, rv)
 
     def drop_all(self) -> None:
-        _N.lib.ferro_native_drop_all()
+        self.lib.ferro_native_drop_all()
 
 
-def bind(ffi, lib) -> None:
-    _N.ffi, _N.lib = ffi, lib
-    _N.enabled = os.environ.get("FERROHSM_NATIVE", "1") != "0"
-    lib.ferro_native_enabled = int(_N.enabled)
-    ffi.def_extern(name="ferro_py_reserve_iv", onerror=onerror)(_reserve_iv)
+def bind(ffi, lib, state) -> Binding:
+    """The native side of the copy whose ffi/lib these are; `state` is its State."""
+    binding = Binding(ffi, lib)
+    lib.ferro_native_enabled = int(binding.enabled)
+
+    def reserve_iv(session, key, p_start, p_count):
+        library = state.library
+        if library is None or state.pid != os.getpid():
+            return C.CKR_CRYPTOKI_NOT_INITIALIZED
+        try:
+            p_start[0], p_count[0] = library.reserve_iv(session, key)
+        except PKCS11Error as err:
+            return err.rv
+        return C.CKR_OK
+
+    ffi.def_extern(name="ferro_py_reserve_iv", onerror=onerror)(reserve_iv)
+    return binding
 
 
-def attach(library) -> None:
-    """A new Library (C_Initialize): let it drop native state."""
-    if _N.enabled:
-        library.offload = NativeOffload()
+def attach(library, binding: Binding) -> None:
+    """A new Library (C_Initialize) of the copy `binding` belongs to: let it drop native state."""
+    if binding.enabled:
+        library.offload = binding
 
 
-def forget(session: int, kind: str) -> None:
+def _native(library, kind: str):
+    """The library's copy's Binding if `kind` may run natively there, else None."""
+    binding = library.offload
+    return binding if isinstance(binding, Binding) and kind in KINDS else None
+
+
+def forget(library, session: int, kind: str) -> None:
     """The engine runs an init of `kind` itself: the cached native authorisation
     for it goes (so a later native init cannot pass over the engine's operation)."""
-    if _N.enabled and kind in KINDS:
-        _N.lib.ferro_native_forget(session, KINDS[kind])
+    if binding := _native(library, kind):
+        binding.lib.ferro_native_forget(session, KINDS[kind])
 
 
 def hand_over(library, session: int, kind: str) -> None:
     """Move the operation the engine just started to native code, if it may go."""
-    if not _N.enabled or kind not in KINDS:
+    binding = _native(library, kind)
+    if binding is None:
         return
     grant = library.offload_grant(session, kind)
     if grant is None:
         return
-    ffi, lib = _N.ffi, _N.lib
+    ffi, lib = binding.ffi, binding.lib
     if kind == "sign":
         key, value, params = grant
         armed = lib.ferro_native_arm_sign(session, key, ffi.from_buffer(value), len(value),
@@ -83,17 +103,6 @@ def hand_over(library, session: int, kind: str) -> None:
         library.release(session, kind)
 
 
-def cancel(session: int, kind: str) -> None:
-    if _N.enabled and kind in KINDS:
-        _N.lib.ferro_native_cancel(session, KINDS[kind])
-
-
-def _reserve_iv(session, key, p_start, p_count):
-    library = State.library
-    if library is None or State.pid != os.getpid():
-        return C.CKR_CRYPTOKI_NOT_INITIALIZED
-    try:
-        p_start[0], p_count[0] = library.reserve_iv(session, key)
-    except PKCS11Error as err:
-        return err.rv
-    return C.CKR_OK
+def cancel(library, session: int, kind: str) -> None:
+    if binding := _native(library, kind):
+        binding.lib.ferro_native_cancel(session, KINDS[kind])
