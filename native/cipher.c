@@ -34,6 +34,7 @@ static CK_RV seal_part(struct ferro_slot *sl, int part, CK_BYTE_PTR in, CK_ULONG
         return rv;
     if (!ferro_gcm_update(ctx, out, in, n) || (part != UPDATE && !ferro_seal_tail(ctx, out + n, op->tag_len)))
         rv = CKR_GENERAL_ERROR;
+    op->taken += n;                             /* within FERRO_GCM_MAX: run() checked */
     if (part != UPDATE || rv != CKR_OK)
         ferro_end_op(op);
     return rv;
@@ -112,6 +113,8 @@ static CK_RV run(int kind, int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULO
         rv = CKR_ARGUMENTS_BAD;
     } else if (part == SINGLE && op->started) {
         rv = CKR_OPERATION_ACTIVE;
+    } else if ((rv = ferro_gcm_fits(op, kind, n)) != CKR_OK) {
+        ferro_end_op(op);                       /* before any sum with n, before reading in */
     } else {
         if (part == UPDATE)
             op->started = 1;

@@ -119,6 +119,8 @@ class GcmMessages:
         tag_len = _message_tag_len(p)
         if not self._encrypting:
             if not last:
+                if cap is None:                 # a query takes nothing; the input's length suffices
+                    return len(data)
                 self._parts.append(bytes(data))
                 return b"", None
             needed = sum(map(len, self._parts)) + len(data)
