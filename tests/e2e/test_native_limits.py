@@ -17,6 +17,7 @@ import pytest
 from provider import constants as C
 
 from .conftest import USER_PIN
+from .test_gcm_fast import run_both
 
 DATA, ENCRYPTED = C.CKR_DATA_LEN_RANGE, C.CKR_ENCRYPTED_DATA_LEN_RANGE
 CASES = {
@@ -60,3 +61,13 @@ def test_sign_2_gib_on_both_paths(c_build, token):
     exe = c_build("limits_check")
     assert run_case(token, exe, "sign_2g", True)[0] == C.CKR_OK
     assert run_case(token, exe, "sign_2g", False)[0] == C.CKR_OK
+
+
+def test_message_two_call_convention_matches_engine(c_build, token):
+    """Message-based AES-GCM in every call pattern (plain, NULL then buffer, NULL
+    twice, too small then right), 1..3 parts, tampered tags: the same lines on
+    both paths and no failure on either (a NULL-buffer C_DecryptMessageNext used
+    to take its part, so the call with the buffer took it again)."""
+    both = run_both(token, c_build("msg_twocall_check"))
+    assert both[True][0] == both[False][0]
+    assert any(line.startswith("out sealed ") for line in both[True][0])
