@@ -103,23 +103,32 @@ static CK_RV sign_huge(void)
     return F->C_Sign(S, small, HUGE + 5, out, &out_len);
 }
 
+/* a message-based operation (encrypting or not) with a message open */
+static void open_message(int enc)
+{
+    EXPECT("C_Message*Init", (enc ? F->C_MessageEncryptInit : F->C_MessageDecryptInit)(S, &GCM_MSG, AES), CKR_OK);
+    EXPECT("C_*MessageBegin", (enc ? F->C_EncryptMessageBegin : F->C_DecryptMessageBegin)(S, &MP, sizeof MP, NULL, 0),
+           CKR_OK);
+}
+
+static CK_RV next_part(int enc, CK_ULONG n, CK_FLAGS flags)
+{
+    out_len = sizeof out;
+    return (enc ? F->C_EncryptMessageNext : F->C_DecryptMessageNext)(S, &MP, sizeof MP, small, n, out, &out_len,
+                                                                      flags);
+}
+
 static CK_RV message_next_huge(void)
 {
-    EXPECT("C_MessageDecryptInit", F->C_MessageDecryptInit(S, &GCM_MSG, AES), CKR_OK);
-    EXPECT("C_DecryptMessageBegin", F->C_DecryptMessageBegin(S, &MP, sizeof MP, NULL, 0), CKR_OK);
-    out_len = sizeof out;
-    return F->C_DecryptMessageNext(S, &MP, sizeof MP, small, HUGE + 5, out, &out_len, 0);
+    open_message(0);
+    return next_part(0, HUGE + 5, 0);
 }
 
 static CK_RV message_next_wrap(void)       /* the last part's needed length wrapped to 10 */
 {
-    EXPECT("C_MessageDecryptInit", F->C_MessageDecryptInit(S, &GCM_MSG, AES), CKR_OK);
-    EXPECT("C_DecryptMessageBegin", F->C_DecryptMessageBegin(S, &MP, sizeof MP, NULL, 0), CKR_OK);
-    out_len = sizeof out;
-    EXPECT("C_DecryptMessageNext 20", F->C_DecryptMessageNext(S, &MP, sizeof MP, small, 20, out, &out_len, 0),
-           CKR_OK);
-    out_len = sizeof out;
-    return F->C_DecryptMessageNext(S, &MP, sizeof MP, small, (CK_ULONG)-10, out, &out_len, CKF_END_OF_MESSAGE);
+    open_message(0);
+    EXPECT("C_DecryptMessageNext 20", next_part(0, 20, 0), CKR_OK);
+    return next_part(0, (CK_ULONG)-10, CKF_END_OF_MESSAGE);
 }
 
 static CK_RV decrypt_message_huge(void)
@@ -129,15 +138,11 @@ static CK_RV decrypt_message_huge(void)
     return F->C_DecryptMessage(S, &MP, sizeof MP, NULL, 0, small, HUGE + 5, out, &out_len);
 }
 
-static CK_RV encrypt_message_next_huge(void)
+static CK_RV encrypt_message_next_huge(void)   /* 20 + (2^64 - 8) */
 {
-    EXPECT("C_MessageEncryptInit", F->C_MessageEncryptInit(S, &GCM_MSG, AES), CKR_OK);
-    EXPECT("C_EncryptMessageBegin", F->C_EncryptMessageBegin(S, &MP, sizeof MP, NULL, 0), CKR_OK);
-    out_len = sizeof out;
-    EXPECT("C_EncryptMessageNext 20", F->C_EncryptMessageNext(S, &MP, sizeof MP, small, 20, out, &out_len, 0),
-           CKR_OK);
-    out_len = sizeof out;
-    return F->C_EncryptMessageNext(S, &MP, sizeof MP, small, (CK_ULONG)-8, out, &out_len, CKF_END_OF_MESSAGE);
+    open_message(1);
+    EXPECT("C_EncryptMessageNext 20", next_part(1, 20, 0), CKR_OK);
+    return next_part(1, (CK_ULONG)-8, CKF_END_OF_MESSAGE);
 }
 
 /* C_Sign over 2^31 real bytes: raw ECDSA signs the leftmost bits of any length
