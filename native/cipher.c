@@ -21,10 +21,6 @@
  * the decrypt twins). A Final is run with no input (NULL, 0). */
 enum { SINGLE, UPDATE, FINAL };
 
-/* SP 800-38D: at most 2^36 - 32 bytes of plaintext under one IV. Checked before
- * any input is read, as the engine does (mechanisms/aes.py GCM_MAX). */
-#define GCM_MAX ((1ULL << 36) - 32)
-
 /* --- encryption ------------------------------------------------------------ */
 /* Output depends only on the input: n bytes for an Update, n + the tag for a
  * single-part call, the tag for a Final. */
@@ -39,6 +35,7 @@ static CK_RV seal_part(struct ferro_slot *sl, int part, CK_BYTE_PTR in, CK_ULONG
         return rv;
     if (!ferro_gcm_update(ctx, out, in, n) || (part != UPDATE && !ferro_seal_tail(ctx, out + n, op->tag_len)))
         rv = CKR_GENERAL_ERROR;
+    op->taken += n;                             /* within FERRO_GCM_MAX: run() checked */
     if (part != UPDATE || rv != CKR_OK)
         ferro_end_op(op);
     return rv;
@@ -120,10 +117,8 @@ static CK_RV run(int kind, int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULO
         rv = CKR_OPERATION_ACTIVE;               /* refused; a Final always ends it (Session.run) */
         if (part == FINAL)
             ferro_end_op(op);
-    } else if (n > GCM_MAX + (kind == FERRO_DEC ? op->tag_len : 0)
-               || (kind == FERRO_DEC && op->buf_len > GCM_MAX + op->tag_len - n)) {
-        rv = kind == FERRO_ENC ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
-        ferro_end_op(op);
+    } else if ((rv = ferro_gcm_fits(op, kind, n)) != CKR_OK) {
+        ferro_end_op(op);                       /* before any sum with n, before reading in */
     } else {
         if (part == SINGLE)
             op->single = 1;

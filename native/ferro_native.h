@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <openssl/evp.h>
 
 #include "ferro_pkcs11.h"
@@ -20,6 +21,19 @@
 #define FERRO_PASS (~(CK_RV)0)
 #define FERRO_SLOTS 4096              /* session handle % FERRO_SLOTS; a clash stays in Python */
 #define FERRO_CHUNK (1 << 30)         /* EVP lengths are int */
+
+/* Length limits, checked before any input is read (native/README.md, "Length limits"):
+ * SP 800-38D caps a GCM message at 2^39 - 256 bits of text and 2^64 - 1 bits of AAD;
+ * no object in C is larger than PTRDIFF_MAX, so a longer length is no buffer's. */
+#define FERRO_GCM_MAX (((size_t)1 << 36) - 32)
+#define FERRO_GCM_AAD_MAX (((size_t)1 << 61) - 1)
+#define FERRO_MAX_INPUT ((size_t)PTRDIFF_MAX)
+
+/* a + b into *sum; 0 when it does not fit a size_t. Every sum of lengths goes through it. */
+static inline int ferro_add(size_t a, size_t b, size_t *sum)
+{
+    return !__builtin_add_overflow(a, b, sum);
+}
 
 enum { FERRO_ENC, FERRO_DEC, FERRO_MENC, FERRO_MDEC, FERRO_SIGN, FERRO_KINDS };
 
@@ -37,6 +51,7 @@ struct ferro_op {
     int armed;
     int started;                      /* ENC/DEC/SIGN: a multi-part call was made; MENC/MDEC: a message is open */
     int single;                       /* ENC/DEC/SIGN: a single-part call answered a length */
+    size_t taken;                     /* ENC, MENC, SIGN: input bytes taken by the op (or open message) */
     CK_RV ended_rv;                   /* what the next call gets after the engine ended it */
     size_t tag_len;
     unsigned char *buf;               /* DEC/MDEC: ciphertext collected until the tag is checked */
@@ -69,6 +84,9 @@ int ferro_gcm_start(EVP_CIPHER_CTX *ctx, struct ferro_cache *c, const unsigned c
                     const unsigned char *aad, size_t aad_len);
 int ferro_gcm_update(EVP_CIPHER_CTX *ctx, unsigned char *out, const unsigned char *in, size_t n);
 CK_RV ferro_room(CK_BYTE_PTR out, CK_ULONG_PTR pul, size_t need, int *go);   /* two-call convention */
+/* CKR_OK if n more bytes keep the op (or open message) of `kind` within FERRO_GCM_MAX
+ * (plus the tag for FERRO_DEC); else CKR_DATA_LEN_RANGE / CKR_ENCRYPTED_DATA_LEN_RANGE */
+CK_RV ferro_gcm_fits(const struct ferro_op *op, int kind, size_t n);
 int ferro_seal_tail(EVP_CIPHER_CTX *ctx, unsigned char *tag, size_t tag_len);  /* GCM final + tag */
 /* open (decrypt + check tag) `n` bytes of body into a fresh buffer; CKR_OK or CKR_ENCRYPTED_DATA_INVALID */
 CK_RV ferro_gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char *body, size_t n, const unsigned char *tag,

@@ -12,11 +12,16 @@
  *     RNG. The IV used is written back to pIv;
  *   - counter values come in blocks the engine reserves durably for the key
  *     (ferro_py_reserve_iv): a value is never handed out twice;
- *   - a length query (NULL output) changes nothing and generates no IV; a
- *     non-final C_DecryptMessageNext outputs nothing, takes its part only with
- *     an output buffer, and its query answers the part's length (as Update's);
- *   - an error on one message leaves the message-based operation active; a
- *     message that fails its tag check is closed. */
+ *   - a length query (NULL output) changes nothing and generates no IV; it
+ *     answers the input's length, also for a non-final C_DecryptMessageNext
+ *     (which releases nothing: the call with a buffer takes the part and
+ *     answers 0); CKR_BUFFER_TOO_SMALL keeps everything as it was;
+ *   - lengths are checked before any input is read: text beyond SP 800-38D's
+ *     FERRO_GCM_MAX per message is CKR_DATA_LEN_RANGE (encrypting) or
+ *     CKR_ENCRYPTED_DATA_LEN_RANGE (decrypting), AAD beyond FERRO_GCM_AAD_MAX
+ *     CKR_ARGUMENTS_BAD; the part is not taken;
+ *   - an error on one message leaves the message-based operation active (and
+ *     an open message open); a message that fails its tag check is closed. */
 #include <string.h>
 #include <openssl/rand.h>
 
@@ -61,7 +66,8 @@ static CK_RV next_counter(CK_SESSION_HANDLE s, struct ferro_slot **psl, unsigned
             return CKR_GENERAL_ERROR;
         if (op->ctr_next == op->ctr_end) {
             op->ctr_next = start;
-            op->ctr_end = start + count;
+            if (__builtin_add_overflow(start, count, &op->ctr_end))
+                op->ctr_end = ~0ULL;              /* never wrap back to values handed out */
         }
     }
     *value = op->ctr_next++;
@@ -138,11 +144,11 @@ static CK_RV message_start(int kind, int whole, CK_SESSION_HANDLE s, CK_VOID_PTR
     struct ferro_cache *c;
     if (!sl)
         return rv;
-    if ((whole && (!pul || (!in && n))) || (!aad && aad_len))
+    if ((whole && (!pul || (!in && n))) || (!aad && aad_len) || aad_len > FERRO_GCM_AAD_MAX)
         return leave(sl, CKR_ARGUMENTS_BAD);
     if (sl->op[kind].started)
         return leave(sl, CKR_OPERATION_ACTIVE);
-    if ((rv = params(param, plen, &p)) != CKR_OK
+    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_gcm_fits(&sl->op[kind], kind, n)) != CKR_OK
         || (whole && ((rv = ferro_room(out, pul, n, &go)) != CKR_OK || !go)))
         return leave(sl, rv);
     if (kind == FERRO_MENC && (rv = make_iv(s, &sl, p)) != CKR_OK)
@@ -152,8 +158,7 @@ static CK_RV message_start(int kind, int whole, CK_SESSION_HANDLE s, CK_VOID_PTR
         return leave(sl, fail(&sl->op[kind]));
     if (!whole) {
         sl->op[kind].started = 1;
-        if (kind == FERRO_MDEC)
-            sl->op[kind].buf_len = 0;
+        sl->op[kind].buf_len = sl->op[kind].taken = 0;
         return leave(sl, CKR_OK);
     }
     if (kind == FERRO_MDEC)
@@ -175,6 +180,7 @@ static CK_RV seal_next(struct ferro_slot *sl, struct ferro_op *op, CK_GCM_MESSAG
         return rv;
     if (!ferro_gcm_update(ctx, out, in, n))
         return fail(op);
+    op->taken += n;                               /* within FERRO_GCM_MAX: message_next checked */
     if (flags & CKF_END_OF_MESSAGE) {
         if (!ferro_seal_tail(ctx, p->pTag, p->ulTagBits / 8))
             return fail(op);
@@ -188,14 +194,18 @@ static CK_RV open_next(struct ferro_slot *sl, struct ferro_op *op, CK_GCM_MESSAG
 {
     int go;
     CK_RV rv;
-    if (!(flags & CKF_END_OF_MESSAGE)) {     /* releases nothing; a query takes nothing */
-        *pul = out ? 0 : n;
-        return !out || ferro_buf_append(op, in, n) ? CKR_OK : fail(op);
+    if (!(flags & CKF_END_OF_MESSAGE)) {
+        if (!out) {
+            *pul = n;                             /* a query: enough, though the part releases nothing */
+            return CKR_OK;
+        }
+        *pul = 0;
+        return ferro_buf_append(op, in, n) ? CKR_OK : CKR_HOST_MEMORY;
     }
     if ((rv = ferro_room(out, pul, op->buf_len + n, &go)) != CKR_OK || !go)
-        return rv;
+        return rv;                                /* buf_len + n: message_next checked the sum */
     if (!ferro_buf_append(op, in, n))
-        return fail(op);
+        return CKR_HOST_MEMORY;
     rv = open_into(sl, p, op->buf, op->buf_len, out);
     op->started = 0;
     OPENSSL_cleanse(op->buf, op->buf_len);
@@ -219,7 +229,7 @@ static CK_RV message_next(int kind, CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_U
         return leave(sl, CKR_ARGUMENTS_BAD);
     if (!op->started)
         return leave(sl, CKR_OPERATION_NOT_INITIALIZED);
-    if ((rv = params(param, plen, &p)) != CKR_OK)
+    if ((rv = params(param, plen, &p)) != CKR_OK || (rv = ferro_gcm_fits(op, kind, n)) != CKR_OK)
         return leave(sl, rv);
     return leave(sl, kind == FERRO_MENC ? seal_next(sl, op, p, in, n, out, pul, flags)
                                         : open_next(sl, op, p, in, n, out, pul, flags));

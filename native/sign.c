@@ -6,13 +6,17 @@
  *
  * As in the engine (mechanisms/ec.py): the signature is r || s, each the
  * order's length; data longer than the order is cut to its leftmost bits
- * (FIPS 186), which is what OpenSSL's ECDSA does with a raw input;
- * C_SignUpdate collects the data and C_SignFinal signs it (a single-part
- * mechanism taking multi-part calls, as SoftHSM2 does). The signature's length
- * is the curve's, so a length query or a too-small buffer signs nothing and
- * changes nothing; the call with the buffer signs its own input. As in the
- * engine, NULL arguments end the operation, and a multi-part call after a
- * single-part length answer (or the reverse) is CKR_OPERATION_ACTIVE. */
+ * (FIPS 186), which is what OpenSSL's ECDSA does with a raw input; so only
+ * the first `half` bytes are ever read or kept, whatever the length (C_Sign of
+ * 2^31 bytes signs as the engine does; OpenSSL's ECDSA lengths are int).
+ * C_SignUpdate keeps those and C_SignFinal signs them (a single-part mechanism
+ * taking multi-part calls, as SoftHSM2 does). A length, or a total over the
+ * Updates, above FERRO_MAX_INPUT is no buffer's: CKR_DATA_LEN_RANGE, and the
+ * operation ends. The signature's length is the curve's, so a length query or
+ * a too-small buffer signs nothing and changes nothing; the call with the
+ * buffer signs its own input. As in the engine, NULL arguments end the
+ * operation, and a multi-part call after a single-part length answer (or the
+ * reverse) is CKR_OPERATION_ACTIVE. */
 #include <string.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
@@ -91,7 +95,7 @@ static CK_RV sign(struct ferro_slot *sl, const unsigned char *data, size_t n, CK
     if (rv != CKR_OK || !go)
         return rv;
     rv = CKR_GENERAL_ERROR;
-    if (EVP_PKEY_sign(c->sign, der, &der_len, data ? data : der, n) == 1
+    if (EVP_PKEY_sign(c->sign, der, &der_len, data ? data : der, n < c->half ? n : c->half) == 1
         && (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len))
         && BN_bn2binpad(ECDSA_SIG_get0_r(sig), out, (int)c->half) > 0
         && BN_bn2binpad(ECDSA_SIG_get0_s(sig), out + c->half, (int)c->half) > 0)
@@ -127,9 +131,11 @@ static CK_RV run(int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_B
     CK_RV rv;
     struct ferro_slot *sl = ferro_enter(FERRO_SIGN, s, &rv);
     struct ferro_op *op;
+    size_t total, keep;
     if (!sl)
         return rv;
     op = &sl->op[FERRO_SIGN];
+    keep = sl->cache[FERRO_SIGN].half - op->buf_len;   /* what the signature still reads */
     if ((part != UPDATE && !pul) || (!in && n)) {
         rv = CKR_ARGUMENTS_BAD;                  /* ends the operation, as every error does */
         ferro_end_op(op);
@@ -137,12 +143,16 @@ static CK_RV run(int part, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_B
         rv = CKR_OPERATION_ACTIVE;               /* refused; a Final always ends it (Session.run) */
         if (part == FINAL)
             ferro_end_op(op);
+    } else if (!ferro_add(op->taken, n, &total) || total > FERRO_MAX_INPUT) {
+        rv = CKR_DATA_LEN_RANGE;
+        ferro_end_op(op);
     } else if (part == SINGLE) {
         op->single = 1;
         rv = sign(sl, in, n, out, pul);
     } else if (part == FINAL) {
         rv = sign(sl, op->buf, op->buf_len, out, pul);
-    } else if (ferro_buf_append(op, in, n)) {
+    } else if (ferro_buf_append(op, in, n < keep ? n : keep)) {
+        op->taken = total;
         op->started = 1;
         rv = CKR_OK;
     } else {

@@ -112,13 +112,18 @@ static void clear_slot(struct ferro_slot *sl)
     __atomic_store_n(&sl->owner, 0, __ATOMIC_RELEASE);
 }
 
+/* 0 (nothing changed) when the total does not fit a size_t or memory is short;
+ * callers check their mechanism's limit first, so that is CKR_HOST_MEMORY */
 int ferro_buf_append(struct ferro_op *op, const unsigned char *p, size_t n)
 {
-    if (op->buf_len + n > op->buf_cap) {
+    size_t need;
+    if (!ferro_add(op->buf_len, n, &need))
+        return 0;
+    if (need > op->buf_cap) {
         size_t cap = op->buf_cap ? op->buf_cap : 256;
         unsigned char *grown;
-        while (cap < op->buf_len + n)
-            cap *= 2;
+        while (cap < need)
+            cap = cap > SIZE_MAX / 2 ? need : cap * 2;
         grown = malloc(cap);
         if (!grown)
             return 0;
@@ -281,8 +286,8 @@ static int gcm_params(CK_MECHANISM_PTR m, const unsigned char **iv, size_t *iv_l
     } else {
         return 0;
     }
-    if (!*iv || *iv_len < 8 || *iv_len > 128 || (*aad_len && !*aad))
-        return 0;
+    if (!*iv || *iv_len < 8 || *iv_len > 128 || (*aad_len && !*aad) || *aad_len > FERRO_GCM_AAD_MAX)
+        return 0;                               /* the engine answers for these */
     if (tag_bits < 96 || tag_bits > 128 || tag_bits % 8)
         return 0;
     *tag_len = tag_bits / 8;
