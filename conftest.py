@@ -12,36 +12,38 @@ them at length.
 from __future__ import annotations
 
 import os
-from fnmatch import fnmatchcase
 
 import pytest
 
-# node id (glob) -> why the peer cannot do it. Anything else that skips fails under CI=true.
+from conformance.common import MODULES
+
+# node id -> why the peer cannot do it. Anything else that skips fails under CI=true.
 PEER_LIMITS = {
     # SoftHSM2 2.6.1, the reference module the conformance runners compare with
-    "conformance/test_pkcs11_tool.py::test_test_ec[[]softhsm2]":
+    "conformance/test_pkcs11_tool.py::test_builtin_test_ec[softhsm2]":
         "SoftHSM2 2.6.1: pkcs11-tool --test-ec signs with CKM_ECDSA_SHA1, which it lacks",
-    "conformance/test_pkcs11_tool.py::test_ecdsa_sha256*softhsm2*":
+    "conformance/test_pkcs11_tool.py::test_sign_ecdsa_sha256[softhsm2]":
         "SoftHSM2 2.6.1 offers raw CKM_ECDSA only, no CKM_ECDSA_SHA256",
-    "conformance/test_pkcs11_tool.py::test_rsa_oaep*softhsm2*":
+    "conformance/test_pkcs11_tool.py::test_rsa_oaep_decrypt[softhsm2-SHA256-MGF1-SHA256-sha256]":
         "SoftHSM2 2.6.1 supports RSA-OAEP with SHA-1 only (CKR_ARGUMENTS_BAD)",
-    "conformance/test_pkcs11_tool.py::test_test[[]softhsm2]":
+    "conformance/test_pkcs11_tool.py::test_builtin_test_with_keys[softhsm2]":
         "SoftHSM2 2.6.1: pkcs11-tool --test decrypts with RSA-OAEP/MGF1-SHA256, which it rejects",
-    "conformance/test_openssl_libp11.py::test_*oaep*softhsm2*":
+    "conformance/test_openssl_libp11.py::test_rsa_oaep_decrypt[softhsm2-sha256]":
         "SoftHSM2 2.6.1 supports RSA-OAEP with SHA-1 only",
-    "conformance/test_python_pkcs11.py::test_python_pkcs11[[]softhsm2-rsa_oaep_sha256]":
+    "conformance/test_python_pkcs11.py::test_python_pkcs11[softhsm2-rsa_oaep_sha256]":
         "SoftHSM2 2.6.1 supports RSA-OAEP with SHA-1 only",
-    "tests/backends/test_engine_backends.py::test_rsa_encrypt_decrypt[[]softhsm-oaep-sha256]":
+    "tests/backends/test_engine_backends.py::test_rsa_encrypt_decrypt[softhsm-oaep-sha256]":
         "SoftHSM2 2.6 decrypts OAEP with SHA-1 only",
-    # OpenSC 0.23's pkcs11-tool, a client
-    "conformance/test_pkcs11_tool.py::test_aes_encrypt_decrypt[[]*-AES-GCM]":
-        "pkcs11-tool 0.23 --encrypt has no GCM parameters (--aad, --tag-bits-len)",
-    "conformance/test_pkcs11_tool.py::test_aes_encrypt_decrypt[[]*-AES-CTR]":
-        "pkcs11-tool 0.23 --encrypt has no CTR counter option",
-    "conformance/test_pkcs11_tool.py::test_threads[[]*]":
-        "pkcs11-tool 0.23 --test-threads races its own cleanup (SIGSEGV with SoftHSM2 too)",
+    # OpenSC 0.23's pkcs11-tool, a client (both modules)
+    **{f"conformance/test_pkcs11_tool.py::test_aes_encrypt_decrypt[{m}-AES-GCM-True]":
+       "pkcs11-tool 0.23 --encrypt has no GCM parameters (--aad, --tag-bits-len)" for m in MODULES},
+    **{f"conformance/test_pkcs11_tool.py::test_aes_encrypt_decrypt[{m}-AES-CTR-True]":
+       "pkcs11-tool 0.23 --encrypt has no CTR counter option" for m in MODULES},
+    **{f"conformance/test_pkcs11_tool.py::test_threads[{m}]":
+       "pkcs11-tool 0.23 --test-threads races its own cleanup (SIGSEGV with SoftHSM2 too)"
+       for m in MODULES},
     # FerroHSM's own backends (README's backend table)
-    "tests/backends/test_engine_backends.py::test_ecdh[[]tpm2]": "the TPM backend does no ECDH",
+    "tests/backends/test_engine_backends.py::test_ecdh[tpm2]": "the TPM backend does no ECDH",
 }
 
 
@@ -51,7 +53,7 @@ def _ci() -> bool:
 
 def peer_limit(nodeid: str) -> str | None:
     """The documented reason `nodeid` may skip, or None."""
-    return next((why for pat, why in PEER_LIMITS.items() if fnmatchcase(nodeid, pat)), None)
+    return PEER_LIMITS.get(nodeid)
 
 
 def _skip_reason(report) -> str:
