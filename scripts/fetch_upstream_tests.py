@@ -8,6 +8,8 @@ installed package). Standard library only. Run by scripts/setup.sh with the venv
 prints one line and exits 1 if the registry cannot be reached or the file does not match.
 """
 
+from __future__ import annotations
+
 import hashlib
 import io
 import json
@@ -22,7 +24,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "python-pkcs11"
-INDEX = os.environ.get("FERROHSM_PYPI_SIMPLE", "https://pypi.org/simple/")
+
+
+def index() -> str:
+    """PyPI's simple API, or another index with the same JSON (FERROHSM_PYPI_SIMPLE)."""
+    return os.environ.get("FERROHSM_PYPI_SIMPLE", "https://pypi.org/simple/")
+
 TIMEOUT = 60
 
 
@@ -39,17 +46,17 @@ def _get(url: str, accept: str = "*/*") -> bytes:
 
 def _sdist(ver: str) -> tuple:
     """(url, sha256) of the sdist of `ver`, from the simple API."""
-    page = json.loads(_get(f"{INDEX.rstrip('/')}/{PROJECT}/",
+    page = json.loads(_get(f"{index().rstrip('/')}/{PROJECT}/",
                            "application/vnd.pypi.simple.v1+json"))
     names = {f"python_pkcs11-{ver}.tar.gz", f"python-pkcs11-{ver}.tar.gz"}
     for f in page["files"]:
         if f["filename"] in names and "sha256" in f.get("hashes", {}):
             return f["url"], f["hashes"]["sha256"]
-    raise LookupError(f"{PROJECT} {ver}: no sdist with a sha256 in {INDEX}")
+    raise LookupError(f"{PROJECT} {ver}: no sdist with a sha256 in {index()}")
 
 
-def fetch(ver: str) -> Path:
-    out = upstream_dir(ver)
+def fetch(ver: str, out: Path) -> Path:
+    """Unpack the sdist's tests/ of `ver` to out/tests (nothing if already there)."""
     if (out / "tests" / "__init__.py").exists():
         return out
     url, sha256 = _sdist(ver)
@@ -71,23 +78,23 @@ def fetch(ver: str) -> Path:
     return out
 
 
-def main() -> int:
+def main(out: Path | None = None) -> int:
     try:
         ver = version(PROJECT)
     except PackageNotFoundError:
         print(f"fetch_upstream_tests: {PROJECT} is not installed in {sys.prefix}", file=sys.stderr)
         return 1
     try:
-        out = fetch(ver)
+        out = fetch(ver, out or upstream_dir(ver))
     except (urllib.error.URLError, OSError) as e:
-        print(f"fetch_upstream_tests: cannot download the {PROJECT} {ver} sdist from {INDEX} "
+        print(f"fetch_upstream_tests: cannot download the {PROJECT} {ver} sdist from {index()} "
               f"({getattr(e, 'reason', e)}): its upstream conformance tests cannot run",
               file=sys.stderr)
         return 1
     except (LookupError, ValueError, KeyError, tarfile.TarError) as e:
         print(f"fetch_upstream_tests: {e}", file=sys.stderr)
         return 1
-    print(f"==> {PROJECT} {ver} upstream tests: {out.relative_to(ROOT)}")
+    print(f"==> {PROJECT} {ver} upstream tests: {out}")
     return 0
 
 
