@@ -96,7 +96,7 @@ def test_certtool_self_signed(module, label):
             "--load-privkey", key, "--load-pubkey", module.uri(object=label, type="public"),
             "--template", tmpl, "--outfile", cert)
     out = run(["openssl", "verify", "-CAfile", cert, cert], module.env).stdout
-    assert "OK" in out
+    assert out.strip() == f"{cert}: OK", out
     # stored back on the token and listed with the key's id
     p11tool(module, "--login", "--write", f"--label={label}-cert", f"--load-certificate={cert}",
             module.uri())

@@ -1,21 +1,22 @@
 """python-pkcs11 as a client: our API walk (clients/python_pkcs11_checks.py, run in a child
 process that loads the module in-process, so the embedded shim reuses that interpreter), and
-python-pkcs11's own test suite from its PyPI sdist, run against the module with PKCS11_MODULE,
-PKCS11_TOKEN_LABEL, PKCS11_TOKEN_PIN and PKCS11_TOKEN_SO_PIN.
+python-pkcs11's own test suite from its PyPI sdist (fetched once by scripts/setup.sh), run
+against the module with PKCS11_MODULE, PKCS11_TOKEN_LABEL, PKCS11_TOKEN_PIN and
+PKCS11_TOKEN_SO_PIN.
 
 The upstream suite gets its own summary line `python-pkcs11-upstream [module] ...`; tests it
 fails on a module are listed in UPSTREAM_KNOWN with their cause, anything else fails here.
 """
 
-import os
-import tarfile
+import importlib.util
+import shutil
 import xml.etree.ElementTree as ET
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-from conformance.common import (assert_check, check_names, client_env, make_token, run,
+from conformance.common import (REPO, assert_check, check_names, client_env, make_token, run,
                                 run_checks, venv_python)
 
 SUITE = "python-pkcs11"
@@ -45,6 +46,11 @@ _FERRO_KNOWN = {
         "test_verify_stream_interrupt_releases_operation")},
 }
 UPSTREAM_KNOWN: dict = {"softhsm2": {}, "ferrohsm": _FERRO_KNOWN}
+_spec = importlib.util.spec_from_file_location("fetch_upstream_tests",
+                                               REPO / "scripts" / "fetch_upstream_tests.py")
+_fetch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fetch)
+upstream_dir = _fetch.upstream_dir  # the one place that knows where setup.sh unpacked them
 
 @pytest.fixture(scope="module")
 def results(module):
@@ -57,23 +63,16 @@ def test_python_pkcs11(results, check):
 
 
 def _upstream_tests(tmp: Path) -> Path:
-    """tests/ of the python-pkcs11 sdist matching the installed version (PyPI, cached)."""
+    """A private copy of the tests/ of the python-pkcs11 sdist matching the installed version,
+    fetched once by scripts/setup.sh (scripts/fetch_upstream_tests.py); never downloaded here."""
     ver = version("python-pkcs11")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cache = cache / "ferrohsm-conformance"
-    sdist = cache / f"python_pkcs11-{ver}.tar.gz"
-    if not sdist.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        got = run([venv_python(), "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                   ":all:", "-d", cache, f"python-pkcs11=={ver}"],
-                  dict(os.environ), timeout=180, check=False)
-        if got.returncode or not sdist.exists():
-            pytest.skip(f"python-pkcs11 {ver} sdist not downloadable: {got.stderr[-300:]}")
+    src = upstream_dir(ver)
+    if not (src / "tests" / "__init__.py").exists():
+        pytest.skip(f"python-pkcs11 {ver} upstream tests not fetched to {src}: "
+                    "run scripts/setup.sh (it downloads them)")
     out = tmp / "upstream"
-    with tarfile.open(sdist) as tar:  # only tests/: the sdist's pkcs11/ source must not shadow
-        members = [m for m in tar.getmembers() if m.name.split("/")[1:2] == ["tests"]]
-        tar.extractall(out, members=members, filter="data")
-    return out / f"python_pkcs11-{ver}"
+    shutil.copytree(src / "tests", out / "tests")
+    return out
 
 
 def _tally(junit: Path, outcomes: dict):
@@ -101,13 +100,16 @@ def test_upstream_suite(module, extra_summary):
     # process would then fail with CKR_USER_ALREADY_LOGGED_IN
     for test_file in sorted((root / "tests").glob("test_*.py")):
         junit = module.path(f"upstream-{test_file.stem}.xml")
-        run([venv_python(), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "60",
-             f"--junitxml={junit}", f"tests/{test_file.name}"], env, cwd=root, timeout=300,
-            check=False)
+        got = run([venv_python(), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout",
+                   "60", f"--junitxml={junit}", f"tests/{test_file.name}"], env, cwd=root,
+                  timeout=300, check=False)
         if junit.exists():
             _tally(junit, outcomes)
         else:
             outcomes[test_file.name] = ("failed", "no junit report (test process crashed?)")
+        if got.returncode not in (0, 1):  # 1: some tests failed (tallied); else: no verdict
+            outcomes[test_file.name] = ("failed", f"pytest rc={got.returncode}: "
+                                                  f"{(got.stdout + got.stderr)[-200:]}")
     counts = {v: sum(1 for o, _ in outcomes.values() if o == v)
               for v in ("passed", "failed", "skipped")}
     extra_summary.append(f"python-pkcs11-upstream [{module.name}] passed {counts['passed']} "

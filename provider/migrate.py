@@ -119,6 +119,12 @@ def migrate_key(lib, src_label: str, src_pin: bytes, dst_label: str, dst_pin: by
     return record
 
 
+def transfer(blob: bytes) -> bytes:
+    """The wrapped key as it reaches the destination: a copy (one process holds both ends
+    today). The destination hashes and unwraps only what this returns."""
+    return bytes(blob)
+
+
 def _migrate(lib, src_label, src_pin, dst_label, dst_pin, key_id, record) -> dict:
     src_slot, dst_slot = _slot(lib, src_label), _slot(lib, dst_label)
     s_src, s_dst = lib.open_session(src_slot, RW), lib.open_session(dst_slot, RW)
@@ -140,13 +146,15 @@ def _migrate(lib, src_label, src_pin, dst_label, dst_pin, key_id, record) -> dic
         kek = os.urandom(32)
         lib.backends.enter(sess.token, src)
         wrapped = src.wrap(ref, kek)
-        sent = hashlib.sha256(wrapped).hexdigest()
-        received = hashlib.sha256(bytes(wrapped)).hexdigest()    # as the destination sees it
+        sent = hashlib.sha256(wrapped).hexdigest()            # the source, over what it produced
+        delivered = transfer(wrapped)
+        received = hashlib.sha256(delivered).hexdigest()      # the destination, over what it got
         hashes_ = {"sha256_source": sent, "sha256_destination": received}
+        record.update(hashes_)                                 # logged on a mismatch too
         if sent != received:
             raise PKCS11Error(C.CKR_WRAPPED_KEY_INVALID, "integrity hash mismatch")
         lib.backends.enter(dst_token, dest)
-        new_ref = dest.unwrap(ref.kind, wrapped, kek, key.attrs.get(C.CKA_LABEL, b"").decode(),
+        new_ref = dest.unwrap(ref.kind, delivered, kek, key.attrs.get(C.CKA_LABEL, b"").decode(),
                               True, ref.public_der)
         pub_h, priv_h = _store(lib, s_dst, dest, new_ref, key_id,
                                bytes(key.attrs.get(C.CKA_LABEL, b"")), key.key_type)

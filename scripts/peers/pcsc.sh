@@ -15,6 +15,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 export PCSCLITE_CSOCK_NAME=$D/pcscd.comm
 READER='Virtual PCD 00 00'
+. "$ROOT/scripts/peers/sweep.sh"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 stop_pid() {   # stop_pid PIDFILE: SIGTERM, wait <= 5 s, then SIGKILL
@@ -74,7 +75,7 @@ start)
   wait_card
   echo "PCSCLITE_CSOCK_NAME=$PCSCLITE_CSOCK_NAME"; echo "READER=$READER"
   ;;
-stop) stop_pid "$D/bridge.pid"; stop_pid "$D/pcscd.pid"; rm -f "$PCSCLITE_CSOCK_NAME" ;;
+stop) stop_pid "$D/bridge.pid"; stop_pid "$D/pcscd.pid"; sweep "$D"; rm -f "$PCSCLITE_CSOCK_NAME" ;;
 pcscd-restart) stop_pid "$D/pcscd.pid"; start_pcscd; wait_card ;;
 card-out)   # until pcscd has seen the card go (bounded: 5 s)
   signal_card USR1

@@ -8,6 +8,7 @@
 set -euo pipefail
 cmd=${1:?start|stop}; D=${2:?state dir}
 mkdir -p "$D"; D=$(cd "$D" && pwd)
+. "$(dirname "$0")/sweep.sh"
 S=$D/swtpm.sock; T="swtpm:path=$S"; PIDF=$D/swtpm.pid
 
 alive() { [ -f "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
@@ -41,13 +42,13 @@ start)
   echo "$T"
   ;;
 stop)
-  alive || { rm -f "$PIDF"; exit 0; }
+  alive || { rm -f "$PIDF"; sweep "$D"; exit 0; }
   p=$(cat "$PIDF")
   # Shutdown(CLEAR) first: an unorderly stop counts as a dictionary-attack failure.
   timeout 5 tpm2_shutdown -T "$T" -c >/dev/null 2>&1 || echo "tpm.sh: tpm2_shutdown failed" >&2
   kill -TERM "$p" 2>/dev/null || true
   wait_gone "$p"
-  rm -f "$PIDF"
+  rm -f "$PIDF"; sweep "$D"
   ;;
 *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ import pytest
 from provider import constants as C
 from provider.library import Library
 from provider.mechanisms.params import Mechanism
+from provider import migrate
 from provider.migrate import LOG_NAME, migrate_key
 
 from .engine_env import PIN, RW, Env, backend_settings, init_token, rv, write_config
@@ -88,7 +89,8 @@ def test_migrate_soft_to_softhsm(three_tokens):
     lib.close_session(src.session)
     record = migrate_key(lib, "src", PIN, "dst", PIN, b"\x4d", "alice")
     assert record["outcome"] == "ok", record
-    assert record["sha256_source"] == record["sha256_destination"] and record["verified"]
+    assert len(record["sha256_source"]) == 64 and record["verified"]
+    assert record["sha256_source"] == record["sha256_destination"]
     assert record["destination"]["backend"] == "shsm" and record["source"]["backend"] == "soft"
     dst = _session(lib, 1)
     [priv] = dst.find(CLASS=C.CKO_PRIVATE_KEY, ID=b"\x4d")
@@ -103,6 +105,24 @@ def test_migrate_soft_to_softhsm(three_tokens):
     assert src.find(CLASS=C.CKO_PRIVATE_KEY, ID=b"\x4d") != []        # the source key stays
     logged = [json.loads(line) for line in (path / "tokens" / LOG_NAME).read_text().splitlines()]
     assert logged[-1]["approver"] == "alice" and logged[-1]["outcome"] == "ok"
+
+
+def test_migrate_refuses_a_blob_changed_in_transit(three_tokens, monkeypatch):
+    """Each end hashes its own bytes (the source what it wrapped, the destination what it
+    received): a blob altered on the way is refused before the destination unwraps it, and
+    both hashes are logged."""
+    lib, path = three_tokens
+    src = _session(lib, 0)
+    src.keypair("ec-p256", "bent", b"\x4e", EXTRACTABLE=True)
+    lib.close_session(src.session)
+    monkeypatch.setattr(migrate, "transfer", lambda blob: bytes([blob[0] ^ 1]) + bytes(blob[1:]))
+    record = migrate_key(lib, "src", PIN, "dst", PIN, b"\x4e", "carol")
+    assert record["outcome"] == "failed" and "integrity hash mismatch" in record["reason"], record
+    assert record["sha256_source"] != record["sha256_destination"]
+    assert _session(lib, 1).find(ID=b"\x4e") == []
+    logged = json.loads((path / "tokens" / LOG_NAME).read_text().splitlines()[-1])
+    assert (logged["outcome"], logged["sha256_destination"]) == ("failed",
+                                                                 record["sha256_destination"])
 
 
 def test_migrate_tpm_to_soft_refused(three_tokens):

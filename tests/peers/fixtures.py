@@ -1,8 +1,9 @@
 """Session-scoped pytest fixtures that start the real test peers with the project's
 own scripts (scripts/peers/*.sh) and stop them at the end of the session, also when
 a test fails or the run is interrupted (fixture finalizer + atexit).  Every script
-call has a deadline.  A fixture skips with a reason only if the peer's programs are
-not installed; CI installs them (scripts/setup.sh)."""
+call has a deadline, and SIGTERM ends the session through its finalizers.  A fixture skips
+with a reason only if the peer's programs are not installed; under CI=true that skip fails
+(conftest.py).  tests/peers/test_cleanup.py checks that no peer process outlives a run."""
 
 from __future__ import annotations
 
@@ -44,17 +45,29 @@ class Peer:
         return r.stdout
 
     def start(self) -> str:
-        out = self.run("start")
-        if not self._registered:
+        if not self._registered:  # before the start: a start that fails half-way is stopped too
             atexit.register(self.stop)
+            _terminate_gracefully()
             self._registered = True
-        return out
+        return self.run("start")
 
     def stop(self) -> None:
         try:
             self.run("stop", timeout=30)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             print(f"peer stop: {e}")
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _terminate_gracefully() -> None:
+    """SIGTERM (an outer timeout, CI cancelling the job) would end the Python process at once,
+    with no fixture finalizer and no atexit: turn it into KeyboardInterrupt, so pytest tears
+    the session down and the peers stop."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
 
 
 def _python() -> str:
@@ -119,8 +132,8 @@ def swtpm(tmp_path_factory):
     if why:
         pytest.skip(f"swtpm peer: {why}")
     peer = TpmPeer(tmp_path_factory.mktemp("swtpm"))
-    peer.start()
     try:
+        peer.start()
         yield peer
     finally:
         _resume(peer.dir / "swtpm.pid")
@@ -134,10 +147,10 @@ def pcsc(tmp_path_factory):
     if why:
         pytest.skip(f"pcscd+vpcd+jcecard peer: {why}")
     peer = PcscPeer(tmp_path_factory.mktemp("pcsc"))
-    peer.start()
-    # libpcsclite reads the socket name once per process: set it before any PC/SC call
-    os.environ["PCSCLITE_CSOCK_NAME"] = peer.socket
     try:
+        peer.start()
+        # libpcsclite reads the socket name once per process: set it before any PC/SC call
+        os.environ["PCSCLITE_CSOCK_NAME"] = peer.socket
         yield peer
     finally:
         _resume(peer.dir / "bridge.pid")
