@@ -257,6 +257,7 @@ static void pbkdf2(void)
 int main(int argc, char **argv)
 {
     CK_SLOT_ID slot;
+    setvbuf(stdout, NULL, _IOLBF, 0);     /* every line reaches the report, even before a crash */
     S = start(argc, argv, 5, "LABEL USER_PIN SO_PIN", &slot);
     CK_OBJECT_HANDLE aes = gen_secret(CKM_AES_KEY_GEN, CKK_AES, 16);
     CK_OBJECT_HANDLE generic = gen_secret(CKM_GENERIC_SECRET_KEY_GEN, CKK_GENERIC_SECRET, 32);
