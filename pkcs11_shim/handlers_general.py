@@ -23,7 +23,7 @@ from provider.errors import PKCS11Error
 from provider.library import Library
 from provider.log import LOG
 
-from . import native
+from . import native, precheck
 from .handlers_common import handler
 from .marshal import F, bad, data, fill, need, ulongs_out
 
@@ -106,4 +106,5 @@ def get_mechanism_info(library, slot, mech, p_info):
 @handler("C_InitToken")
 def init_token(library, slot, p_pin, pin_len, p_label):
     need(p_label)
-    library.init_token(slot, data(p_pin, pin_len, required=True), data(p_label, LABEL_LEN))
+    precheck.slot(library, slot)
+    library.init_token(slot, precheck.pin(library, p_pin, pin_len), data(p_label, LABEL_LEN))

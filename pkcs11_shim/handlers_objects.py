@@ -1,5 +1,6 @@
 """Object functions: create, copy, destroy, size, attributes, search."""
 
+from . import precheck
 from .handlers_common import handler
 from .marshal import attribute_types, need, read_template, write_attributes
 
@@ -7,13 +8,15 @@ from .marshal import attribute_types, need, read_template, write_attributes
 @handler("C_CreateObject")
 def create_object(library, session, p_template, count, ph_object):
     need(ph_object)
-    ph_object[0] = library.create_object(session, read_template(p_template, count))
+    precheck.session(library, session)
+    ph_object[0] = library.create_object(session, read_template(p_template, count, library.config.limits))
 
 
 @handler("C_CopyObject")
 def copy_object(library, session, obj, p_template, count, ph_new):
     need(ph_new)
-    ph_new[0] = library.copy_object(session, obj, read_template(p_template, count))
+    precheck.session(library, session)
+    ph_new[0] = library.copy_object(session, obj, read_template(p_template, count, library.config.limits))
 
 
 @handler("C_DestroyObject")
@@ -29,18 +32,21 @@ def get_object_size(library, session, obj, pul_size):
 
 @handler("C_GetAttributeValue")
 def get_attribute_value(library, session, obj, p_template, count):
-    types = attribute_types(p_template, count)
+    precheck.session(library, session)
+    types = attribute_types(p_template, count, library.config.limits)
     return write_attributes(p_template, library.get_attribute_value(session, obj, types))
 
 
 @handler("C_SetAttributeValue")
 def set_attribute_value(library, session, obj, p_template, count):
-    library.set_attribute_value(session, obj, read_template(p_template, count))
+    precheck.session(library, session)
+    library.set_attribute_value(session, obj, read_template(p_template, count, library.config.limits))
 
 
 @handler("C_FindObjectsInit")
 def find_objects_init(library, session, p_template, count):
-    library.find_objects_init(session, read_template(p_template, count))
+    precheck.session(library, session)
+    library.find_objects_init(session, read_template(p_template, count, library.config.limits))
 
 
 @handler("C_FindObjects")

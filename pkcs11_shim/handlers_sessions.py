@@ -11,7 +11,7 @@ Callbacks (C_OpenSession's Notify) are never called, as the spec allows.
 
 from provider import constants as C
 
-from . import native
+from . import native, precheck
 from .handlers_common import handler
 from .marshal import F, bad, data, fill, need
 
@@ -56,14 +56,16 @@ def session_cancel(library, session, flags):
 
 @handler("C_Login")
 def login(library, session, user_type, p_pin, pin_len):
-    library.login(session, user_type, data(p_pin, pin_len, required=True))
+    precheck.session(library, session)
+    library.login(session, user_type, precheck.pin(library, p_pin, pin_len))
 
 
 @handler("C_LoginUser")
 def login_user(library, session, user_type, p_pin, pin_len, p_username, username_len):
-    if data(p_username, username_len):
+    precheck.session(library, session)
+    if username_len:
         raise bad("this token has no named users")
-    library.login(session, user_type, data(p_pin, pin_len, required=True))
+    library.login(session, user_type, precheck.pin(library, p_pin, pin_len))
 
 
 @handler("C_Logout")
@@ -73,18 +75,25 @@ def logout(library, session):
 
 @handler("C_InitPIN")
 def init_pin(library, session, p_pin, pin_len):
-    library.init_pin(session, data(p_pin, pin_len, required=True))
+    precheck.session(library, session)
+    library.init_pin(session, precheck.pin(library, p_pin, pin_len))
 
 
 @handler("C_SetPIN")
 def set_pin(library, session, p_old, old_len, p_new, new_len):
-    library.set_pin(session, data(p_old, old_len, required=True), data(p_new, new_len, required=True))
+    precheck.session(library, session)
+    library.set_pin(session, precheck.pin(library, p_old, old_len), precheck.pin(library, p_new, new_len))
 
 
 @handler("C_GenerateRandom")
 def generate_random(library, session, p_out, length):
+    """A length above [limits] max_data_len is CKR_ARGUMENTS_BAD (the spec has no
+    more specific code), answered before any work."""
     if length:
         need(p_out)
+    precheck.session(library, session)
+    if length > library.config.limits.max_data_len:
+        raise bad(f"{length} random bytes is above [limits] max_data_len")
     out = library.generate_random(session, length)
     if length:
         F.ffi.memmove(p_out, out, length)
@@ -92,4 +101,5 @@ def generate_random(library, session, p_out, length):
 
 @handler("C_SeedRandom")
 def seed_random(library, session, p_seed, seed_len):
-    library.seed_random(session, data(p_seed, seed_len, required=True))
+    precheck.session(library, session)
+    library.seed_random(session, data(p_seed, seed_len, required=True, limit=library.config.limits.max_data_len))

@@ -8,6 +8,13 @@ stay straight-line code:
     *pulLen = needed, CKR_OK; too small -> *pulLen = needed,
     CKR_BUFFER_TOO_SMALL; the engine changes nothing in both cases;
   - C_GetAttributeValue's per-attribute rules (`write_attributes`);
+  - templates (`read_template`): each value's length is checked against its
+    attribute's layout and the configured limits before a byte is read;
+    nested templates (CKA_WRAP_TEMPLATE, ...) nest at most NESTING_LIMIT deep
+    and may not refer back to a template that holds them: both are
+    CKR_ATTRIBUTE_VALUE_INVALID. An attribute type this token does not know is
+    not read at all (the engine answers CKR_ATTRIBUTE_TYPE_INVALID, or a
+    search matches nothing, whatever its value);
   - info structs: fixed-width text blank-padded, never NUL-terminated.
 `bind(ffi)` is called once by handlers.install with the library's ffi.
 """
@@ -48,12 +55,16 @@ def need(*pointers) -> None:
             raise bad("NULL pointer")
 
 
-def data(p, n: int, required: bool = False) -> bytes:
-    """A copy of the n bytes at p; NULL with n > 0 (or `required` NULL) is bad."""
+def data(p, n: int, required: bool = False, limit: int | None = None,
+         too_long: int = C.CKR_ARGUMENTS_BAD) -> bytes:
+    """A copy of the n bytes at p; NULL with n > 0 (or `required` NULL) is bad;
+    n above `limit` is `too_long`, answered without reading the buffer."""
     if p == F.NULL:
         if n or required:
             raise bad("NULL buffer")
         return b""
+    if limit is not None and n > limit:
+        raise PKCS11Error(too_long, f"{n} bytes is above the configured limit of {limit}")
     return F.ffi.buffer(p, n)[:] if n else b""
 
 
@@ -110,30 +121,81 @@ def ulongs_out(values, p_list, pul_count) -> int:
 
 
 # --- templates ----------------------------------------------------------------------
-def read_template(p, count: int) -> list:
+# A template may hold a CKA_*_TEMPLATE that holds one more (an unwrap template
+# whose key gets a derive template); deeper nesting is refused.
+NESTING_LIMIT = 2
+# value lengths each fixed-size layout allows
+FIXED_LENGTHS = {attrtypes.BOOL: (1,), attrtypes.ULONG: (8,), attrtypes.DATE: (0, 8)}
+
+
+def _value_invalid(cka: int, why: str) -> PKCS11Error:
+    return PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, f"{C.name_of('CKA_', cka)}: {why}")
+
+
+def _address(p) -> int:
+    return int(F.ffi.cast("uintptr_t", p))
+
+
+def template_count(count: int, limits) -> None:
+    if count > limits.max_template_attrs:
+        raise bad(f"{count} attributes is above [limits] max_template_attrs")
+
+
+def read_template(p, count: int, limits) -> list:
     """CK_ATTRIBUTE[count] -> [(type, raw bytes)]; attribute-array attributes
-    (CKA_WRAP_TEMPLATE, ...) -> [(type, [(type, raw bytes), ...])]."""
+    (CKA_WRAP_TEMPLATE, ...) -> [(type, [(type, raw bytes), ...])].
+    `limits` is the configuration's Limits; every attribute read, nested ones
+    included, counts against max_template_attrs."""
     if count == 0:
         return []
     need(p)
+    template_count(count, limits)
+    budget = [limits.max_template_attrs - count]
+    return _read_attrs(p, count, limits, budget, (_address(p),))
+
+
+def _read_attrs(p, count: int, limits, budget: list, holders: tuple) -> list:
     out = []
     for i in range(count):
         attr = p[i]
-        if attrtypes.kind_of(attr.type) == attrtypes.ATTRS:
-            n, rest = divmod(attr.ulValueLen, F.attr_size)
-            if rest:
-                raise PKCS11Error(C.CKR_ATTRIBUTE_VALUE_INVALID, "attribute array length")
-            inner = F.ffi.cast("CK_ATTRIBUTE *", attr.pValue)
-            out.append((attr.type, read_template(inner, n)))
+        cka, n, kind = attr.type, attr.ulValueLen, attrtypes.kind_of(attr.type)
+        if kind is None:
+            out.append((cka, b""))                  # never used: see the module's doc
+        elif kind == attrtypes.ATTRS:
+            out.append((cka, _read_nested(attr, limits, budget, holders)))
         else:
-            out.append((attr.type, data(attr.pValue, attr.ulValueLen)))
+            if n not in FIXED_LENGTHS.get(kind, (n,)):
+                raise _value_invalid(cka, f"a {kind} value cannot be {n} bytes")
+            if n > limits.max_data_len:
+                raise _value_invalid(cka, f"{n} bytes is above [limits] max_data_len")
+            out.append((cka, data(attr.pValue, n)))
     return out
 
 
-def attribute_types(p, count: int) -> list[int]:
+def _read_nested(attr, limits, budget: list, holders: tuple) -> list:
+    cka = attr.type
+    n, rest = divmod(attr.ulValueLen, F.attr_size)
+    if rest:
+        raise _value_invalid(cka, "attribute array length")
+    if n == 0:
+        return []
+    need(attr.pValue)
+    if len(holders) > NESTING_LIMIT:
+        raise _value_invalid(cka, f"templates nest deeper than {NESTING_LIMIT}")
+    address = _address(attr.pValue)
+    if address in holders:
+        raise _value_invalid(cka, "the template refers to a template that holds it")
+    if n > budget[0]:
+        raise _value_invalid(cka, "more attributes than [limits] max_template_attrs")
+    budget[0] -= n
+    return _read_attrs(F.ffi.cast("CK_ATTRIBUTE *", attr.pValue), n, limits, budget, holders + (address,))
+
+
+def attribute_types(p, count: int, limits) -> list[int]:
     if count == 0:
         return []
     need(p)
+    template_count(count, limits)
     return [p[i].type for i in range(count)]
 
 

@@ -14,107 +14,128 @@ SunPKCS11 sends the 40-byte layout first and retries with the 48-byte one on
 CKR_ARGUMENTS_BAD or CKR_MECHANISM_PARAM_INVALID (jdk p11_crypt.c), so taking
 both is what works with it; a size that is neither is refused, never misread.
 
+Every length inside a struct is checked against the mechanism's limits (and
+[limits] max_data_len) before any pointer is read; a pointer is read only for
+a non-zero length; every value out of range is CKR_MECHANISM_PARAM_INVALID.
+The parsers get the configuration's Limits; a caller without one gets the
+defaults.
+
 CK_PKCS5_PBKD2_PARAMS (2.x, ulPasswordLen is a CK_ULONG_PTR) and
-CK_PKCS5_PBKD2_PARAMS2 (3.0, a CK_ULONG) have the same size. The field is read
-as a length when it is below 64 KiB (no mapped user-space address is that low,
-vm.mmap_min_addr) and as a pointer to the length otherwise.
+CK_PKCS5_PBKD2_PARAMS2 (3.0, a CK_ULONG) have the same size on LP64, so the
+size cannot tell them apart, and guessing from the value crashed the host (a
+65,536-byte password read as a pointer). This is a 3.0 module: the field is a
+length (CK_PKCS5_PBKD2_PARAMS2). A 2.x caller's pointer is a number far above
+any password this token takes (max_data_len), so it is refused with
+CKR_MECHANISM_PARAM_INVALID, never dereferenced. pPrfData is not read: the
+PRFs offered take no data.
 """
 
 from provider import constants as C
+from provider.config import Limits
 from provider.errors import PKCS11Error
 from provider.mechanisms import params as P
 
 from .marshal import F, need
 
-POINTER_FLOOR = 65536
+EDDSA_CONTEXT_MAX = 255          # RFC 8032: a context is at most 255 bytes
+GCM_IV_MAX = 128                 # bytes; the family takes 8..128 (aes.GCM_IV_LEN)
+BYTES_PARAM_MAX = 64             # a plain byte-string parameter (an IV) is short
 
 
 def _invalid(reason: str) -> PKCS11Error:
     return PKCS11Error(C.CKR_MECHANISM_PARAM_INVALID, reason)
 
 
-def _bytes(p, n: int) -> bytes:
-    """Bytes a parameter struct points at: NULL with n > 0 is an invalid parameter."""
+def _bytes(p, n: int, limit: int) -> bytes:
+    """Bytes a parameter struct points at: a length above `limit`, or NULL with
+    n > 0, is an invalid parameter; checked before the pointer is read."""
     if n == 0:
         return b""
+    if n > limit:
+        raise _invalid(f"a {n}-byte field inside the mechanism parameter is above {limit}")
     if p == F.NULL:
         raise _invalid("NULL pointer inside the mechanism parameter")
     return F.ffi.buffer(F.ffi.cast("CK_BYTE *", p), n)[:]
 
 
-# --- parsers: (pParameter, ulParameterLen) -> value ---------------------------------
+# --- parsers: (pParameter, ulParameterLen, Limits) -> value ---------------------------
 def _struct(ctype: str, p, n: int):
     if n != F.ffi.sizeof(ctype):
         raise _invalid(f"{ctype} is {F.ffi.sizeof(ctype)} bytes, got {n}")
     return F.ffi.cast(ctype + " *", p)
 
 
-def parse_ulong(p, n):
+def parse_ulong(p, n, limits):
     return _struct("CK_ULONG", p, n)[0]
 
 
-def parse_gcm(p, n):
+def parse_gcm(p, n, limits):
     if n == F.ffi.sizeof("CK_GCM_PARAMS_V240"):
         s = F.ffi.cast("CK_GCM_PARAMS_V240 *", p)
-        return P.GcmParams(_bytes(s.pIv, s.ulIvLen), s.ulIvLen * 8, _bytes(s.pAAD, s.ulAADLen), s.ulTagBits)
-    s = _struct("CK_GCM_PARAMS", p, n)
-    return P.GcmParams(_bytes(s.pIv, s.ulIvLen), s.ulIvBits, _bytes(s.pAAD, s.ulAADLen), s.ulTagBits)
+        iv_bits = s.ulIvLen * 8
+    else:
+        s = _struct("CK_GCM_PARAMS", p, n)
+        iv_bits = s.ulIvBits
+    return P.GcmParams(_bytes(s.pIv, s.ulIvLen, GCM_IV_MAX), iv_bits,
+                       _bytes(s.pAAD, s.ulAADLen, limits.max_data_len), s.ulTagBits)
 
 
-def parse_ctr(p, n):
+def parse_ctr(p, n, limits):
     s = _struct("CK_AES_CTR_PARAMS", p, n)
     return P.CtrParams(s.ulCounterBits, F.ffi.buffer(s.cb)[:])
 
 
-def parse_oaep(p, n):
+def parse_oaep(p, n, limits):
     s = _struct("CK_RSA_PKCS_OAEP_PARAMS", p, n)
-    return P.OaepParams(s.hashAlg, s.mgf, s.source, _bytes(s.pSourceData, s.ulSourceDataLen))
+    return P.OaepParams(s.hashAlg, s.mgf, s.source, _bytes(s.pSourceData, s.ulSourceDataLen, limits.max_data_len))
 
 
-def parse_pss(p, n):
+def parse_pss(p, n, limits):
     s = _struct("CK_RSA_PKCS_PSS_PARAMS", p, n)
     return P.PssParams(s.hashAlg, s.mgf, s.sLen)
 
 
-def parse_eddsa(p, n):
+def parse_eddsa(p, n, limits):
     s = _struct("CK_EDDSA_PARAMS", p, n)
-    return P.EddsaParams(bool(s.phFlag), _bytes(s.pContextData, s.ulContextDataLen))
+    return P.EddsaParams(bool(s.phFlag), _bytes(s.pContextData, s.ulContextDataLen, EDDSA_CONTEXT_MAX))
 
 
-def parse_ecdh1(p, n):
+def parse_ecdh1(p, n, limits):
     s = _struct("CK_ECDH1_DERIVE_PARAMS", p, n)
-    return P.Ecdh1DeriveParams(s.kdf, _bytes(s.pSharedData, s.ulSharedDataLen),
-                               _bytes(s.pPublicData, s.ulPublicDataLen))
+    return P.Ecdh1DeriveParams(s.kdf, _bytes(s.pSharedData, s.ulSharedDataLen, limits.max_data_len),
+                               _bytes(s.pPublicData, s.ulPublicDataLen, limits.max_data_len))
 
 
-def parse_hkdf(p, n):
+def parse_hkdf(p, n, limits):
     s = _struct("CK_HKDF_PARAMS", p, n)
     return P.HkdfParams(bool(s.bExtract), bool(s.bExpand), s.prfHashMechanism, s.ulSaltType,
-                        _bytes(s.pSalt, s.ulSaltLen), s.hSaltKey, _bytes(s.pInfo, s.ulInfoLen))
+                        _bytes(s.pSalt, s.ulSaltLen, limits.max_data_len), s.hSaltKey,
+                        _bytes(s.pInfo, s.ulInfoLen, limits.max_data_len))
 
 
-def parse_pbkdf2(p, n):
+def parse_pbkdf2(p, n, limits):
     s = _struct("CK_PKCS5_PBKD2_PARAMS2", p, n)
-    length = s.ulPasswordLen
-    if length >= POINTER_FLOOR:          # the 2.x layout: a pointer to the length
-        length = F.ffi.cast("CK_ULONG *", length)[0]
-    return P.Pbkdf2Params(s.saltSource, _bytes(s.pSaltSourceData, s.ulSaltSourceDataLen), s.iterations,
-                          s.prf, _bytes(s.pPrfData, s.ulPrfDataLen), _bytes(s.pPassword, length))
+    if not 1 <= s.iterations <= limits.pbkdf2_max_iterations:
+        raise _invalid(f"PBKDF2 iterations must be 1..{limits.pbkdf2_max_iterations} ([limits])")
+    return P.Pbkdf2Params(s.saltSource, _bytes(s.pSaltSourceData, s.ulSaltSourceDataLen, limits.max_data_len),
+                          s.iterations, s.prf, b"", _bytes(s.pPassword, s.ulPasswordLen, limits.max_data_len))
 
 
-def parse_string_data(p, n):
+def parse_string_data(p, n, limits):
     s = _struct("CK_KEY_DERIVATION_STRING_DATA", p, n)
-    return _bytes(s.pData, s.ulLen)
+    return _bytes(s.pData, s.ulLen, limits.max_data_len)
 
 
 def _parse_cbc_data(ctype: str):
-    def parse(p, n):
+    def parse(p, n, limits):
         s = _struct(ctype, p, n)
-        return P.CbcEncryptDataParams(F.ffi.buffer(s.iv)[:], _bytes(s.pData, s.length))
+        return P.CbcEncryptDataParams(F.ffi.buffer(s.iv)[:], _bytes(s.pData, s.length, limits.max_data_len))
     return parse
 
 
-def parse_bytes(p, n):
+def parse_bytes(p, n, limits):
+    if n > BYTES_PARAM_MAX:
+        raise _invalid(f"a {n}-byte parameter: this mechanism's is at most {BYTES_PARAM_MAX}")
     return F.ffi.buffer(F.ffi.cast("CK_BYTE *", p), n)[:]
 
 
@@ -143,7 +164,10 @@ _BY_NAME = {
 PARSERS = {getattr(C, name): fn for name, fn in _BY_NAME.items() if hasattr(C, name)}
 
 
-def read_mechanism(p_mech) -> P.Mechanism:
+DEFAULT_LIMITS = Limits()
+
+
+def read_mechanism(p_mech, limits: Limits = DEFAULT_LIMITS) -> P.Mechanism:
     need(p_mech)
     mech = p_mech[0]
     kind, p, n = mech.mechanism, mech.pParameter, mech.ulParameterLen
@@ -153,4 +177,4 @@ def read_mechanism(p_mech) -> P.Mechanism:
         return P.Mechanism(kind, None)
     if n == 0:
         return P.Mechanism(kind, None)
-    return P.Mechanism(kind, PARSERS.get(kind, parse_bytes)(p, n))
+    return P.Mechanism(kind, PARSERS.get(kind, parse_bytes)(p, n, limits))

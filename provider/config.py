@@ -14,6 +14,15 @@ TOML, every key optional:
     max_length = 255
     max_failures = 10        # wrong PINs in a row before the PIN locks
 
+    [limits]                 # work one call may ask for; above a limit the call is refused
+    pbkdf2_max_iterations = 10000000   # CKM_PKCS5_PBKD2 -> CKR_MECHANISM_PARAM_INVALID above
+    max_data_len = 67108864  # bytes of one buffer a caller hands in (attribute value, seed,
+                             # random length, mechanism parameter field, wrapped key, PIN
+                             # buffers are [pin]'s): above -> the function's length code
+    max_wrap_len = 16777216  # bytes AES key wrap takes in or gives out (wrap, unwrap, and
+                             # C_Encrypt/C_Decrypt with CKM_AES_KEY_WRAP*)
+    max_template_attrs = 1024          # CK_ATTRIBUTEs in one template, nested ones counted
+
     # Device backends (provider/backends/engine.py), each named; "soft" (the engine's
     # own keys) always exists.  Settings per type:
     [backends.tpm]
@@ -69,6 +78,25 @@ def _xdg(var: str, fallback: str) -> Path:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The [limits] table. Each answer a caller gets above a limit is the spec's code
+    for that input (listed where the limit is checked), never CKR_GENERAL_ERROR."""
+    pbkdf2_max_iterations: int = 10_000_000
+    max_data_len: int = 64 << 20
+    max_wrap_len: int = 16 << 20
+    max_template_attrs: int = 1024
+
+    @classmethod
+    def parse(cls, table: dict, source: str) -> "Limits":
+        unknown = set(table) - set(cls.__dataclass_fields__)
+        values = {k: table[k] for k in cls.__dataclass_fields__ if k in table}
+        if unknown or any(type(v) is not int or v < 1 for v in values.values()):
+            raise PKCS11Error(C.CKR_GENERAL_ERROR,
+                              f"{source}: [limits] takes positive integers {sorted(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Config:
     token_dir: Path
     log_level: str = "WARNING"
@@ -79,6 +107,7 @@ class Config:
     source: str = "(defaults)"
     backends: dict = field(default_factory=lambda: {"soft": {"type": "soft"}})
     token_policies: dict = field(default_factory=dict)    # token label -> TokenPolicy
+    limits: Limits = field(default_factory=Limits)
 
     @staticmethod
     def default_path() -> Path:
@@ -113,6 +142,7 @@ class Config:
             pin_max=int(pin.get("max_length", 255)),
             pin_max_failures=int(pin.get("max_failures", 10)),
             source=source,
+            limits=Limits.parse(data.get("limits", {}), source),
             **_backends(data, source),
         )
         if conf.log_level not in LOG_LEVELS:

@@ -1,0 +1,28 @@
+"""The [limits] table of the configuration file."""
+
+import pytest
+
+from provider import constants as C
+from provider.config import Config, Limits
+from provider.errors import PKCS11Error
+
+
+def test_limits_default():
+    conf = Config.parse("", "test")
+    assert conf.limits == Limits()
+    assert conf.limits.pbkdf2_max_iterations == 10_000_000
+
+
+def test_limits_set():
+    conf = Config.parse("[limits]\npbkdf2_max_iterations = 1000\nmax_wrap_len = 4096\n", "test")
+    assert conf.limits.pbkdf2_max_iterations == 1000
+    assert conf.limits.max_wrap_len == 4096
+    assert conf.limits.max_data_len == Limits().max_data_len
+
+
+@pytest.mark.parametrize("table", ["pbkdf2_max_iterations = 0", "max_data_len = -1",
+                                   'max_wrap_len = "big"', "unknown = 3"])
+def test_limits_refused(table):
+    with pytest.raises(PKCS11Error) as err:
+        Config.parse(f"[limits]\n{table}\n", "test")
+    assert err.value.rv == C.CKR_GENERAL_ERROR
