@@ -18,6 +18,8 @@ Encrypt, decrypt and sign inits may hand the operation to the native fast path
 Python.
 """
 
+from provider import constants as C
+
 from . import native
 from .handlers_common import handler
 from .marshal import F, Chunk, output
@@ -28,7 +30,7 @@ def _init(method):
     kind = method.removesuffix("_init")
 
     def fn(library, session, p_mech, key):
-        mech = read_mechanism(p_mech)
+        mech = read_mechanism(p_mech, library.config.limits)
         with library.lock:
             native.forget(library, session, kind)
             getattr(library, method)(session, mech, key)
@@ -38,6 +40,14 @@ def _init(method):
 
 def _kind(method: str) -> str:
     return method.split("_")[0]
+
+
+def _input(library, method: str, p, n: int, signature: bool = False) -> Chunk:
+    """The input of `method`, read only after the engine's checks; a length above
+    [limits] max_data_len is the spec's *_LEN_RANGE for that input, unread."""
+    code = (C.CKR_SIGNATURE_LEN_RANGE if signature else
+            C.CKR_ENCRYPTED_DATA_LEN_RANGE if method.startswith("decrypt") else C.CKR_DATA_LEN_RANGE)
+    return Chunk(p, n, library.config.limits.max_data_len, code)
 
 
 def _refuse_null(library, session, method, *pointers) -> None:
@@ -52,7 +62,7 @@ def _refuse_null(library, session, method, *pointers) -> None:
 def _out(method):
     def fn(library, session, p_in, in_len, p_out, pul_out):
         _refuse_null(library, session, method, (pul_out, None), (p_in, in_len))
-        chunk = Chunk(p_in, in_len)
+        chunk = _input(library, method, p_in, in_len)
         return output(p_out, pul_out, lambda cap: getattr(library, method)(session, chunk, cap))
     return fn
 
@@ -67,21 +77,22 @@ def _final(method):
 def _update(method):
     def fn(library, session, p_in, in_len):
         _refuse_null(library, session, method, (p_in, in_len))
-        getattr(library, method)(session, Chunk(p_in, in_len))
+        getattr(library, method)(session, _input(library, method, p_in, in_len))
     return fn
 
 
 def _check(method):
     def fn(library, session, p_in, in_len, p_sig, sig_len):
         _refuse_null(library, session, method, (p_in, in_len), (p_sig, sig_len))
-        getattr(library, method)(session, Chunk(p_in, in_len), Chunk(p_sig, sig_len))
+        getattr(library, method)(session, _input(library, method, p_in, in_len),
+                                 _input(library, method, p_sig, sig_len, signature=True))
     return fn
 
 
 def _sigfinal(method):
     def fn(library, session, p_sig, sig_len):
         _refuse_null(library, session, method, (p_sig, sig_len))
-        getattr(library, method)(session, Chunk(p_sig, sig_len))
+        getattr(library, method)(session, _input(library, method, p_sig, sig_len, signature=True))
     return fn
 
 
@@ -113,7 +124,7 @@ for _name, (_shape, _method) in TABLE.items():
 
 @handler("C_DigestInit")
 def digest_init(library, session, p_mech):
-    library.digest_init(session, read_mechanism(p_mech))
+    library.digest_init(session, read_mechanism(p_mech, library.config.limits))
 
 
 @handler("C_DigestKey")

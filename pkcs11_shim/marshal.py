@@ -97,11 +97,11 @@ class Chunk(Deferred):
     session, the operation, the mechanism's length limits): a caller that states
     more than its buffer holds gets an error code wherever a check can tell."""
 
-    def __init__(self, p, n: int):
-        self.p, self.size = p, n
+    def __init__(self, p, n: int, limit: int | None = None, too_long: int = C.CKR_DATA_LEN_RANGE):
+        self.p, self.size, self.limit, self.too_long = p, n, limit, too_long
 
     def read(self) -> bytes:
-        return data(self.p, self.size)
+        return data(self.p, self.size, limit=self.limit, too_long=self.too_long)
 
 
 def ulongs_out(values, p_list, pul_count) -> int:

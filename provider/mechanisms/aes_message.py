@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .. import constants as C
 from ..errors import PKCS11Error
-from .aes import GCM_IV_LEN, GCM_TAG_BITS, gcm_open, is_bytes
+from .aes import GCM_IV_LEN, GCM_MAX, GCM_TAG_BITS, gcm_open, is_bytes
 from .base import require_param
 from .params import GcmMessageParams
 from ..session import read, size_of
@@ -51,6 +51,15 @@ class GcmMessages:
         self._engine = None                 # encrypting: the open message's encryptor
         self._open = None                   # decrypting: (iv, aad) of the open message
         self._parts: list[bytes] = []
+        self._taken = 0                     # encrypting: bytes of the open message so far
+
+    def _fits(self, n: int) -> None:
+        """SP 800-38D's limit on one message, checked before the caller's buffer
+        is looked at or its input read (as native/gcm.c ferro_gcm_fits)."""
+        held = sum(map(len, self._parts)) if not self._encrypting else self._taken if self._engine else 0
+        if held + n > GCM_MAX:
+            raise PKCS11Error(C.CKR_DATA_LEN_RANGE if self._encrypting else C.CKR_ENCRYPTED_DATA_LEN_RANGE,
+                              "above SP 800-38D's limit for one message")
 
     def offload(self) -> bytes:
         return self._value
@@ -94,6 +103,7 @@ class GcmMessages:
         the needed length (an int) when cap is None or too small."""
         _busy(self.busy, C.CKR_OPERATION_ACTIVE)
         tag_len = _message_tag_len(p)
+        self._fits(size_of(data))
         if cap is None or cap < size_of(data):
             return size_of(data)
         iv, aad, data = self._iv(p), read(aad), read(data)
@@ -109,7 +119,7 @@ class GcmMessages:
         _message_tag_len(p)
         iv, aad = self._iv(p), read(aad)
         if self._encrypting:
-            self._engine = self._cipher(iv, aad)
+            self._engine, self._taken = self._cipher(iv, aad), 0
         else:
             self._open, self._parts = (iv, aad), []
         return iv
@@ -118,6 +128,7 @@ class GcmMessages:
         """A part of the open message -> (output, tag or None), or the needed length."""
         _busy(not self.busy, C.CKR_OPERATION_NOT_INITIALIZED)
         tag_len = _message_tag_len(p)
+        self._fits(size_of(data))
         if not self._encrypting:
             if not last:                    # releases nothing; a query takes nothing
                 if cap is None:
@@ -133,7 +144,8 @@ class GcmMessages:
         if cap is None or cap < size_of(data):
             return size_of(data)
         out = self._engine.update(bytes(read(data)))
+        self._taken += len(out)
         if not last:
             return out, None
-        engine, self._engine = self._engine, None
+        engine, self._engine, self._taken = self._engine, None, 0
         return out + engine.finalize(), engine.tag[:tag_len]
