@@ -63,6 +63,7 @@ BOOT_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CKR_OK 0x0UL
 #define CKR_GENERAL_ERROR 0x5UL
@@ -104,9 +105,10 @@ static void ferro_site_dir(char *out, size_t size)
     free(real);
 }
 
-static int ferro_add_site_dir(const char *dir)    /* GIL held */
+static int ferro_add_site_dir(const char *dir, int first)    /* GIL held */
 {
-    PyObject *site, *res;
+    PyObject *site, *res, *path;
+    Py_ssize_t before;
     if (!dir[0])
         return 1;
     site = PyImport_ImportModule("site");
@@ -114,8 +116,27 @@ static int ferro_add_site_dir(const char *dir)    /* GIL held */
         PyErr_Print();
         return 0;
     }
+    path = PySys_GetObject("path");                   /* borrowed */
+    before = path && PyList_Check(path) ? PyList_GET_SIZE(path) : 0;
     res = PyObject_CallMethod(site, "addsitedir", "s", dir);
     Py_DECREF(site);
+    /* C host: the install's own packages (what addsitedir appended) go before
+       the interpreter's (Debian's dist-packages holds an older cryptography) */
+    if (res && first && path && PyList_Check(path)) {
+        PyObject *added = PyList_GetSlice(path, before, PyList_GET_SIZE(path));
+        Py_ssize_t at = 0;                            /* after the standard library */
+        while (at < before) {
+            const char *p = PyUnicode_Check(PyList_GET_ITEM(path, at))
+                            ? PyUnicode_AsUTF8(PyList_GET_ITEM(path, at)) : NULL;
+            if (p && strstr(p, "-packages"))
+                break;
+            at++;
+        }
+        if (!added || PyList_SetSlice(path, before, PyList_GET_SIZE(path), NULL) < 0
+                || PyList_SetSlice(path, at, at, added) < 0)
+            PyErr_Print();
+        Py_XDECREF(added);
+    }
     if (!res) {
         PyErr_Print();
         return 0;
@@ -135,6 +156,12 @@ static void ferro_boot_once(void)
     if (!Py_IsInitialized()) {
         PyConfig config;
         PyStatus status;
+        if (access(FERRO_PYTHON_HOME, R_OK | X_OK) != 0) {   /* e.g. a pyenv under /root */
+            fprintf(stderr, "ferrohsm: this user cannot read the embedded Python's home %s; "
+                    "rebuild the module from an interpreter every user can read "
+                    "(scripts/setup.sh uses /usr/bin/python3)\n", FERRO_PYTHON_HOME);
+            return;
+        }
         PyConfig_InitIsolatedConfig(&config);
         config.install_signal_handlers = 0;
         config.site_import = 1;
@@ -147,12 +174,12 @@ static void ferro_boot_once(void)
                     status.err_msg ? status.err_msg : "?");
             return;
         }
-        ferro_python_ok = ferro_add_site_dir(dir);
+        ferro_python_ok = ferro_add_site_dir(dir, 1);
         PyEval_SaveThread();
         pthread_atfork(ferro_prefork, ferro_postfork_parent, ferro_postfork_child);
     } else {
         PyGILState_STATE gil = PyGILState_Ensure();
-        ferro_python_ok = ferro_add_site_dir(dir);
+        ferro_python_ok = ferro_add_site_dir(dir, 0);
         PyGILState_Release(gil);
     }
 }

@@ -33,7 +33,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 echo "==> installing FerroHSM into .venv (builds the PKCS#11 module)"
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip wheel   # wheel: for --no-build-isolation rebuilds
 .venv/bin/python -m pip install -q ".[test]"
 .venv/bin/python -m pip install -q -r conformance/requirements.txt
 .venv/bin/python -m pip install -q -r requirements-backends.txt
