@@ -135,6 +135,7 @@ BOOT_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CKR_OK 0x0UL
 #define CKR_GENERAL_ERROR 0x5UL
@@ -244,6 +245,12 @@ static void ferro_boot_once(void)
     if (!Py_IsInitialized()) {
         PyConfig config;
         PyStatus status;
+        if (access(FERRO_PYTHON_HOME, R_OK | X_OK) != 0) {   /* e.g. a pyenv under /root */
+            fprintf(stderr, "ferrohsm: this user cannot read the embedded Python's home %s; "
+                    "rebuild the module from an interpreter every user can read "
+                    "(scripts/setup.sh uses /usr/bin/python3)\n", FERRO_PYTHON_HOME);
+            return;
+        }
         PyConfig_InitIsolatedConfig(&config);
         config.install_signal_handlers = 0;
         config.site_import = 1;

@@ -20,9 +20,17 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
+# The module embeds the interpreter .venv is made from, and a C host run by any
+# user loads it from there: Debian's /usr/bin/python3 (home /usr) is readable by
+# everyone, a pyenv under /root is not. PYTHON=... overrides.
+PY=${PYTHON:-/usr/bin/python3}
+base() { "$1" -c 'import sys; print(sys.base_prefix)'; }
+if [ -x .venv/bin/python ] && [ "$(base .venv/bin/python)" != "$(base "$PY")" ]; then
+  echo "==> .venv was made from $(base .venv/bin/python), not $PY: recreating it"
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
-  echo "==> creating virtual environment .venv"
+  echo "==> creating virtual environment .venv from $PY"
   "$PY" -m venv .venv
 fi
 echo "==> installing FerroHSM into .venv (builds the PKCS#11 module)"
