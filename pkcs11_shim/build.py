@@ -234,9 +234,31 @@ static int ferro_start_quietly(const char *dir)    /* GIL held */
     return ok;
 }
 
-static void ferro_prefork(void) { ferro_fork_gil = PyGILState_Ensure(); PyOS_BeforeFork(); }
+/* fork() with Python's own fork hooks around it (what os.fork does). The
+   forking thread may be one that never called us and has no Python thread
+   state (`ferro_fork_foreign`): PyGILState_Ensure makes it one. In the child,
+   PyOS_AfterFork_Child deletes every other thread state, the interpreter's
+   first one included; releasing the made one there would delete the last
+   thread state too, and the next one made would reuse the interpreter's
+   built-in first state, which CPython 3.11 then refuses as "already
+   initialized" (a fatal error at the child's first call). So the child keeps
+   the made state and only lets go of the GIL; the parent releases it as usual. */
+static int ferro_fork_foreign;
+static void ferro_prefork(void)
+{
+    ferro_fork_foreign = PyGILState_GetThisThreadState() == NULL;
+    ferro_fork_gil = PyGILState_Ensure();
+    PyOS_BeforeFork();
+}
 static void ferro_postfork_parent(void) { PyOS_AfterFork_Parent(); PyGILState_Release(ferro_fork_gil); }
-static void ferro_postfork_child(void) { PyOS_AfterFork_Child(); PyGILState_Release(ferro_fork_gil); }
+static void ferro_postfork_child(void)
+{
+    PyOS_AfterFork_Child();
+    if (ferro_fork_foreign)
+        PyEval_SaveThread();          /* this thread's state stays: one per child, never freed */
+    else
+        PyGILState_Release(ferro_fork_gil);
+}
 
 static void ferro_boot_once(void)
 {
