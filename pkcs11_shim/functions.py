@@ -11,8 +11,8 @@ How:
   C   written by hand in C (build.py) - needs no Python;
   NS  a C stub returning CKR_FUNCTION_NOT_SUPPORTED. Used for the functions the
       spec lets a token leave out and SoftHSM2 leaves out too: operation state,
-      the dual-function updates, the legacy parallel functions, slot events, and
-      message-based sign/verify.
+      the dual-function updates and message-based sign/verify. (The legacy
+      parallel functions are PY: they answer CKR_FUNCTION_NOT_PARALLEL.)
 """
 
 import re
@@ -111,9 +111,9 @@ FUNCTIONS = [
                         "CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey"),
     ("C_SeedRandom", PY, f"{_S}, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen"),
     ("C_GenerateRandom", PY, f"{_S}, CK_BYTE_PTR RandomData, CK_ULONG ulRandomLen"),
-    ("C_GetFunctionStatus", NS, _S),
-    ("C_CancelFunction", NS, _S),
-    ("C_WaitForSlotEvent", NS, "CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved"),
+    ("C_GetFunctionStatus", PY, _S),
+    ("C_CancelFunction", PY, _S),
+    ("C_WaitForSlotEvent", PY, "CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved"),
     # --- PKCS#11 3.0 -------------------------------------------------------------
     ("C_GetInterfaceList", C, "CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount"),
     ("C_GetInterface", C, "CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion, "

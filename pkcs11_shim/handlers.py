@@ -22,7 +22,7 @@ def install(ffi, lib) -> None:
         marshal.bind(ffi)
     state = State()
     state.native = native.bind(ffi, lib, state)
-    from . import (handlers_crypto, handlers_general, handlers_keys,  # noqa: F401  (they register)
+    from . import (handlers_crypto, handlers_events, handlers_general, handlers_keys,  # noqa: F401  (they register)
                    handlers_message, handlers_objects, handlers_sessions)
     for name in python_functions():
         if name in REGISTRY:

@@ -379,6 +379,8 @@ CKF_SERIAL_SESSION = 0x4
 CKF_LIBRARY_CANT_CREATE_OS_THREADS = 0x1
 CKF_OS_LOCKING_OK = 0x2
 
+CKF_DONT_BLOCK = 0x1                # C_WaitForSlotEvent
+
 CKF_INTERFACE_FORK_SAFE = 0x1
 
 # --- session states (CKS_) and user types (CKU_) ---------------------------

@@ -28,6 +28,7 @@ from .fn_backend import BackendFunctions
 from .fn_objects import ObjectFunctions
 from .mechanisms import registry
 from .session import Offload, Session
+from .slot_events import SlotEvents
 from .store.sqlite import SqliteStore
 from .token import Token, require
 
@@ -78,6 +79,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         self._scan()
         self.free_slot = next(self._slot_ids)
         self.tokens[self.free_slot] = self._new_token(self.free_slot, None)
+        self.slot_events = SlotEvents(self._slot_snapshot())
 
     def _new_token(self, slot: int, store) -> Token:
         return Token(slot, store, self._handles, on_change=self._object_changed)
@@ -107,6 +109,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
             self.tokens[slot] = self._new_token(slot, store)
 
     def finalize(self) -> None:
+        self.slot_events.close()           # wakes blocked C_WaitForSlotEvent calls
         self.offload.drop_all()
         self.sessions.clear()
         for token in self.tokens.values():
@@ -133,6 +136,21 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
     def _slot_flags(self, token) -> int:
         binding = self.backends.binding(token)
         return C.CKF_TOKEN_PRESENT if binding is None else binding.slot_flags()
+
+    def _slot_snapshot(self) -> dict:
+        """{slot: (token present, label, serial)}: what a slot event changes."""
+        snapshot = {}
+        for slot, token in self.tokens.items():
+            present = bool(self._slot_flags(token) & C.CKF_TOKEN_PRESENT)
+            label, serial = (token.store.label, token.store.serial) if token.initialized else (None, None)
+            snapshot[slot] = (present, label, serial)
+        return snapshot
+
+    def poll_slot_event(self) -> int | None:
+        """The next slot with an event since the last poll (slot_events), or None."""
+        require(not self.slot_events.closed, C.CKR_CRYPTOKI_NOT_INITIALIZED)
+        self._scan()
+        return self.slot_events.update(self._slot_snapshot())
 
     def get_slot_info(self, slot: int) -> dict:
         token = self._token(slot)

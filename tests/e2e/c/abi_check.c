@@ -108,7 +108,8 @@ static void init_finalize(void)
     EXPECT("C_OpenSession(NULL phSession)", F->C_OpenSession(0, CKF_SERIAL_SESSION, NULL, NULL, NULL),
            CKR_ARGUMENTS_BAD);
     EXPECT("C_GetOperationState not supported", F->C_GetOperationState(1, NULL, &n), CKR_FUNCTION_NOT_SUPPORTED);
-    EXPECT("C_WaitForSlotEvent not supported", F->C_WaitForSlotEvent(0, NULL, NULL), CKR_FUNCTION_NOT_SUPPORTED);
+    EXPECT("C_WaitForSlotEvent(NULL pSlot)", F->C_WaitForSlotEvent(0, NULL, NULL), CKR_ARGUMENTS_BAD);
+    EXPECT("C_GetFunctionStatus not parallel", F->C_GetFunctionStatus(1), CKR_FUNCTION_NOT_PARALLEL);
     EXPECT("C_SignMessage not supported", F->C_SignMessage(1, NULL, 0, NULL, 0, NULL, NULL),
            CKR_FUNCTION_NOT_SUPPORTED);
     EXPECT("C_Finalize(pReserved)", F->C_Finalize(&dummy), CKR_ARGUMENTS_BAD);
