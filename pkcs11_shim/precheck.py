@@ -18,12 +18,12 @@ from .marshal import data
 
 def session(library, handle: int) -> None:
     """CKR_SESSION_HANDLE_INVALID for a handle that names no open session."""
-    library.get_session_info(handle)
+    library._session(handle)
 
 
 def slot(library, slot_id: int) -> None:
     """CKR_SLOT_ID_INVALID for a slot that does not exist."""
-    library.get_slot_info(slot_id)
+    library._token(slot_id)
 
 
 def pin(library, p, n: int) -> bytes:
