@@ -16,10 +16,7 @@ use it to compare the two paths byte for byte).
 
 import os
 
-from provider import constants as C
-from provider.errors import PKCS11Error
-
-from .handlers_common import onerror
+from .handlers_common import onerror, wrap
 
 # operation kind -> the native table's index (native/ferro_native.h)
 KINDS = {"encrypt": 0, "decrypt": 1, "message_encrypt": 2, "message_decrypt": 3, "sign": 4}
@@ -48,17 +45,11 @@ def bind(ffi, lib, state) -> Binding:
     binding = Binding(ffi, lib)
     lib.ferro_native_enabled = int(binding.enabled)
 
-    def reserve_iv(session, key, p_start, p_count):
-        library = state.library
-        if library is None or state.pid != os.getpid():
-            return C.CKR_CRYPTOKI_NOT_INITIALIZED
-        try:
-            p_start[0], p_count[0] = library.reserve_iv(session, key)
-        except PKCS11Error as err:
-            return err.rv
-        return C.CKR_OK
+    def reserve_iv(library, session, key, p_start, p_count):
+        p_start[0], p_count[0] = library.reserve_iv(session, key)
 
-    ffi.def_extern(name="ferro_py_reserve_iv", onerror=onerror)(reserve_iv)
+    # through the handlers' wrapper: this copy's NOT_INITIALIZED, PKCS11Error -> its rv
+    ffi.def_extern(name="ferro_py_reserve_iv", onerror=onerror)(wrap("ferro_py_reserve_iv", reserve_iv, True, state))
     return binding
 
 
