@@ -3,7 +3,13 @@
 TOML, every key optional:
 
     [tokens]
-    directory = "~/.local/share/ferrohsm/tokens"   # one SQLite database per token
+    directory = "~/.local/share/ferrohsm/tokens"   # where the sqlite and filesystem stores keep tokens
+
+    [store]                  # where tokens live; every process on the same store sees one truth
+    kind = "sqlite"          # sqlite (one file per token) | filesystem (a directory per token,
+                             # a file per object version) | postgres | memory (this process only)
+    dsn = ""                 # postgres: a libpq connection string or URI,
+                             # e.g. "host=127.0.0.1 port=5432 dbname=ferrohsm user=ferrohsm"
 
     [log]
     level = "WARNING"        # DEBUG, INFO, WARNING, ERROR
@@ -63,6 +69,7 @@ from . import constants as C
 from .errors import PKCS11Error
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+STORE_KINDS = ("sqlite", "filesystem", "postgres", "memory")
 BACKEND_TYPES = ("soft", "tpm2", "piv", "softhsm")
 FALLBACKS = ("software", "none")
 
@@ -108,6 +115,8 @@ class Config:
     backends: dict = field(default_factory=lambda: {"soft": {"type": "soft"}})
     token_policies: dict = field(default_factory=dict)    # token label -> TokenPolicy
     limits: Limits = field(default_factory=Limits)
+    store_kind: str = "sqlite"
+    store_dsn: str = ""
 
     @staticmethod
     def default_path() -> Path:
@@ -143,6 +152,7 @@ class Config:
             pin_max_failures=int(pin.get("max_failures", 10)),
             source=source,
             limits=Limits.parse(data.get("limits", {}), source),
+            **_store(data.get("store", {}), source),
             **_backends(data, source),
         )
         if conf.log_level not in LOG_LEVELS:
@@ -150,6 +160,28 @@ class Config:
         if not (1 <= conf.pin_min <= conf.pin_max) or conf.pin_max_failures < 1:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: bad [pin] limits")
         return conf
+
+
+def _store(table: dict, source: str) -> dict:
+    kind, dsn = table.get("kind", "sqlite"), table.get("dsn", "")
+    if set(table) - {"kind", "dsn"} or kind not in STORE_KINDS or not isinstance(dsn, str):
+        raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] takes kind = one of {STORE_KINDS} and dsn")
+    if kind == "postgres" and not dsn:
+        raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] kind = \"postgres\" needs a dsn")
+    return {"store_kind": kind, "store_dsn": dsn}
+
+
+def with_store(config: "Config", spec: str) -> "Config":
+    """`config` with the store a --key-store flag names: a kind (sqlite, filesystem,
+    memory), or a PostgreSQL URI (postgresql://...) for kind postgres."""
+    from dataclasses import replace
+    if spec.startswith(("postgresql://", "postgres://")):
+        return replace(config, store_kind="postgres", store_dsn=spec)
+    if spec not in STORE_KINDS:
+        raise PKCS11Error(C.CKR_GENERAL_ERROR, f"--key-store takes one of {STORE_KINDS} or a postgresql:// URI")
+    if spec == "postgres" and not config.store_dsn:
+        raise PKCS11Error(C.CKR_GENERAL_ERROR, "--key-store postgres needs [store] dsn in the configuration")
+    return replace(config, store_kind=spec)
 
 
 def _backends(data: dict, source: str) -> dict:

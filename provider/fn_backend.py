@@ -16,9 +16,11 @@ C_Verify and C_Encrypt use the public key in the engine, as for any key.
 
 from . import constants as C
 from .backends import engine
+from .errors import PKCS11Error
 from .fn_crypto import KEYED
 from .fn_keys import _class, _merge_template
 from .fn_objects import decode_template
+from .log import LOG
 from .session import Operation
 from .token import require
 
@@ -62,12 +64,7 @@ class BackendFunctions:
             pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate")
             priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type,
                                  "generate")
-            pub_handle = self._add(session, pub)
-            try:
-                return pub_handle, self._add(session, priv)
-            except BaseException:
-                token.remove_object(token.index.get(pub_handle))
-                raise
+            return self._add_pair(session, pub, priv)
         except BaseException:
             backend.destroy(ref)
             raise
@@ -88,10 +85,14 @@ class BackendFunctions:
         session = self._session(handle)
         obj = self._held(session, obj_handle)
         if obj is not None:
-            require(session.rw or not obj.token, C.CKR_SESSION_READ_ONLY)
-            require(obj.flag(C.CKA_DESTROYABLE), C.CKR_ACTION_PROHIBITED, "CKA_DESTROYABLE is false")
-            self.backends.use(session.token, session.token.open(obj), lambda b, r: b.destroy(r))
+            session.token.open(obj)
         super().destroy_object(handle, obj_handle)
+        if obj is not None:   # the object is gone first: a device key is never destroyed under a live object
+            try:
+                self.backends.use(session.token, obj, lambda b, r: b.destroy(r))
+            except PKCS11Error as err:
+                LOG.warning("object destroyed; its device key was not (%s): %s",
+                            C.name_of("CKR_", err.rv), err.reason)
 
     def wrap_key(self, handle, mech, wrapping_handle, key_handle, cap) -> bytes:
         session = self._session(handle)

@@ -17,10 +17,7 @@ Offloading (issue 4): after an init the shim may ask `offload_grant` for what a
 native fast path needs to run the operation itself, and then `release` it here.
 """
 
-import fcntl
 import hashlib
-import json
-import os
 
 from . import constants as C
 from .log import LOG
@@ -34,8 +31,7 @@ MESSAGE = {
     "message_encrypt": (C.CKA_ENCRYPT, C.CKF_MESSAGE_ENCRYPT, True),
     "message_decrypt": (C.CKA_DECRYPT, C.CKF_MESSAGE_DECRYPT, False),
 }
-IV_BLOCK = 1 << 16           # IV counter values reserved per write of the counter file
-IV_COUNTERS = "gcm-iv-counters.json"
+IV_BLOCK = 1 << 16           # IV counter values reserved per store transaction
 
 # operation kind -> (the key attribute that permits it, the implementation's init method)
 KEYED = {
@@ -211,7 +207,7 @@ class CryptoFunctions:
         if not entry.flags & flag:
             raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {kind}")
         key = self._key(session, key_handle, usage, mech.type)
-        ctx = entry.impl.message_init(key, mech.param, encrypting, lambda: self._reserve_iv(key))
+        ctx = entry.impl.message_init(key, mech.param, encrypting, lambda: self._reserve_iv(session.token, key))
         session.start(Operation(kind, mech.type, ctx, key=key))
 
     def message_encrypt_init(self, handle, mech, key):
@@ -255,34 +251,21 @@ class CryptoFunctions:
     def reserve_iv(self, handle: int, key_handle: int) -> tuple[int, int]:
         """IV counter values for the key of an offloaded message operation."""
         session = self._session(handle)
-        return self._reserve_iv(self._key(session, key_handle, None, C.CKM_AES_GCM))
+        return self._reserve_iv(session.token, self._key(session, key_handle, None, C.CKM_AES_GCM))
 
-    def _reserve_iv(self, key) -> tuple[int, int]:
-        """(start, count): IV counter values no one got before for this key value.
+    @staticmethod
+    def _reserve_iv(token, key) -> tuple[int, int]:
+        """(start, count): IV counter values no one got before for this key.
 
-        The high-water marks live in one file in the token directory, keyed by a
-        hash of the key value (so copies of a key share one counter), read and
-        replaced atomically under an exclusive lock, fsync'd before the values
-        are used: a crash loses unused values, never repeats one."""
-        ident = hashlib.sha256(b"ferrohsm gcm iv counter\0" + bytes(key.attrs[C.CKA_VALUE])).hexdigest()[:32]
-        path = self.config.token_dir / IV_COUNTERS
-        with open(str(path) + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            table = json.loads(path.read_text()) if path.exists() else {}
-            start = table.get(ident, 0)
-            table[ident] = start + IV_BLOCK
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                f.write(json.dumps(table))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return start, IV_BLOCK
+        The high-water marks live in the token's store (store.reserve_counter), one
+        per key lineage (a key and its copies share one), reserved in a write
+        transaction committed before the values are used: a crash loses unused
+        values, never repeats one, and no file beside the store takes part.
+        A key made before store schema 2 continues the counter the upgrade
+        imported for it (looked up by the old identifier, computed here and not kept)."""
+        legacy = hashlib.sha256(b"ferrohsm gcm iv counter\0" + bytes(key.attrs[C.CKA_VALUE])).hexdigest()[:32]
+        session_lineage = None if key.token else key.lineage or key.uid
+        return token.store.reserve_counter(key.uid, IV_BLOCK, legacy, session_lineage), IV_BLOCK
 
     # --- offloading to the native fast path ---------------------------------------------
     def offload_grant(self, handle: int, kind: str):

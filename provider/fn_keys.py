@@ -110,12 +110,12 @@ class KeyFunctions:
         pub_made, priv_made = impl.generate_key_pair(mech.param, pub_given, priv_given)
         pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate")
         priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type, "generate")
-        pub_handle = self._add(session, pub)
-        try:
-            return pub_handle, self._add(session, priv)
-        except BaseException:
-            session.token.remove_object(session.token.index.get(pub_handle))
-            raise
+        return self._add_pair(session, pub, priv)
+
+    def _add_pair(self, session, pub: dict, priv: dict) -> tuple[int, int]:
+        """A key pair is one commit: both objects, or neither."""
+        with session.token.transaction():
+            return self._add(session, pub), self._add(session, priv)
 
     # --- wrap / unwrap -----------------------------------------------------------------
     def wrap_key(self, handle, mech, wrapping_handle, key_handle, cap) -> bytes:

@@ -36,6 +36,9 @@ def decode_search(template) -> dict:
 class ObjectFunctions:
     # --- helpers shared with the key functions ---------------------------------
     def _object(self, session, handle: int, invalid: int = C.CKR_OBJECT_HANDLE_INVALID) -> Obj:
+        """The object `handle` names as the store has it now (the head check first:
+        what another process destroyed or changed is seen here)."""
+        session.token.refresh()
         obj = session.token.index.get(handle)
         require(obj is not None and session.token.visible(obj), invalid, f"handle {handle}")
         return obj
@@ -50,10 +53,11 @@ class ObjectFunctions:
         if attrs.get(C.CKA_TRUSTED):
             require(token.user == C.CKU_SO, C.CKR_ATTRIBUTE_READ_ONLY, "only the SO sets CKA_TRUSTED")
 
-    def _add(self, session, attrs: dict) -> int:
+    def _add(self, session, attrs: dict, lineage: str | None = None) -> int:
         attrs[C.CKA_UNIQUE_ID] = uuid.uuid4().hex.encode()
         owner = None if attrs.get(C.CKA_TOKEN) else session.handle
-        obj = Obj(session.token.new_handle(), attrs[C.CKA_UNIQUE_ID].decode(), attrs, owner)
+        obj = Obj(session.token.new_handle(), attrs[C.CKA_UNIQUE_ID].decode(), attrs, owner,
+                  lineage=lineage)
         session.token.add_object(obj)
         return obj.handle
 
@@ -91,10 +95,13 @@ class ObjectFunctions:
                 require(not value, C.CKR_ATTRIBUTE_READ_ONLY, "a copy can only become unmodifiable")
                 continue
             schema.check_change(table, src.attrs, cka, value)
-        session.token.open(src)
+        token = session.token
+        token.open(src)
         attrs = {**src.attrs, **changes}
         self._check_write(session, attrs)
-        return self._add(session, attrs)
+        with token.transaction():     # the source is still there, unchanged, when the copy commits
+            lineage = token.store.check_object(src.uid, src.version) if src.token else src.lineage
+            return self._add(session, attrs, lineage or src.uid)
 
     def destroy_object(self, handle: int, obj_handle: int) -> None:
         session = self._session(handle)

@@ -6,9 +6,9 @@ PKCS11Error. This module holds the general, slot and token, session and login
 functions; objects, cryptographic operations and key management are mixins in
 fn_objects, fn_crypto and fn_keys. Every public method runs under one lock.
 
-Slots: one per token database in the token directory, in order of creation,
-plus always one free slot whose token is uninitialized (as SoftHSM2 does);
-C_InitToken on it creates a new token and a new free slot appears.
+Slots: one per token the store's catalog lists (store/base.Catalog), in order of
+creation, plus always one free slot whose token is uninitialized (as SoftHSM2
+does); C_InitToken on it creates a new token and a new free slot appears.
 """
 
 import functools
@@ -26,15 +26,16 @@ from .fn_crypto import CryptoFunctions
 from .fn_keys import KeyFunctions
 from .fn_backend import BackendFunctions
 from .fn_objects import ObjectFunctions
+from .log import LOG
 from .mechanisms import registry
 from .session import Offload, Session
 from .slot_events import SlotEvents
-from .store.sqlite import SqliteStore
+from .store import open_catalog
+from .store.base import Conflict
 from .token import Token, require
 
 VERSION = (0, 1)
 MANUFACTURER = "FerroHSM"
-TOKEN_GLOB = "token-*.sqlite"
 
 # (session state) -> may C_InitPIN / C_SetPIN run, as the spec's tables say
 PIN_USER_FOR_STATE = {
@@ -57,8 +58,31 @@ def _locked(fn):
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         with self.lock:
-            return fn(self, *args, **kwargs)
+            return retry(self, fn, args, kwargs)
     return wrapper
+
+
+CONFLICT_TRIES = 5
+
+
+def retry(library, fn, args, kwargs):
+    """Run a Library function; if a compare-and-set write met another writer's newer
+    version (store Conflict: nothing was written), take in the store's changes and run
+    it again from the start, so every check is made again on the current object: the
+    change is applied to the new version if it still may be, else the function gets
+    the code the new state gives (a destroyed object: CKR_OBJECT_HANDLE_INVALID)."""
+    for _ in range(CONFLICT_TRIES - 1):
+        try:
+            return fn(library, *args, **kwargs)
+        except Conflict as conflict:
+            LOG.info("%s: object %s changed in the store meanwhile; again", fn.__name__, conflict)
+            for token in library.tokens.values():
+                if token.initialized:
+                    token.refresh()
+    try:
+        return fn(library, *args, **kwargs)
+    except Conflict:
+        raise PKCS11Error(C.CKR_FUNCTION_FAILED, "the object kept changing in the store") from None
 
 
 @synchronized
@@ -73,9 +97,9 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         self._session_ids = itertools.count(1)
         self._slot_ids = itertools.count(0)
         self.tokens: dict[int, Token] = {}
-        self.paths: dict[str, int] = {}
+        self.names: dict[str, int] = {}        # catalog name -> slot
         self.sessions: dict[int, Session] = {}
-        self.config.token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.catalog = open_catalog(self.config)
         self._scan()
         self.free_slot = next(self._slot_ids)
         self.tokens[self.free_slot] = self._new_token(self.free_slot, None)
@@ -92,21 +116,13 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
                     session.fail(kind, C.CKR_KEY_HANDLE_INVALID)
         self.offload.drop_key(obj.handle, C.CKR_KEY_HANDLE_INVALID)
 
-    def _new_store(self, path: str):
-        return SqliteStore(path, max_pin_failures=self.config.pin_max_failures)
-
     def _scan(self) -> None:
-        """Add tokens that appeared in the token directory (made by any process)."""
-        for path in sorted(str(p) for p in self.config.token_dir.glob(TOKEN_GLOB)):
-            if path in self.paths:
-                continue
-            store = self._new_store(path)
-            if not store.initialized():
-                store.close()
-                continue
-            slot = next(self._slot_ids)
-            self.paths[path] = slot
-            self.tokens[slot] = self._new_token(slot, store)
+        """Add tokens that appeared in the store (made by any process)."""
+        for name in self.catalog.names():
+            if name not in self.names:
+                slot = next(self._slot_ids)
+                self.names[name] = slot
+                self.tokens[slot] = self._new_token(slot, self.catalog.open(name))
 
     def finalize(self) -> None:
         self.slot_events.close()           # wakes blocked C_WaitForSlotEvent calls
@@ -115,6 +131,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         for token in self.tokens.values():
             token.close()
         self.tokens.clear()
+        self.catalog.close()
         self.backends.close()
 
     # --- general ------------------------------------------------------------
@@ -198,19 +215,16 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
             token.user = None
             token.reload()
             return
-        path = str(self.config.token_dir / f"token-{time.time_ns():020d}-{os.urandom(4).hex()}.sqlite")
-        store = self._new_store(path)
+        name, store = self.catalog.new()
         try:
             store.initialize(label, so_pin)
         except BaseException:
             store.close()
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                if os.path.exists(path + suffix):
-                    os.unlink(path + suffix)
+            self.catalog.discard(name)
             raise
         token.store = store
         token.refresh()
-        self.paths[path] = slot
+        self.names[name] = slot
         self.free_slot = next(self._slot_ids)
         self.tokens[self.free_slot] = self._new_token(self.free_slot, None)
 

@@ -15,15 +15,18 @@ INDEXED = (C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID, C.CKA_KEY_TYPE, C.CKA_UNIQUE_ID)
 
 
 class Obj:
-    __slots__ = ("handle", "uid", "attrs", "cache", "owner", "_secret")
+    __slots__ = ("handle", "uid", "attrs", "cache", "owner", "version", "lineage", "_secret")
 
-    def __init__(self, handle: int, uid: str, attrs: dict, owner: int | None = None):
+    def __init__(self, handle: int, uid: str, attrs: dict, owner: int | None = None, version: int = 0,
+                 lineage: str | None = None):
         self.handle = handle
         self.uid = uid
         self.attrs = attrs
         self.cache: dict = {}      # parsed key objects kept by mechanism families
         self.owner = owner         # creating session of a session object; None for token objects
-        self._secret = None
+        self.version = version     # the stored version this copy is of (0: not stored)
+        self.lineage = lineage     # whose IV counter a copied key shares (None: its own uid's,
+        self._secret = None        # or, for a token object, what the store recorded)
 
     @property
     def cls(self) -> int:

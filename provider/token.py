@@ -1,14 +1,21 @@
 """One slot and its token: the store, who is logged in, and the loaded objects.
 
-Token objects are loaded from the store and kept fresh with `refresh()`, which
-asks the store for changes made by any process since the last look. Session
-objects live only in the index. Handles are per process, as the spec says;
+Token objects are loaded from the store and kept fresh with `refresh()`, the
+head check: one cheap read of the store's (seq, epoch), and only when it moved,
+the changes any process made since the last look. The engine refreshes before
+every key use and every object function, so a key destroyed or restricted
+elsewhere fails there. Writes are compare-and-set against the version this
+process holds (store.base.Conflict when another process got there first: the
+Library refreshes and runs the function again, see library.retry).
+Session objects live only in the index. Handles are per process, as the spec says;
 private token objects get new handles after a logout, and private session
 objects are destroyed by it (PKCS#11 3.0, C_Logout).
 """
 
 from . import constants as C
 from .errors import PKCS11Error
+from contextlib import contextmanager
+
 from .log import LOG
 from .objects import Index, Obj
 from .store.base import Sealed
@@ -70,6 +77,7 @@ class Token:
         self.by_uid: dict[str, Obj] = {}
         self._handles = handles
         self._cursor = None
+        self._pending: list | None = None   # index changes waiting for the transaction's commit
         if self.initialized:
             self.refresh()
 
@@ -91,19 +99,24 @@ class Token:
 
     def refresh(self) -> None:
         """Take in what any process wrote to the store since we last looked."""
-        self._cursor, upserts, deleted = self.store.changes(self._cursor)
-        for uid in deleted:
+        changes = self.store.changes(self._cursor)
+        if changes.full and self._cursor is not None:    # our cursor fell behind the pruned tombstones
+            kept = {uid for uid, _, _ in changes.upserts}
+            changes.deleted.extend(uid for uid in self.by_uid if uid not in kept)
+        self._cursor = changes.cursor
+        for uid in changes.deleted:
             obj = self.by_uid.pop(uid, None)
             if obj is not None:
                 self.index.remove(obj)
-        for uid, attrs in upserts:
+        for uid, version, attrs in changes.upserts:
             obj = self.by_uid.get(uid)
             if obj is None:
-                obj = Obj(self.new_handle(), uid, attrs)
+                obj = Obj(self.new_handle(), uid, attrs, version=version)
                 self.by_uid[uid] = obj
                 self.index.add(obj)
-            else:
+            elif obj.version != version:        # (the same version: our own write, applied already)
                 self.index.replace(obj, attrs)
+                obj.version = version
 
     def reload(self, private_only: bool = False) -> None:
         """Load every token object again, dropping opened secrets and parsed keys.
@@ -119,22 +132,57 @@ class Token:
     def visible(self, obj: Obj) -> bool:
         return not obj.private or self.user == C.CKU_USER
 
+    @contextmanager
+    def transaction(self):
+        """The object writes inside commit together; the index follows only on commit."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = []
+        try:
+            with self.store.transaction():
+                yield
+            pending = self._pending
+        finally:
+            self._pending = None
+        for apply in pending:
+            apply()
+
+    def _then(self, apply) -> None:
+        if self._pending is None:
+            apply()
+        else:
+            self._pending.append(apply)
+
     def add_object(self, obj: Obj) -> None:
         if obj.token:
-            self.store.save_object(obj.uid, obj.attrs, obj.secret_types())
-            self.by_uid[obj.uid] = obj
-        self.index.add(obj)
+            obj.version = self.store.save_object(obj.uid, obj.attrs, obj.secret_types(), 0, obj.lineage)
+
+        def apply():
+            if obj.token:
+                self.by_uid[obj.uid] = obj
+            self.index.add(obj)
+        self._then(apply)
 
     def update_object(self, obj: Obj, attrs: dict) -> None:
+        version = obj.version
         if obj.token:
-            self.store.save_object(obj.uid, attrs, obj.secret_types())
-        self.index.replace(obj, attrs)
+            version = self.store.save_object(obj.uid, attrs, obj.secret_types(), obj.version)
+
+        def apply():
+            self.index.replace(obj, attrs)
+            obj.version = version
+        self._then(apply)
 
     def remove_object(self, obj: Obj) -> None:
         if obj.token:
-            self.store.delete_object(obj.uid)
-            self.by_uid.pop(obj.uid, None)
-        self.index.remove(obj)
+            self.store.delete_object(obj.uid, obj.version)
+
+        def apply():
+            if obj.token:
+                self.by_uid.pop(obj.uid, None)
+            self.index.remove(obj)
+        self._then(apply)
 
     def open(self, obj: Obj) -> Obj:
         """Unseal the object's sealed values in place; refuses a tampered record.

@@ -20,6 +20,7 @@ it with `unseal` when a key is used, and a record that fails its check is refuse
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,37 @@ class Sealed:
     blob: bytes
 
 
+class Conflict(Exception):
+    """A compare-and-set write found the object at another version than the writer
+    read (changed or destroyed by another process or thread), or a new object's uid
+    taken or tombstoned. Nothing was written; the engine refreshes and decides again."""
+
+
+class Changes(NamedTuple):
+    """What changes(cursor) answers. `upserts`: (uid, version, attrs) with Sealed
+    placeholders; `deleted`: uids. `full`: the answer is the whole token (the cursor
+    was None, or older than the pruned tombstones): anything the reader holds that
+    is not in `upserts` is gone."""
+    cursor: int
+    upserts: list
+    deleted: list
+    full: bool
+
+
 class TokenStore(ABC):
+    """The contract every store keeps (memory, SQLite, filesystem, PostgreSQL); the
+    contract tests in tests/unit/test_store.py run over each.
+
+    Versions: every object record has a version, 1 when created, +1 per write.
+    Every write names the version the writer read (`expect`; 0 for a new object)
+    and raises Conflict if the stored one differs: no silent overwrite, and a
+    destroyed object's uid can never be written again (its tombstone, or the
+    pruning horizon, says it existed), so no interleaving resurrects it.
+    Transactions: writes inside `with store.transaction():` commit together or not
+    at all; outside one, each write is its own transaction.
+    The change feed: `head()` is (seq, epoch), one cheap read; seq grows by one per
+    object write or delete (in any process), epoch per C_InitToken."""
+
     # --- the token record ---------------------------------------------------
     @abstractmethod
     def initialized(self) -> bool: ...
@@ -79,19 +110,46 @@ class TokenStore(ABC):
 
     # --- objects --------------------------------------------------------------
     @abstractmethod
-    def save_object(self, uid: str, attrs: dict, sensitive: frozenset) -> None:
-        """Insert or replace a token object, durably (committed before return).
-        `attrs` maps CKA -> typed value (see provider.attrtypes); values whose type
-        is in `sensitive` are sealed as described above."""
+    def transaction(self):
+        """Context manager: the writes inside commit as one (nested: joins the outer)."""
 
     @abstractmethod
-    def delete_object(self, uid: str) -> None: ...
+    def save_object(self, uid: str, attrs: dict, sensitive: frozenset, expect: int = 0,
+                    lineage: str | None = None) -> int:
+        """Write a token object if its stored version is `expect` (0: it must never
+        have existed); returns the new version. Durable when the outermost
+        transaction commits. `attrs` maps CKA -> typed value (provider.attrtypes);
+        values whose type is in `sensitive` are sealed as described above.
+        `lineage` (new objects only): the uid whose IV counter this object's key
+        shares (a copy of a key shares its source's); default its own uid."""
 
     @abstractmethod
-    def changes(self, cursor) -> tuple:
-        """(new_cursor, upserts, deleted): objects written and uids deleted since
-        `cursor` (None = everything) by this or any other process. `upserts` is a
-        list of (uid, attrs) with Sealed placeholders. Cheap when nothing changed."""
+    def delete_object(self, uid: str, expect: int) -> None:
+        """Delete it if its stored version is `expect`, leaving a tombstone; else Conflict."""
+
+    @abstractmethod
+    def check_object(self, uid: str, expect: int) -> str:
+        """Conflict unless the object is stored at version `expect`; returns its
+        lineage. Inside a transaction it holds until the commit (C_CopyObject
+        checks its source this way: a copy of a destroyed key is never made)."""
+
+    @abstractmethod
+    def head(self) -> tuple:
+        """(seq, epoch), cheaply: if it did not move, nothing changed."""
+
+    @abstractmethod
+    def changes(self, cursor) -> Changes:
+        """Objects written and uids deleted since `cursor` (None = everything) by
+        this or any other process. Cheap when nothing changed."""
+
+    @abstractmethod
+    def reserve_counter(self, uid: str, count: int, legacy: str | None = None,
+                        lineage: str | None = None) -> int:
+        """Reserve `count` values of the IV counter of `uid`'s lineage; returns the
+        first. `lineage` names it for a session object (not in the store); for a
+        token object uid must be stored (else Conflict). Durable before it returns; never hands out a value twice, whatever
+        happens to any file beside the store. `legacy`: the identifier a release
+        before schema 2 kept this key's counter under (imported at the upgrade)."""
 
     @abstractmethod
     def unseal(self, uid: str, cka: int, value: Sealed) -> bytes:
@@ -100,3 +158,27 @@ class TokenStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+class Catalog(ABC):
+    """The tokens one store holds, found in the store itself (a table, a directory
+    of token stores), never by the engine guessing names. One per Library; the
+    kind is chosen by the configuration's [store] table (provider/store/__init__.py)."""
+
+    @abstractmethod
+    def names(self) -> list:
+        """The initialized tokens, in the order they were created."""
+
+    @abstractmethod
+    def open(self, name: str) -> TokenStore: ...
+
+    @abstractmethod
+    def new(self) -> tuple:
+        """(name, store) for a token not made yet: it exists once store.initialize() ran."""
+
+    @abstractmethod
+    def discard(self, name: str) -> None:
+        """Remove what a failed initialize() of a new token left behind."""
+
+    def close(self) -> None:
+        """Release what the catalog itself holds (the stores close on their own)."""

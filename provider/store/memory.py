@@ -1,19 +1,26 @@
-"""A TokenStore in memory, with the same semantics as the SQLite one (all of it
-lives in sealing.SealingStore); for engine unit tests.
+"""A TokenStore in memory, with the same semantics as the others (all of it lives
+in sealing.SealingStore); for engine unit tests and `[store] kind = "memory"`
+(tokens that last as long as the process).
 
 Two MemoryStore objects given the same `data` behave like two processes sharing
-one token file: each sees the other's writes through changes()."""
+one token: each sees the other's writes through changes(), and a write
+transaction holds the data's lock and is undone whole if it fails."""
 
+import copy
+import threading
 from contextlib import contextmanager
 
 from .. import constants as C
 from ..errors import PKCS11Error
+from .base import Catalog
 from .sealing import KDF_ITERATIONS, SealingStore
 
 
 def new_data() -> dict:
-    """The shared state: token record (None until initialized), objects, tombstones."""
-    return {"token": None, "objects": {}, "tombstones": {}}
+    """The shared state: token record (None until initialized), objects
+    (uid -> [version, lineage, seq, record, tag]), tombstones (uid -> seq), counters."""
+    return {"token": None, "objects": {}, "tombstones": {}, "counters": {}, "lock": threading.RLock(),
+            "depth": 0}
 
 
 class MemoryStore(SealingStore):
@@ -26,12 +33,30 @@ class MemoryStore(SealingStore):
         return self.data["token"] is not None
 
     def _create(self, fields: dict) -> None:
-        self.data.update(new_data(), token=dict(fields))
+        with self.data["lock"]:
+            self.data.update({k: v for k, v in new_data().items() if k not in ("lock", "depth")},
+                             token=dict(fields))
 
     @contextmanager
     def _write(self):
-        with self._lock:
-            yield
+        data = self.data
+        with data["lock"]:
+            if data["depth"]:
+                data["depth"] += 1
+                try:
+                    yield
+                finally:
+                    data["depth"] -= 1
+                return
+            saved = {k: copy.copy(data[k]) for k in ("token", "objects", "tombstones", "counters")}  # O(n): tests
+            data["depth"] = 1
+            try:
+                yield
+            except BaseException:
+                data.update(saved)
+                raise
+            finally:
+                data["depth"] = 0
 
     def _token(self) -> dict:
         if self.data["token"] is None:
@@ -45,24 +70,64 @@ class MemoryStore(SealingStore):
         self.data["token"]["seq"] += 1
         return self.data["token"]["seq"]
 
-    def _put(self, uid: str, record: bytes, tag: bytes) -> None:
-        self.data["tombstones"].pop(uid, None)
-        self.data["objects"][uid] = (self._next_seq(), record, tag)
+    def _row(self, uid: str) -> tuple | None:
+        row = self.data["objects"].get(uid)
+        return None if row is None else (row[0], row[1])
+
+    def _tombstoned(self, uid: str) -> bool:
+        return uid in self.data["tombstones"]
+
+    def _put(self, uid: str, version: int, record: bytes, tag: bytes, lineage: str) -> None:
+        self.data["objects"][uid] = [version, lineage, self._next_seq(), record, tag]
 
     def _delete(self, uid: str) -> None:
-        if self.data["objects"].pop(uid, None) is not None:
-            self.data["tombstones"][uid] = self._next_seq()
+        del self.data["objects"][uid]
+        self.data["tombstones"][uid] = self._next_seq()
 
-    def _wipe(self) -> None:
-        for uid in list(self.data["objects"]):
-            self._delete(uid)
+    def _uids(self) -> list:
+        return list(self.data["objects"])
+
+    def _prune(self, upto: int) -> None:
+        stones = self.data["tombstones"]
+        for uid in [u for u, seq in stones.items() if seq <= upto]:
+            del stones[uid]
 
     def _head(self) -> tuple:
         tok = self._token()
         return tok["seq"], tok["epoch"]
 
     def _since(self, cursor) -> tuple:
-        floor = -1 if cursor is None else cursor
-        rows = [(uid, rec, tag) for uid, (seq, rec, tag) in self.data["objects"].items() if seq > floor]
-        gone = [] if cursor is None else [u for u, s in self.data["tombstones"].items() if s > floor]
-        return self._token(), rows, gone
+        with self.data["lock"]:
+            floor = -1 if cursor is None else cursor
+            rows = [(uid, version, rec, tag) for uid, (version, _, seq, rec, tag) in self.data["objects"].items()
+                     if seq > floor]
+            gone = [] if cursor is None else [u for u, s in self.data["tombstones"].items() if s > floor]
+            return self._token(), rows, gone
+
+    def _counter(self, name: str) -> int | None:
+        return self.data["counters"].get(name)
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self.data["counters"][name] = value
+
+
+class MemoryCatalog(Catalog):
+    """Tokens that live as long as the process: `[store] kind = "memory"`."""
+
+    def __init__(self, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
+        self._args = (max_pin_failures, kdf_iterations)
+        self._tokens: dict[str, dict] = {}
+
+    def names(self) -> list:
+        return [name for name, data in self._tokens.items() if data["token"] is not None]
+
+    def open(self, name: str) -> MemoryStore:
+        return MemoryStore(self._tokens[name], *self._args)
+
+    def new(self) -> tuple:
+        name = f"memory-{len(self._tokens) + 1:06d}"
+        self._tokens[name] = new_data()
+        return name, self.open(name)
+
+    def discard(self, name: str) -> None:
+        self._tokens.pop(name, None)

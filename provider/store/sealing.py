@@ -18,8 +18,9 @@ whoever can read it has the public key too (see base.py: public objects promise 
 more than the file's permissions).
 
 `SealingStore` is the TokenStore contract on top of a few persistence primitives
-(read / update the token record, put / delete / wipe object records, read changes)
-that sqlite.py and memory.py provide.  PIN failure counters are incremented and
+(read / update the token record, read / put / delete object rows, read changes,
+counters) that each store provides; the version checks, tombstone pruning and IV
+counter rules are written here once.  PIN failure counters are incremented and
 committed before the (slow) PIN check and reset after a success, so a process
 killed mid-check still counts the try.  A wrong PIN that reaches the limit answers
 CKR_PIN_INCORRECT; every try after that, right PIN or not, CKR_PIN_LOCKED.
@@ -40,9 +41,12 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from . import records
-from .base import Sealed, TokenStore
+from .base import Changes, Conflict, Sealed, TokenStore
 
 KDF_ITERATIONS = 600_000
+SCHEMA_VERSION = 2         # 1: the first release (no versions); 2: versions, counters, pruning
+TOMBSTONE_WINDOW = 1000    # tombstones kept for the last this-many changes; older readers resync
+IV_PREFIX, LEGACY_PREFIX = "iv:", "legacy:"
 KEY_LEN, SALT_LEN, NONCE_LEN = 32, 16, 12
 MASTER, PUBLIC = b"M", b"P"
 _ULONG = struct.Struct(">Q")
@@ -114,7 +118,7 @@ PIN_FLAGS = {
     "so": (C.CKF_SO_PIN_COUNT_LOW, C.CKF_SO_PIN_FINAL_TRY, C.CKF_SO_PIN_LOCKED),
     "user": (C.CKF_USER_PIN_COUNT_LOW, C.CKF_USER_PIN_FINAL_TRY, C.CKF_USER_PIN_LOCKED),
 }
-TOKEN_FIELDS = ("label", "serial", "epoch", "seq", "pub_key",
+TOKEN_FIELDS = ("label", "serial", "epoch", "seq", "pruned", "pub_key",
                 "so_salt", "so_iters", "so_wrap", "so_fail",
                 "user_salt", "user_iters", "user_wrap", "user_fail")
 NO_USER_PIN = {"user_salt": None, "user_iters": None, "user_wrap": None, "user_fail": 0}
@@ -158,7 +162,8 @@ class SealingStore(TokenStore):
 
     @abstractmethod
     def _write(self):
-        """Context manager: one atomic, durable write transaction."""
+        """Context manager: one atomic, durable write transaction that no other
+        writer (thread or process) interleaves with; nested, it joins the outer one."""
 
     @abstractmethod
     def _token(self) -> dict:
@@ -168,16 +173,27 @@ class SealingStore(TokenStore):
     def _update(self, fields: dict) -> None: ...
 
     @abstractmethod
-    def _put(self, uid: str, record: bytes, tag: bytes) -> None:
-        """Insert or replace; gives the object the next change number."""
+    def _row(self, uid: str) -> tuple | None:
+        """(version, lineage) of the stored object, or None."""
+
+    @abstractmethod
+    def _tombstoned(self, uid: str) -> bool: ...
+
+    @abstractmethod
+    def _put(self, uid: str, version: int, record: bytes, tag: bytes, lineage: str) -> None:
+        """Insert or replace the row; gives it the next change number."""
 
     @abstractmethod
     def _delete(self, uid: str) -> None:
-        """Remove, leaving a tombstone with the next change number."""
+        """Remove the (existing) row, leaving a tombstone with the next change number."""
 
     @abstractmethod
-    def _wipe(self) -> None:
-        """_delete every object."""
+    def _uids(self) -> list:
+        """Every stored object's uid."""
+
+    @abstractmethod
+    def _prune(self, upto: int) -> None:
+        """Forget tombstones with change number <= upto (token field `pruned` is set by the caller)."""
 
     @abstractmethod
     def _head(self) -> tuple:
@@ -185,8 +201,14 @@ class SealingStore(TokenStore):
 
     @abstractmethod
     def _since(self, cursor) -> tuple:
-        """One consistent snapshot: (token record, [(uid, record, tag)], [deleted uid])
+        """One consistent snapshot: (token record, [(uid, version, record, tag)], [deleted uid])
         with change number > cursor (None: every object, no tombstones)."""
+
+    @abstractmethod
+    def _counter(self, name: str) -> int | None: ...
+
+    @abstractmethod
+    def _set_counter(self, name: str, value: int) -> None: ...
 
     # token record --------------------------------------------------------------------
     def initialized(self) -> bool:
@@ -216,11 +238,12 @@ class SealingStore(TokenStore):
                       "so_fail": 0, **NO_USER_PIN,
                       **wrap_master(master, so_pin, serial, "so", self.kdf_iterations)}
             if fresh:
-                self._create({**fields, "epoch": 1, "seq": 0})
+                self._create({**fields, "epoch": 1, "seq": 0, "pruned": 0})
             else:
                 with self._write():
                     epoch = self._token()["epoch"]
-                    self._wipe()
+                    for uid in self._uids():
+                        self._delete(uid)
                     self._update({**fields, "epoch": epoch + 1})
             self.logout()
             self._keys = None
@@ -292,8 +315,20 @@ class SealingStore(TokenStore):
             self._keys = (tok["epoch"], tok["serial"], tok["pub_key"], tag_key(tok["pub_key"]))
         return self._keys[1:]
 
-    def save_object(self, uid: str, attrs: dict, sensitive: frozenset) -> None:
+    def transaction(self):
+        return self._write()
+
+    def _at(self, uid: str, expect: int) -> tuple:
+        """The stored (version, lineage) of uid, which must be `expect`; else Conflict."""
+        row = self._row(uid)
+        if (row[0] if row else 0) != expect or (expect == 0 and self._tombstoned(uid)):
+            raise Conflict(uid)
+        return row
+
+    def save_object(self, uid: str, attrs: dict, sensitive: frozenset, expect: int = 0,
+                    lineage: str | None = None) -> int:
         with self._lock, self._write():
+            row = self._at(uid, expect)
             tok = self._token()
             serial, pub, tkey = self._public(tok)
             key_id = MASTER if attrs.get(C.CKA_PRIVATE) else PUBLIC
@@ -308,29 +343,51 @@ class SealingStore(TokenStore):
             plain = {cka: attrtypes.decode(cka, self.unseal(uid, cka, v)) if isinstance(v, Sealed) else v
                      for cka, v in attrs.items()}
             record = records.pack(plain, sensitive, seal)
-            self._put(uid, record, record_tag(tkey, serial, uid, record))
+            self._put(uid, expect + 1, record, record_tag(tkey, serial, uid, record),
+                      row[1] if row else (lineage or uid))
+            return expect + 1
 
-    def delete_object(self, uid: str) -> None:
+    def delete_object(self, uid: str, expect: int) -> None:
         with self._lock, self._write():
+            if expect == 0:
+                raise Conflict(uid)
+            self._at(uid, expect)
             self._delete(uid)
+            tok = self._token()
+            if tok["seq"] - tok["pruned"] > 2 * TOMBSTONE_WINDOW:
+                self._prune(tok["seq"] - TOMBSTONE_WINDOW)
+                self._update({"pruned": tok["seq"] - TOMBSTONE_WINDOW})
 
-    def changes(self, cursor) -> tuple:
+    def check_object(self, uid: str, expect: int) -> str:
+        with self._lock, self._write():
+            if expect == 0:
+                raise Conflict(uid)
+            return self._at(uid, expect)[1]
+
+    def head(self) -> tuple:
+        with self._lock:
+            return self._head()
+
+    def changes(self, cursor) -> Changes:
         with self._lock:
             seq, epoch = self._head()
             if self._master is not None and self._master_epoch != epoch:
                 self.logout()
             if cursor is not None and seq == cursor:
-                return cursor, [], []
+                return Changes(cursor, [], [], False)
             tok, rows, deleted = self._since(cursor)
+            full = cursor is None or cursor < tok["pruned"]
+            if full and cursor is not None:
+                tok, rows, deleted = self._since(None)
             serial, _, tkey = self._public(tok)
             upserts = []
-            for uid, record, tag in rows:
+            for uid, version, record, tag in rows:
                 attrs = self._verified(tkey, serial, uid, record, tag)
                 if attrs is None:
                     deleted.append(uid)   # drop any older copy the caller holds too
                 else:
-                    upserts.append((uid, attrs))
-            return tok["seq"], upserts, deleted
+                    upserts.append((uid, version, attrs))
+            return Changes(tok["seq"], upserts, deleted, full)
 
     @staticmethod
     def _verified(tkey: bytes, serial: str, uid: str, record: bytes, tag: bytes) -> dict | None:
@@ -341,6 +398,19 @@ class SealingStore(TokenStore):
                 pass
         LOG.warning("token %s: object %s fails its integrity check; not served", serial, uid)
         return None
+
+    def reserve_counter(self, uid: str, count: int, legacy: str | None = None,
+                        lineage: str | None = None) -> int:
+        with self._lock, self._write():
+            row = self._row(uid)
+            if row is None and lineage is None:
+                raise Conflict(uid)          # a token object destroyed meanwhile
+            name = IV_PREFIX + (row[1] if row else lineage)
+            if legacy is not None and self._counter(LEGACY_PREFIX + legacy) is not None:
+                name = LEGACY_PREFIX + legacy     # the key's counter from before schema 2
+            start = self._counter(name) or 0
+            self._set_counter(name, start + count)
+            return start
 
     def unseal(self, uid: str, cka: int, value: Sealed) -> bytes:
         with self._lock:
@@ -360,4 +430,3 @@ class SealingStore(TokenStore):
 
     def close(self) -> None:
         self.logout()
-

@@ -11,41 +11,71 @@ The file does not exist until initialize(): a free slot's path is only a name.
 It is created 0600 (its WAL and shared-memory files inherit that mode), its
 directory 0700 when we create it.
 
-Tables:
-  token       one row: label, serial, epoch, seq (last change number), public
-              sealing key, per PIN salt / KDF iterations / wrapped master key /
-              failure counter
-  objects     uid, seq of its last write, record (records.py), tag (sealing.py)
-  tombstones  uid, seq of its deletion; kept so that every process sees deletes.
+Tables (schema 2, in PRAGMA user_version; older files are upgraded in place
+when first opened, see MIGRATIONS):
+  token       one row: label, serial, epoch, seq (last change number), pruned
+              (tombstones up to it are gone), public sealing key, per PIN salt /
+              KDF iterations / wrapped master key / failure counter
+  objects     uid, version, lineage (whose IV counter it shares; NULL: its own),
+              seq of its last write, record (records.py), tag (sealing.py)
+  tombstones  uid, seq of its deletion; kept so that every process sees deletes
+  counters    name -> next value: IV counters, "iv:<lineage uid>"
 changes(cursor) first reads token.seq (one row); only if it moved does it read
 the objects and tombstones with seq > cursor, in one read transaction.
+Compare-and-set: a write transaction is BEGIN IMMEDIATE, so the version a write
+checks cannot change before it commits.
 """
 
+import json
 import os
 import sqlite3
+import time
 import urllib.parse
 from contextlib import contextmanager
+from pathlib import Path
 
 from .. import constants as C
 from ..errors import PKCS11Error
-from .sealing import KDF_ITERATIONS, TOKEN_FIELDS, SealingStore
+from ..log import LOG
+from .base import Catalog
+from .sealing import KDF_ITERATIONS, LEGACY_PREFIX, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
 
 BUSY_TIMEOUT = 10.0
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS token (
+CREATE TABLE token (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     label BLOB NOT NULL, serial TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
-    pub_key BLOB NOT NULL,
+    pruned INTEGER NOT NULL DEFAULT 0, pub_key BLOB NOT NULL,
     so_salt BLOB, so_iters INTEGER, so_wrap BLOB, so_fail INTEGER NOT NULL,
     user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS objects (
-    uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS objects_seq ON objects (seq);
-CREATE TABLE IF NOT EXISTS tombstones (uid TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones (seq);
+CREATE TABLE objects (
+    uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1, lineage TEXT);
+CREATE INDEX objects_seq ON objects (seq);
+CREATE TABLE tombstones (uid TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE INDEX tombstones_seq ON tombstones (seq);
+CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """
+# schema version -> the statements that bring a file at that version to the next.
+# Version 1 (user_version 0) is the first release's file: no object versions, no
+# counters table (IV counters were in gcm-iv-counters.json beside the tokens).
+MIGRATIONS = {
+    1: """
+ALTER TABLE token ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE objects ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE objects ADD COLUMN lineage TEXT;
+CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
+""",
+}
+LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"
 _FORKED: list = []   # connections inherited across a fork: never used, never closed
+
+
+def _script(db, sql: str) -> None:
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 class SqliteStore(SealingStore):
@@ -55,6 +85,7 @@ class SqliteStore(SealingStore):
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._seen = False   # a token once seen initialized stays so
+        self._depth = 0      # nesting of _transaction (under self._lock)
 
     # connection ----------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -69,7 +100,55 @@ class SqliteStore(SealingStore):
                                    check_same_thread=False)
             conn.execute("PRAGMA synchronous = FULL")
             self._conn, self._pid = conn, os.getpid()
+            self._upgrade(conn)
         return self._conn
+
+    def _upgrade(self, db) -> None:
+        """Bring an older file to SCHEMA_VERSION in place, in one transaction; a file
+        from a newer release is refused (its meaning may have changed)."""
+        version = db.execute("PRAGMA user_version").fetchone()[0] or 1
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            self._conn = None
+            db.close()
+            raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, f"token schema {version} is newer than this release's")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0] or 1
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'token'").fetchone() is None:
+                db.execute("ROLLBACK")        # not a token (yet): nothing to upgrade
+                return
+            start = version
+            while version < SCHEMA_VERSION:
+                _script(db, MIGRATIONS[version])
+                version += 1
+            if start < 2:
+                self._import_legacy_counters(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+            LOG.info("token file %s upgraded from schema %d to %d", self.path, start, SCHEMA_VERSION)
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _import_legacy_counters(self, db) -> None:
+        """The first release kept GCM IV counters in one JSON file beside the tokens,
+        keyed by a hash of the key value; they move into the store once, at the upgrade:
+        from then on the file is never read, so deleting or restoring it changes nothing."""
+        path = os.path.join(os.path.dirname(os.path.abspath(self.path)), LEGACY_IV_FILE)
+        try:
+            with open(path) as f:
+                table = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, f"cannot read {LEGACY_IV_FILE} to upgrade: {exc}") from None
+        for ident, value in table.items():
+            if isinstance(ident, str) and type(value) is int and value >= 0:
+                db.execute("INSERT INTO counters (name, next) VALUES (?, ?) ON CONFLICT (name) "
+                           "DO UPDATE SET next = MAX(next, excluded.next)", (LEGACY_PREFIX + ident, value))
 
     def close(self) -> None:
         with self._lock:
@@ -82,7 +161,15 @@ class SqliteStore(SealingStore):
     def _transaction(self, begin: str):
         with self._lock:
             db = self._db()
+            if self._depth:                  # joins the transaction already open
+                self._depth += 1
+                try:
+                    yield db
+                finally:
+                    self._depth -= 1
+                return
             db.execute(begin)
+            self._depth = 1
             try:
                 yield db
                 db.execute("COMMIT")
@@ -90,6 +177,8 @@ class SqliteStore(SealingStore):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
 
     def _write(self):
         return self._transaction("BEGIN IMMEDIATE")
@@ -114,9 +203,9 @@ class SqliteStore(SealingStore):
             db = self._db()
             db.execute("PRAGMA journal_mode = WAL")
             with self._write():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'token'").fetchone() is None:
+                    _script(db, SCHEMA)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.execute("DELETE FROM token")
                 db.execute(f"INSERT INTO token (id, {', '.join(fields)}) VALUES (1, {', '.join('?' * len(fields))})",
                            tuple(fields.values()))
@@ -138,20 +227,27 @@ class SqliteStore(SealingStore):
     def _next_seq(self) -> int:
         return self._db().execute("UPDATE token SET seq = seq + 1 WHERE id = 1 RETURNING seq").fetchone()[0]
 
-    def _put(self, uid: str, record: bytes, tag: bytes) -> None:
-        db = self._db()
-        db.execute("DELETE FROM tombstones WHERE uid = ?", (uid,))
-        db.execute("INSERT OR REPLACE INTO objects (uid, seq, record, tag) VALUES (?, ?, ?, ?)",
-                   (uid, self._next_seq(), record, tag))
+    def _row(self, uid: str) -> tuple | None:
+        return self._db().execute("SELECT version, COALESCE(lineage, uid) FROM objects WHERE uid = ?",
+                                  (uid,)).fetchone()
+
+    def _tombstoned(self, uid: str) -> bool:
+        return self._db().execute("SELECT 1 FROM tombstones WHERE uid = ?", (uid,)).fetchone() is not None
+
+    def _put(self, uid: str, version: int, record: bytes, tag: bytes, lineage: str) -> None:
+        self._db().execute("INSERT OR REPLACE INTO objects (uid, version, lineage, seq, record, tag) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", (uid, version, lineage, self._next_seq(), record, tag))
 
     def _delete(self, uid: str) -> None:
         db = self._db()
-        if db.execute("DELETE FROM objects WHERE uid = ?", (uid,)).rowcount:
-            db.execute("INSERT OR REPLACE INTO tombstones (uid, seq) VALUES (?, ?)", (uid, self._next_seq()))
+        db.execute("DELETE FROM objects WHERE uid = ?", (uid,))
+        db.execute("INSERT OR REPLACE INTO tombstones (uid, seq) VALUES (?, ?)", (uid, self._next_seq()))
 
-    def _wipe(self) -> None:
-        for (uid,) in self._db().execute("SELECT uid FROM objects").fetchall():
-            self._delete(uid)
+    def _uids(self) -> list:
+        return [uid for (uid,) in self._db().execute("SELECT uid FROM objects")]
+
+    def _prune(self, upto: int) -> None:
+        self._db().execute("DELETE FROM tombstones WHERE seq <= ?", (upto,))
 
     def _head(self) -> tuple:
         with self._lock:
@@ -162,8 +258,54 @@ class SqliteStore(SealingStore):
         with self._transaction("BEGIN"):
             tok = self._token()
             db = self._db()
-            rows = db.execute("SELECT uid, record, tag FROM objects WHERE seq > ? ORDER BY seq",
+            rows = db.execute("SELECT uid, version, record, tag FROM objects WHERE seq > ? ORDER BY seq",
                               (floor,)).fetchall()
             gone = [] if cursor is None else [u for (u,) in db.execute(
                 "SELECT uid FROM tombstones WHERE seq > ?", (floor,))]
         return tok, rows, gone
+
+    def _counter(self, name: str) -> int | None:
+        row = self._db().execute("SELECT next FROM counters WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._db().execute("INSERT OR REPLACE INTO counters (name, next) VALUES (?, ?)", (name, value))
+
+
+class SqliteCatalog(Catalog):
+    """The default store: a directory holding one SQLite file per token,
+    `token-<creation time ns>-<random>.sqlite` (the first release's layout)."""
+
+    PATTERN = "token-*.sqlite"
+
+    def __init__(self, directory, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
+        self.directory = Path(directory)
+        self._args = (max_pin_failures, kdf_iterations)
+        self._known: set[str] = set()      # names seen initialized (a token stays so)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def names(self) -> list:
+        for path in self.directory.glob(self.PATTERN):
+            if path.name not in self._known:
+                store = self.open(path.name)
+                try:
+                    if store.initialized():
+                        self._known.add(path.name)
+                except PKCS11Error as err:      # e.g. a file from a newer release: not ours to serve
+                    LOG.warning("token file %s not served: %s", path, err.reason)
+                finally:
+                    store.close()
+        return sorted(self._known)
+
+    def open(self, name: str) -> SqliteStore:
+        return SqliteStore(str(self.directory / name), *self._args)
+
+    def new(self) -> tuple:
+        name = f"token-{time.time_ns():020d}-{os.urandom(4).hex()}.sqlite"
+        return name, self.open(name)
+
+    def discard(self, name: str) -> None:
+        path = str(self.directory / name)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)

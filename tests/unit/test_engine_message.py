@@ -59,20 +59,39 @@ def test_length_query_generates_nothing(user):
     assert int.from_bytes(second[4:], "big") == int.from_bytes(first[4:], "big") + 1
 
 
-def test_counter_never_repeats_across_libraries(tmp_path):
+def _counter_ivs(lib, s, k, n):
+    lib.message_encrypt_init(s, GCM, k)
+    ivs = [lib.encrypt_message(s, mp(FIXED + bytes(8), 32, C.CKG_GENERATE), b"", b"x", 1)[0] for _ in range(n)]
+    lib.message_encrypt_final(s)
+    return ivs
+
+
+def _find(lib, s, label):
+    lib.find_objects_init(s, T(LABEL=label))
+    found = lib.find_objects(s, 2)
+    lib.find_objects_final(s)
+    assert len(found) == 1
+    return found[0]
+
+
+def test_counter_never_repeats_across_libraries_and_copies(tmp_path):
+    """The counter belongs to the key object and its copies (store.reserve_counter),
+    kept in the store: another library (process) on the same token continues it."""
     lib = make_library(tmp_path)
     slot = init_token(lib)
     s = lib.open_session(slot, RW)
     lib.login(s, C.CKU_USER, USER_PIN)
-    lib.message_encrypt_init(s, GCM, key(lib, s))
-    seen = {lib.encrypt_message(s, mp(FIXED + bytes(8), 32, C.CKG_GENERATE), b"", b"x", 1)[0] for _ in range(3)}
+    k = key(lib, s, token=True, LABEL=b"ctr")
+    seen = _counter_ivs(lib, s, k, 3)
+    seen += _counter_ivs(lib, s, lib.copy_object(s, k, T(LABEL=b"ctr copy")), 2)           # a token copy
+    seen += _counter_ivs(lib, s, lib.copy_object(s, k, T(TOKEN=False, LABEL=b"s")), 1)     # a session copy
     lib.finalize()
     again = make_library(tmp_path)          # another process, or the same one later
     s = again.open_session(slot, RW)
     again.login(s, C.CKU_USER, USER_PIN)
-    again.message_encrypt_init(s, GCM, key(again, s))      # the same key value, a new object
-    seen.add(again.encrypt_message(s, mp(FIXED + bytes(8), 32, C.CKG_GENERATE), b"", b"x", 1)[0])
-    assert len(seen) == 4
+    seen += _counter_ivs(again, s, _find(again, s, b"ctr"), 1)
+    seen += _counter_ivs(again, s, _find(again, s, b"ctr copy"), 1)
+    assert len(set(seen)) == len(seen) == 8
     again.finalize()
 
 
