@@ -15,7 +15,6 @@ import functools
 import itertools
 import os
 import threading
-import time
 
 from . import constants as C
 from . import log
