@@ -21,13 +21,13 @@ Every file is written by `write_atomic`: temp file, fsync, rename, directory fsy
 A write transaction (`_write`, re-entrant: nested joins the outer) takes the exclusive
 lock, collects its changes in memory (`_Tx`: the primitives read through it), and at
 the end commits:
-  1. the new version files, at their final names (nothing points at them yet);
-  2. journal.json: what the transaction changes (pointers to move, tombstones, counters,
-     log lines with the log's size before them, the new token record); once it is on
-     disk the transaction is committed;
-  3. apply the journal (every step idempotent), then remove it.
+  1. journal.json: everything the transaction changes (the new version records, pointers
+     to move, tombstones, counters, change-log lines with the log's size before them,
+     the new token record); once it is on disk the transaction is committed;
+  2. apply the journal (every step idempotent; files fsynced, then their directories),
+     then remove it.
 Whoever next takes the lock, to write or to read, and finds a journal (its writer died
-in 3) applies it again first: a transaction is on disk whole or not at all.  A
+in 2) applies it again first: a transaction is on disk whole or not at all.  A
 transaction that only changes the token record (a PIN failure counter) is one atomic
 replace of token.json and needs no journal.
 
@@ -76,8 +76,9 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def write_atomic(path, data: bytes) -> None:
-    """Replace `path` with `data` durably: temp file beside it, fsync, rename, fsync the directory.
+def write_atomic(path, data: bytes, sync_dir: bool = True) -> None:
+    """Replace `path` with `data` durably: temp file beside it, fsync, rename, fsync the directory
+    (the caller does that last step itself, once for several files, if `sync_dir` is false).
     Whoever reads `path` sees the old content or the new, never a part."""
     path = str(path)
     directory, name = os.path.split(path)
@@ -95,7 +96,8 @@ def write_atomic(path, data: bytes) -> None:
     except BaseException:
         _unlink(tmp)
         raise
-    fsync_dir(directory or ".")
+    if sync_dir:
+        fsync_dir(directory or ".")
 
 
 def _unlink(path) -> bool:
@@ -270,26 +272,20 @@ class FilesystemStore(SealingStore):
             write_atomic(self._token_path, encode_token(tx.token))
             return
         puts, deletes = [], []
-        new_dirs = False
         for name, entry in tx.objects.items():
             obj_dir = self._keys_dir / name
-            new_dirs |= _mkdir(obj_dir)
             if "deleted" in entry:
-                files = sorted(f for f in os.listdir(obj_dir) if _VERSION_FILE.fullmatch(f))
+                files = sorted(f for f in os.listdir(obj_dir) if _VERSION_FILE.fullmatch(f)) \
+                    if obj_dir.is_dir() else []
                 deletes.append({"dir": name, "seq": entry["deleted"], "files": files})
             else:
-                current = _read_json(obj_dir / CURRENT_FILE)
-                write_atomic(obj_dir / version_file(entry["version"]), _dumps(
-                    {"uid": entry["uid"], "version": entry["version"], "lineage": entry["lineage"],
-                     "seq": entry["seq"], "record": _b64(entry["record"]), "tag": _b64(entry["tag"])}))
+                current = self._current(name)
                 puts.append({"dir": name, "version": entry["version"], "lineage": entry["lineage"],
-                             "seq": entry["seq"], "old": current and current["version"]})
-        if new_dirs:
-            fsync_dir(self._keys_dir)
+                             "seq": entry["seq"], "uid": entry["uid"], "record": _b64(entry["record"]),
+                             "tag": _b64(entry["tag"]), "old": current and current["version"]})
         lines = "".join(tx.lines)
         if tx.prune is not None:
-            kept = "".join(line for line in self._log_lines_after(tx.prune))
-            log = {"replace": kept + lines}
+            log = {"replace": "".join(self._log_lines_after(tx.prune)) + lines}
         else:
             log = {"size": self._log_size(), "lines": lines}
         journal = {"puts": puts, "deletes": deletes, "log": log,
@@ -297,29 +293,43 @@ class FilesystemStore(SealingStore):
                    "token": encode_token(tx.token).decode()}
         write_atomic(self._journal_path, _dumps(journal))     # the commit point
         self._apply(journal)
-        self._end_journal()
+        _unlink(self._journal_path)     # made durable by the next commit's fsync of this directory;
+        #                                 until then a crash only applies the journal again
 
     def _apply(self, journal: dict) -> None:
-        """Make the files what `journal` says; running it again (after a crash) changes nothing."""
+        """Make the files what `journal` says; running it again (after a crash) changes nothing.
+        Each file is fsynced as written, each directory once at the end, before the
+        journal goes."""
+        dirs, new_dirs = {self.root}, False
         for put in journal["puts"]:
             obj_dir = self._keys_dir / put["dir"]
-            write_atomic(obj_dir / CURRENT_FILE, _dumps({k: put[k] for k in ("version", "lineage", "seq")}))
+            new_dirs |= _mkdir(obj_dir)
+            dirs.add(obj_dir)
+            write_atomic(obj_dir / version_file(put["version"]), _dumps(
+                {k: put[k] for k in ("uid", "version", "lineage", "seq", "record", "tag")}), sync_dir=False)
+            write_atomic(obj_dir / CURRENT_FILE, _dumps({k: put[k] for k in ("version", "lineage", "seq")}),
+                         sync_dir=False)
             if put["old"] is not None and put["old"] != put["version"]:
                 _unlink(obj_dir / version_file(put["old"]))
         for gone in journal["deletes"]:
             obj_dir = self._keys_dir / gone["dir"]
-            write_atomic(obj_dir / TOMBSTONE_FILE, _dumps({"seq": gone["seq"]}))
+            new_dirs |= _mkdir(obj_dir)
+            dirs.add(obj_dir)
+            write_atomic(obj_dir / TOMBSTONE_FILE, _dumps({"seq": gone["seq"]}), sync_dir=False)
             _unlink(obj_dir / CURRENT_FILE)
             for name in gone["files"]:
                 _unlink(obj_dir / name)
-            fsync_dir(obj_dir)
+        if new_dirs:
+            dirs.add(self._keys_dir)
         if journal["counters"]:
-            _mkdir(self._counters_dir)
+            if _mkdir(self._counters_dir):
+                dirs.add(self.root)
+            dirs.add(self._counters_dir)
             for name, value in journal["counters"].items():
-                write_atomic(self._counters_dir / name, str(value).encode())
+                write_atomic(self._counters_dir / name, str(value).encode(), sync_dir=False)
         log = journal["log"]
         if "replace" in log:
-            write_atomic(self._log_path, log["replace"].encode())
+            write_atomic(self._log_path, log["replace"].encode(), sync_dir=False)
         else:
             fd = os.open(self._log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -329,7 +339,9 @@ class FilesystemStore(SealingStore):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        write_atomic(self._token_path, journal["token"].encode())
+        write_atomic(self._token_path, journal["token"].encode(), sync_dir=False)
+        for directory in dirs:
+            fsync_dir(directory)
 
     def _end_journal(self) -> None:
         _unlink(self._journal_path)
