@@ -198,10 +198,12 @@ class FilesystemStore(SealingStore):
         self._token_path = self.root / TOKEN_FILE
         self._journal_path = self.root / JOURNAL_FILE
         self._log_path = self.root / LOG_FILE
+        self._objects = str(self._keys_dir)      # (str paths where it is per object: pathlib costs)
         self._fd: int | None = None        # the lock file, opened by this pid
         self._pid = 0
         self._depth = 0                    # nesting of _write (under self._lock)
         self._tx: _Tx | None = None
+        self._owner = 0                    # the thread running the transaction
         self._seen = False
 
     # locking and recovery --------------------------------------------------------------
@@ -257,7 +259,7 @@ class FilesystemStore(SealingStore):
             try:
                 self._recover()
                 self._tx = _Tx(self._read_token())
-                self._depth = 1
+                self._depth, self._owner = 1, threading.get_ident()
                 yield
                 self._commit(self._tx)
             finally:
@@ -389,12 +391,12 @@ class FilesystemStore(SealingStore):
         return decode_token(data)
 
     def _current(self, name: str) -> dict | None:
-        return _read_json(self._keys_dir / name / CURRENT_FILE)
+        return _read_json(os.path.join(self._objects, name, CURRENT_FILE))
 
     def _version_row(self, name: str, version: int) -> tuple | None:
         """(uid, version, record, tag, seq) of a stored version, or None (missing or unreadable)."""
         try:
-            data = _read_json(self._keys_dir / name / version_file(version))
+            data = _read_json(os.path.join(self._objects, name, version_file(version)))
             if data is not None:
                 return data["uid"], data["version"], _unb64(data["record"]), _unb64(data["tag"]), data["seq"]
         except (ValueError, KeyError, TypeError):
@@ -435,8 +437,10 @@ class FilesystemStore(SealingStore):
             self._seen = True
 
     def _token(self) -> dict:
-        if self._depth and self._tx is not None and self._pid == os.getpid():
-            return dict(self._tx.token)
+        tx = self._tx          # (label, pin_flags... read it without the store lock: another
+        #                        thread's transaction is not ours to see)
+        if tx is not None and self._owner == threading.get_ident() and self._pid == os.getpid():
+            return dict(tx.token)
         return self._read_token()
 
     def _update(self, fields: dict) -> None:
@@ -477,12 +481,14 @@ class FilesystemStore(SealingStore):
         self._tx.objects[name] = {"deleted": seq}
         self._tx.lines.append(f"{seq} {name} -\n")
 
-    def _stored_names(self) -> list:
+    def _object_dirs(self) -> list:
         try:
-            names = os.listdir(self._keys_dir)
+            return [n for n in os.listdir(self._objects) if not n.startswith(".")]
         except FileNotFoundError:
             return []
-        return [n for n in names if not n.startswith(".") and (self._keys_dir / n / CURRENT_FILE).exists()]
+
+    def _stored_names(self) -> list:
+        return [n for n in self._object_dirs() if os.path.exists(os.path.join(self._objects, n, CURRENT_FILE))]
 
     def _uids(self) -> list:
         names = set(self._stored_names())
@@ -510,7 +516,7 @@ class FilesystemStore(SealingStore):
             tx = self._tx
             rows, gone = [], []
             if cursor is None:
-                latest = {n: None for n in self._stored_names()}
+                latest = dict.fromkeys(self._object_dirs())     # (destroyed ones: no current.json)
                 if tx:
                     latest.update({n: e for n, e in tx.objects.items()})
                 for name, entry in latest.items():
