@@ -507,7 +507,11 @@ class FilesystemStore(SealingStore):
                 if self._journal_path.exists():
                     with self._reading():      # rolls the dead writer's transaction forward
                         pass
-                tok = self._read_token()
+                data = _read_json(self._token_path)     # (no need to decode the whole record)
+                if data is None or data.get("schema") != SCHEMA_VERSION:
+                    tok = self._read_token()            # raises the reason
+                else:
+                    tok = data["token"]
             return tok["seq"], tok["epoch"]
 
     def _since(self, cursor) -> tuple:
