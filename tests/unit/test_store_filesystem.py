@@ -371,13 +371,19 @@ def test_changes_cost_independent_of_object_count(tmp_path, n):
 
 def test_since_bisects_a_long_log(tmp_path):
     root = tmp_path / "token.d"
-    s = _token_with(root, 3000)
-    for cursor in (0, 1, 1499, 2999, 3000):
-        lines = s._log_lines_after(cursor)
-        assert [int(line.split()[0]) for line in lines] == list(range(cursor + 1, 3001))
+    s = new_token(root)
+    count = 100_000
+    (root / fs.LOG_FILE).write_text("".join(f"{seq} obj-{seq % 977} {seq // 977 + 1}\n"
+                                            for seq in range(1, count + 1)))
+    for cursor in (0, 1, 977, 50_000, count - 1, count):
+        with Opens() as opened:
+            lines = s._log_lines_after(cursor)
+        assert [int(line.split()[0]) for line in lines] == list(range(cursor + 1, count + 1))
+        assert opened.paths == [str(root / fs.LOG_FILE)]
 
 
-def test_prune_compacts_the_log_tombstones_stay(tmp_path):
+def test_prune_compacts_the_log_tombstones_stay(tmp_path, monkeypatch):
+    monkeypatch.setattr(sealing, "TOMBSTONE_WINDOW", 10)
     root = tmp_path / "token.d"
     s = new_token(root)
     s.save_object("early", data(b"e"), frozenset())
@@ -391,6 +397,9 @@ def test_prune_compacts_the_log_tombstones_stay(tmp_path):
     assert seqs == list(range(tok["pruned"] + 1, tok["seq"] + 1))
     assert (root / "keys/early/tombstone.json").exists()
     assert rv_conflict(s.save_object, "early", data(b"zombie"), frozenset(), 0)   # never written again
+    reader = open_store(root)
+    assert reader.changes(1).full                             # a reader from before: resyncs
+    assert reader.changes(tok["seq"] - 1).deleted == ["t0"]
 
 
 # --- a Library on it ------------------------------------------------------------------
