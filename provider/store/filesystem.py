@@ -385,13 +385,24 @@ class FilesystemStore(SealingStore):
 
     # reading ----------------------------------------------------------------------------
     def _read_token(self) -> dict:
-        data = _read_json(self._token_path)
-        if data is None:
-            raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, "token not initialized")
-        return decode_token(data)
+        try:
+            data = _read_json(self._token_path)
+            if data is None:
+                raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, "token not initialized")
+            return decode_token(data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, f"token record {self._token_path} unreadable") from None
 
     def _current(self, name: str) -> dict | None:
-        return _read_json(os.path.join(self._objects, name, CURRENT_FILE))
+        """The object's pointer, or None (no such object, or destroyed)."""
+        try:
+            entry = _read_json(os.path.join(self._objects, name, CURRENT_FILE))
+            if entry is None or (type(entry["version"]) is int and isinstance(entry["lineage"], str)):
+                return entry
+        except (ValueError, KeyError, TypeError):
+            pass
+        LOG.error("token %s: the pointer of object %s is unreadable", self.root.name, name_of(name))
+        raise PKCS11Error(C.CKR_DEVICE_ERROR, "object pointer unreadable")
 
     def _version_row(self, name: str, version: int) -> tuple | None:
         """(uid, version, record, tag, seq) of a stored version, or None (missing or unreadable)."""
@@ -412,7 +423,9 @@ class FilesystemStore(SealingStore):
                 try:
                     self._read_token()
                     self._seen = True
-                except (ValueError, KeyError, TypeError, AttributeError):
+                except PKCS11Error as err:
+                    if err.rv != C.CKR_DEVICE_ERROR:     # (a newer schema: said, not hidden)
+                        raise
                     self._seen = False
             return self._seen
 
@@ -524,7 +537,10 @@ class FilesystemStore(SealingStore):
                 if tx:
                     latest.update({n: e for n, e in tx.objects.items()})
                 for name, entry in latest.items():
-                    entry = entry or self._current(name)
+                    try:
+                        entry = entry or self._current(name)
+                    except PKCS11Error:
+                        continue                        # (logged) not served
                     if entry is None or "deleted" in entry:
                         continue
                     row = self._row_of(name, entry)

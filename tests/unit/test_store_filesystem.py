@@ -13,6 +13,7 @@ import pytest
 
 from provider import constants as C
 from provider.config import Config
+from provider.errors import PKCS11Error
 from provider.library import Library
 from provider.store import filesystem as fs
 from provider.store import sealing
@@ -114,9 +115,31 @@ def test_newer_schema_not_served(tmp_path):
     token = json.loads(path.read_text())
     path.write_text(json.dumps({**token, "schema": sealing.SCHEMA_VERSION + 1}))
     assert fs.FilesystemCatalog(tmp_path, kdf_iterations=ITER).names() == []
-    with pytest.raises(Exception) as err:
+    with pytest.raises(PKCS11Error) as err:
         open_store(tmp_path / name).label
-    assert getattr(err.value, "rv", None) == C.CKR_TOKEN_NOT_RECOGNIZED
+    assert err.value.rv == C.CKR_TOKEN_NOT_RECOGNIZED
+
+
+def test_damaged_files(tmp_path):
+    root = tmp_path / "token.d"
+    s = new_token(root)
+    s.save_object("a", data(b"a"), frozenset())
+    s.save_object("b", data(b"b"), frozenset())
+    (root / "keys/a/current.json").write_text("{not json")
+    assert set(load(open_store(root))) == {"b"}                    # the damaged one is not served
+    with pytest.raises(PKCS11Error) as err:
+        open_store(root).save_object("a", data(b"a2"), frozenset(), 1)
+    assert err.value.rv == C.CKR_DEVICE_ERROR
+    (root / "keys/b/v00000001.json").write_text("[]")
+    other = open_store(root)
+    cursor = other.changes(None).cursor
+    assert load(other) == {}
+    s.save_object("c", data(b"c"), frozenset())
+    got = other.changes(cursor)
+    assert [u for u, _, _ in got.upserts] == ["c"]
+    (root / "token.json").write_bytes(b"\x00garbage")
+    assert not open_store(root).initialized()
+    assert fs.FilesystemCatalog(tmp_path).names() == []
 
 
 def test_catalog_order_and_discard(tmp_path):
