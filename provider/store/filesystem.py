@@ -28,8 +28,8 @@ the end commits:
      then remove it.
 Whoever next takes the lock, to write or to read, and finds a journal (its writer died
 in 2) applies it again first: a transaction is on disk whole or not at all.  A
-transaction that only changes the token record (a PIN failure counter) is one atomic
-replace of token.json and needs no journal.
+transaction that changes one file only (the token record: a PIN failure counter; one
+IV counter: an IV block reserved) is one atomic replace of it and needs no journal.
 
 Readers take the shared lock (never seeing a half-applied transaction).  head() reads
 token.json alone (replaced atomically).  changes(cursor) finds the cursor in
@@ -86,9 +86,7 @@ def write_atomic(path, data: bytes, sync_dir: bool = True) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -98,6 +96,12 @@ def write_atomic(path, data: bytes, sync_dir: bool = True) -> None:
         raise
     if sync_dir:
         fsync_dir(directory or ".")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _unlink(path) -> bool:
@@ -273,6 +277,10 @@ class FilesystemStore(SealingStore):
         if not (tx.objects or tx.counters):            # the token record alone: one atomic replace
             write_atomic(self._token_path, encode_token(tx.token))
             return
+        if not (tx.objects or tx.token_dirty) and len(tx.counters) == 1:    # one IV counter: the same
+            ((name, value),) = tx.counters.items()
+            write_atomic(self._counters_dir / file_name(name), str(value).encode())
+            return
         puts, deletes = [], []
         for name, entry in tx.objects.items():
             obj_dir = self._keys_dir / name
@@ -292,7 +300,7 @@ class FilesystemStore(SealingStore):
             log = {"size": self._log_size(), "lines": lines}
         journal = {"puts": puts, "deletes": deletes, "log": log,
                    "counters": {file_name(k): v for k, v in tx.counters.items()},
-                   "token": encode_token(tx.token).decode()}
+                   "token": encode_token(tx.token).decode() if tx.token_dirty else None}
         write_atomic(self._journal_path, _dumps(journal))     # the commit point
         self._apply(journal)
         _unlink(self._journal_path)     # made durable by the next commit's fsync of this directory;
@@ -332,16 +340,17 @@ class FilesystemStore(SealingStore):
         log = journal["log"]
         if "replace" in log:
             write_atomic(self._log_path, log["replace"].encode(), sync_dir=False)
-        else:
+        elif log["lines"]:                          # (none when only IV counters changed)
             fd = os.open(self._log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.ftruncate(fd, log["size"])       # drop what a dead writer appended of these lines
                 os.lseek(fd, log["size"], os.SEEK_SET)
-                os.write(fd, log["lines"].encode())
+                _write_all(fd, log["lines"].encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        write_atomic(self._token_path, journal["token"].encode(), sync_dir=False)
+        if journal["token"] is not None:
+            write_atomic(self._token_path, journal["token"].encode(), sync_dir=False)
         for directory in dirs:
             fsync_dir(directory)
 
