@@ -529,11 +529,13 @@ class FilesystemStore(SealingStore):
                 if self._journal_path.exists():
                     with self._reading():      # rolls the dead writer's transaction forward
                         pass
-                data = _read_json(self._token_path)     # (no need to decode the whole record)
-                if data is None or data.get("schema") != SCHEMA_VERSION:
-                    tok = self._read_token()            # raises the reason
-                else:
-                    tok = data["token"]
+                try:                                    # (no need to decode the whole record)
+                    data = _read_json(self._token_path)
+                    if data["schema"] == SCHEMA_VERSION:
+                        return data["token"]["seq"], data["token"]["epoch"]
+                except (ValueError, KeyError, TypeError):
+                    pass
+                tok = self._read_token()                # raises the reason
             return tok["seq"], tok["epoch"]
 
     def _since(self, cursor) -> tuple:
