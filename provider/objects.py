@@ -14,7 +14,7 @@ among thousands of objects touches only the objects with that label.
 
 from . import constants as C
 from . import schema
-from .store.base import INDEXED, Sealed
+from .store.base import INDEXED, Entry, Sealed
 
 
 class Obj:
@@ -102,6 +102,12 @@ _MISSING = object()
 BUCKETED = tuple(cka for cka in INDEXED if cka != C.CKA_UNIQUE_ID)
 
 
+def _buckets(stub) -> list:
+    if type(stub) is Entry:
+        return stub.buckets()
+    return [(cka, stub[cka]) for cka in BUCKETED if cka in stub]
+
+
 class Index:
     """Buckets (attribute, value) -> the handles of the objects that have it, for the
     INDEXED attributes but CKA_UNIQUE_ID, which has its own map (one object each).
@@ -120,27 +126,24 @@ class Index:
         return self.objects.get(handle)
 
     def add(self, obj: Obj) -> None:
-        handle, stub, by = obj.handle, obj.stub, self._by
+        handle, by = obj.handle, self._by
         self.objects[handle] = obj
         self._uids[obj.uid] = handle
-        for cka in BUCKETED:
-            if cka in stub:
-                key = (cka, stub[cka])
-                bucket = by.get(key)
-                if bucket is None:
-                    by[key] = handle
-                elif type(bucket) is int:
-                    by[key] = {bucket, handle}
-                else:
-                    bucket.add(handle)
+        for key in _buckets(obj.stub):
+            bucket = by.get(key)
+            if bucket is None:
+                by[key] = handle
+            elif type(bucket) is int:
+                by[key] = {bucket, handle}
+            else:
+                bucket.add(handle)
 
     def remove(self, obj: Obj) -> None:
         handle, by = obj.handle, self._by
         self.objects.pop(handle, None)
         if self._uids.get(obj.uid) == handle:
             del self._uids[obj.uid]
-        for cka in BUCKETED:
-            key = (cka, obj.stub.get(cka, _MISSING))
+        for key in _buckets(obj.stub):
             bucket = by.get(key)
             if bucket == handle:
                 del by[key]

@@ -55,6 +55,17 @@ class Entry:
         value = None if field is None else getattr(self, field)
         return default if value is None else value
 
+    def buckets(self) -> list:
+        """(attribute, value) of each INDEXED attribute but CKA_UNIQUE_ID it has."""
+        out = [(C.CKA_CLASS, self.cls)]
+        if self.label is not None:
+            out.append((C.CKA_LABEL, self.label))
+        if self.cka_id is not None:
+            out.append((C.CKA_ID, self.cka_id))
+        if self.key_type is not None:
+            out.append((C.CKA_KEY_TYPE, self.key_type))
+        return out
+
     def __contains__(self, cka: int) -> bool:
         return self.get(cka) is not None
 
