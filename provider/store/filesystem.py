@@ -10,7 +10,9 @@ Layout of a token directory (files 0600, directories 0700):
   keys/<uid>/         one directory per object (uid percent-encoded: OBJECT_NAME)
       vNNNNNNNN.json  the record of version N: uid, version, lineage, seq, record and
                       tag (base64); written once, never changed; superseded ones removed
-      current.json    {"version", "lineage", "seq"}: which version is the object
+      current.json    {"version", "lineage", "seq", "entry"}: which version is the object,
+                      and its index entry (base.STUB: class, label, id, key type, private)
+                      so that start-up lists every object without reading its record
       tombstone.json  {"seq"} instead of current.json once destroyed: the directory stays,
                       with no version file left, so the uid is never written again (the
                       tombstone outlives pruning, which only shortens changes.log)
@@ -55,13 +57,14 @@ from pathlib import Path
 from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
-from .base import Catalog
+from .base import Catalog, Entry
 from .sealing import KDF_ITERATIONS, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
 
 TOKEN_FILE, LOCK_FILE, JOURNAL_FILE, LOG_FILE = "token.json", "lock", "journal.json", "changes.log"
 KEYS_DIR, COUNTERS_DIR = "keys", "counters"
 CURRENT_FILE, TOMBSTONE_FILE = "current.json", "tombstone.json"
 BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap"})
+POINTER_FIELDS = ("version", "lineage", "seq", "entry")
 MAX_NAME = 200
 _VERSION_FILE = re.compile(r"v(\d{8,})\.json")
 _BISECT_BLOCK = 8192      # bisection stops when the range is this small (> 2 log lines)
@@ -292,7 +295,8 @@ class FilesystemStore(SealingStore):
                 current = self._current(name)
                 puts.append({"dir": name, "version": entry["version"], "lineage": entry["lineage"],
                              "seq": entry["seq"], "uid": entry["uid"], "record": _b64(entry["record"]),
-                             "tag": _b64(entry["tag"]), "old": current and current["version"]})
+                             "tag": _b64(entry["tag"]), "entry": entry.get("entry"),
+                             "old": current and current["version"]})
         lines = "".join(tx.lines)
         if tx.prune is not None:
             log = {"replace": "".join(self._log_lines_after(tx.prune)) + lines}
@@ -317,7 +321,7 @@ class FilesystemStore(SealingStore):
             dirs.add(obj_dir)
             write_atomic(obj_dir / version_file(put["version"]), _dumps(
                 {k: put[k] for k in ("uid", "version", "lineage", "seq", "record", "tag")}), sync_dir=False)
-            write_atomic(obj_dir / CURRENT_FILE, _dumps({k: put[k] for k in ("version", "lineage", "seq")}),
+            write_atomic(obj_dir / CURRENT_FILE, _dumps({k: put[k] for k in POINTER_FIELDS if put[k] is not None}),
                          sync_dir=False)
             if put["old"] is not None and put["old"] != put["version"]:
                 _unlink(obj_dir / version_file(put["old"]))
@@ -498,6 +502,14 @@ class FilesystemStore(SealingStore):
                                   "record": bytes(record), "tag": bytes(tag)}
         self._tx.lines.append(f"{seq} {name} {version}\n")
 
+    def _put_index(self, uid: str, stub: dict) -> None:
+        cls = stub.get(C.CKA_CLASS)
+        if type(cls) is int:
+            label, cka_id = stub.get(C.CKA_LABEL), stub.get(C.CKA_ID)
+            self._tx.objects[file_name(uid)]["entry"] = [
+                cls, None if label is None else _b64(label), None if cka_id is None else _b64(cka_id),
+                stub.get(C.CKA_KEY_TYPE), bool(stub.get(C.CKA_PRIVATE))]
+
     def _delete(self, uid: str) -> None:
         name, seq = file_name(uid), self._next_seq()
         self._tx.objects[name] = {"deleted": seq}
@@ -574,6 +586,39 @@ class FilesystemStore(SealingStore):
             rows.sort(key=lambda r: r[4])
         return tok, [r[:4] for r in rows], gone
 
+    def _index_rows(self) -> tuple:
+        """Every object's pointer, with its index entry: one small file per object."""
+        with self._reading():
+            tok = self._token()
+            tx = self._tx
+            latest = dict.fromkeys(self._object_dirs())
+            if tx:
+                latest.update(tx.objects)
+            rows = []
+            for name, entry in latest.items():
+                try:
+                    entry = entry or self._current(name)
+                except PKCS11Error:
+                    continue                        # (logged) not served
+                if entry is None or "deleted" in entry:
+                    continue
+                rows.append((entry["seq"], name_of(name), entry["version"], _entry_of(entry.get("entry"))))
+        rows.sort()
+        return tok, [(uid, version, stub, None) for _, uid, version, stub in rows]
+
+    def _get(self, uid: str) -> tuple | None:
+        name = file_name(uid)
+        with self._reading():
+            entry = self._tx.objects.get(name) if self._tx else None
+            try:
+                entry = entry or self._current(name)
+            except PKCS11Error:
+                return None                         # (logged)
+            if entry is None or "deleted" in entry:
+                return None
+            row = self._row_of(name, entry)
+        return None if row is None else row[1:4]
+
     def _row_of(self, name: str, entry: dict) -> tuple | None:
         """(uid, version, record, tag, seq) of an object at `entry` (a pending put or a pointer)."""
         if "record" in entry:
@@ -598,6 +643,18 @@ class FilesystemStore(SealingStore):
             if self._fd is not None and self._pid == os.getpid() and not self._depth:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _entry_of(saved) -> Entry | None:
+    """An index entry as current.json keeps it: [class, label, id (base64 or null), key type, private]."""
+    try:
+        cls, label, cka_id, key_type, private = saved
+        if type(cls) is int and (key_type is None or type(key_type) is int):
+            return Entry(cls, None if label is None else _unb64(label), None if cka_id is None else _unb64(cka_id),
+                         key_type, private is True)
+    except (TypeError, ValueError):
+        pass
+    return None          # none kept (or damaged): the record is read to list the object
 
 
 class FilesystemCatalog(Catalog):

@@ -3,6 +3,7 @@ killed mid-transaction, real processes writing at once, the change feed's cost,
 fork, and a Library on `[store] kind = "filesystem"`."""
 
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -92,7 +93,8 @@ def test_layout_and_modes(tmp_path):
     token = json.loads((root / "token.json").read_text())
     assert token["schema"] == sealing.SCHEMA_VERSION and token["token"]["seq"] == 5
     assert set(token["token"]) == set(sealing.TOKEN_FIELDS)
-    assert json.loads((root / "keys/k1/current.json").read_text()) == {"version": 2, "lineage": "k1", "seq": 2}
+    assert json.loads((root / "keys/k1/current.json").read_text()) == {     # pointer and index entry
+        "version": 2, "lineage": "k1", "seq": 2, "entry": [C.CKO_SECRET_KEY, fs._b64(b"one again"), None, C.CKK_AES, True]}
     v2 = json.loads((root / "keys/k1/v00000002.json").read_text())
     assert (v2["uid"], v2["version"], v2["lineage"], v2["seq"]) == ("k1", 2, "k1", 2)
     assert json.loads((root / "keys/gone/tombstone.json").read_text()) == {"seq": 5}
@@ -468,3 +470,53 @@ def test_library_on_filesystem_store(tmp_path):
     again.login(s, C.CKU_SO, SO_PIN)
     assert find(again, s, LABEL=b"fs key") == []
     again.finalize()
+
+
+def _fs_objects(tmp_path, n):
+    lib = fs_library(tmp_path)
+    slot = init_token(lib)
+    s = lib.open_session(slot, RW)
+    lib.login(s, C.CKU_USER, USER_PIN)
+    for i in range(n):
+        lib.create_object(s, T(CLASS=C.CKO_DATA, TOKEN=True, PRIVATE=bool(i % 2), LABEL=b"obj-%d" % i,
+                               VALUE=b"value %d" % i))
+    lib.finalize()
+    return slot
+
+
+def _records_read(paths):
+    return [p for p in paths if os.path.basename(p).startswith("v") and "/keys/" in p]
+
+
+def test_start_up_reads_pointers_not_records(tmp_path):
+    """The index entry in current.json lists an object; its record is read when first used."""
+    slot = _fs_objects(tmp_path, 40)
+    with Opens() as opened:
+        lib = fs_library(tmp_path)
+        s = lib.open_session(slot, RW)
+        lib.login(s, C.CKU_USER, USER_PIN)
+    assert _records_read(opened.paths) == [] and len(lib.tokens[slot].by_uid) == 40
+    with Opens() as opened:
+        (h,) = find(lib, s, LABEL=b"obj-7")
+        assert lib.get_attribute_value(s, h, [C.CKA_VALUE]) == [b"value 7"]
+    assert len(_records_read(opened.paths)) == 1
+    assert len(find(lib, s, CLASS=C.CKO_DATA)) == 40
+    lib.finalize()
+
+
+def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
+    slot = _fs_objects(tmp_path, 3)
+    (token_dir,) = (tmp_path / "tokens").iterdir()
+    for pointer in (token_dir / fs.KEYS_DIR).glob("*/current.json"):    # edit the index entry only
+        current = json.loads(pointer.read_text())
+        if current["entry"][1] == fs._b64(b"obj-1"):
+            current["entry"][1:] = [fs._b64(b"obj-0"), None, None, False]
+            pointer.write_text(json.dumps(current))
+    lib = fs_library(tmp_path)
+    s = lib.open_session(slot, RW)                          # not logged in: public objects only
+    with caplog.at_level(logging.WARNING, logger="ferrohsm"):
+        found = find(lib, s, LABEL=b"obj-0")
+    assert len(found) == 1                                  # the real obj-0; the private obj-1 stays hidden
+    assert lib.get_attribute_value(s, found[0], [C.CKA_VALUE]) == [b"value 0"]
+    assert "not what the store's index says" in caplog.text
+    lib.finalize()
