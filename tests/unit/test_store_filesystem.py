@@ -300,6 +300,8 @@ WRITER = """
     store = FilesystemStore({path!r}, kdf_iterations=1000)
     mode, tag = sys.argv[1], sys.argv[2]
     conflicts = done = 0
+    print("ready", flush=True)
+    sys.stdin.readline()                               # both start at once
     while done < 200:
         if mode == "distinct":
             store.save_object(f"{{tag}}-{{done}}", {{C.CKA_CLASS: C.CKO_DATA, C.CKA_LABEL: b"x"}}, frozenset())
@@ -318,8 +320,12 @@ WRITER = """
 
 def _writers(root, mode):
     code = textwrap.dedent(WRITER.format(root=ROOT, path=str(root)))
-    procs = [subprocess.Popen([sys.executable, "-c", code, mode, tag], stdout=subprocess.PIPE, text=True)
-             for tag in ("p1", "p2")]
+    procs = [subprocess.Popen([sys.executable, "-c", code, mode, tag], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for tag in ("p1", "p2")]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 2
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     return [json.loads(out)["conflicts"] for out in outs]
