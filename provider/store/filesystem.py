@@ -227,12 +227,35 @@ class FilesystemStore(SealingStore):
         return self._fd
 
     def _recover(self) -> None:
-        """Under the exclusive lock: finish a transaction whose writer died after its commit point."""
-        journal = _read_json(self._journal_path)
-        if journal is not None:
-            LOG.warning("token %s: rolling forward a transaction interrupted after its commit", self.root.name)
-            self._apply(journal)
-            self._end_journal()
+        """Under the exclusive lock: finish a transaction whose writer died after its commit
+        point, and remove the temp files a dead writer left (every file is written under
+        this lock, so any temp file seen now is one)."""
+        self._sweep(self.root)
+        try:
+            journal = _read_json(self._journal_path)
+        except ValueError:
+            journal = False
+        if journal is None:
+            return
+        if not isinstance(journal, dict):
+            LOG.error("token %s: %s is unreadable; the token is not used until it is repaired",
+                      self.root.name, JOURNAL_FILE)
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, "transaction journal unreadable")
+        LOG.warning("token %s: rolling forward a transaction interrupted after its commit", self.root.name)
+        for put in journal["puts"]:
+            self._sweep(self._keys_dir / put["dir"])
+        self._apply(journal)
+        self._end_journal()
+
+    @staticmethod
+    def _sweep(directory) -> None:
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                _unlink(os.path.join(directory, name))
 
     @contextmanager
     def _reading(self):

@@ -248,9 +248,26 @@ def test_writer_rolls_forward_too(tmp_path):
         finally:
             os._exit(3)
     os.waitpid(pid, 0)
+    strays = [root / ".token.json.1.0000.tmp", root / "keys/a/.current.json.1.0000.tmp"]   # a dead writer's
+    for stray in strays:
+        stray.parent.mkdir(exist_ok=True)
+        stray.write_bytes(b"half")
     writer = open_store(root)
     assert rv_conflict(writer.save_object, "a", data(b"a"), frozenset(), 0)   # it exists: rolled forward
     assert writer.save_object("a", data(b"a2"), frozenset(), 1) == 2
+    assert not any(stray.exists() for stray in strays)
+
+
+def test_unreadable_journal_stops_the_token(tmp_path, caplog):
+    root = tmp_path / "token.d"
+    s = new_token(root)
+    s.save_object("a", data(b"a"), frozenset())
+    (root / fs.JOURNAL_FILE).write_bytes(b"{truncated")
+    with caplog.at_level(logging.ERROR, logger="ferrohsm"):
+        with pytest.raises(PKCS11Error) as err:
+            open_store(root).changes(None)
+    assert err.value.rv == C.CKR_DEVICE_ERROR and "unreadable" in caplog.text
+    assert (root / fs.JOURNAL_FILE).exists()                  # kept for whoever repairs it
 
 
 def test_try_counted_when_killed_mid_check(tmp_path):
