@@ -7,7 +7,7 @@ Layout of a token directory (files 0600, directories 0700):
   journal.json        only between the commit point of a transaction and its end (below)
   changes.log         append-only change feed, one line per change in seq order:
                       `seq <object dir> <version>` or `seq <object dir> -` (destroyed)
-  keys/<uid>/         one directory per object (uid percent-encoded: OBJECT_NAME)
+  keys/<uid>/         one directory per object (the uid percent-encoded: file_name)
       vNNNNNNNN.json  the record of version N: uid, version, lineage, seq, record and
                       tag (base64); written once, never changed; superseded ones removed
       current.json    {"version", "lineage", "seq", "entry"}: which version is the object,
@@ -32,11 +32,16 @@ Whoever next takes the lock, to write or to read, and finds a journal (its write
 in 2) applies it again first: a transaction is on disk whole or not at all.  A
 transaction that changes one file only (the token record: a PIN failure counter; one
 IV counter: an IV block reserved) is one atomic replace of it and needs no journal.
+A write of one object costs 9 fsyncs (journal and its directory; version, pointer, log
+and token record; the object's, keys/ (a new object) and the token's directories).
+If applying fails after the commit point (the disk full, say), the call raises but the
+transaction stands: the next one to take the lock completes it.
 
 Readers take the shared lock (never seeing a half-applied transaction).  head() reads
 token.json alone (replaced atomically).  changes(cursor) finds the cursor in
 changes.log by bisection and reads only the version files of the objects changed
-after it: its cost does not grow with the number of objects.
+after it: its cost does not grow with the number of objects.  index() (a process
+opening the token) reads each object's current.json, not its record.
 
 Fork safety: the lock file is opened again after a pid change (a flock belongs to
 the open file, which a forked child shares with its parent).
