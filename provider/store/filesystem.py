@@ -18,7 +18,8 @@ Layout of a token directory (files 0600, directories 0700):
                       tombstone outlives pruning, which only shortens changes.log)
   counters/<name>     an IV counter's next value (name percent-encoded)
 
-Every file is written by `write_atomic`: temp file, fsync, rename, directory fsync.
+Every file is written by `write_atomic`: temp file, fsync, rename, directory fsync (the
+temp files in the token directory: after a crash, recovery removes them from there).
 
 A write transaction (`_write`, re-entrant: nested joins the outer) takes the exclusive
 lock, collects its changes in memory (`_Tx`: the primitives read through it), and at
@@ -84,13 +85,15 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def write_atomic(path, data: bytes, sync_dir: bool = True) -> None:
-    """Replace `path` with `data` durably: temp file beside it, fsync, rename, fsync the directory
-    (the caller does that last step itself, once for several files, if `sync_dir` is false).
+def write_atomic(path, data: bytes, sync_dir: bool = True, tmp_dir=None) -> None:
+    """Replace `path` with `data` durably: temp file (beside it, or in `tmp_dir` on the same
+    filesystem), fsync, rename, fsync the directory (the caller does that last step itself,
+    once for several files, if `sync_dir` is false).
     Whoever reads `path` sees the old content or the new, never a part."""
     path = str(path)
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp = os.path.join(str(tmp_dir) if tmp_dir is not None else directory,
+                       f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -234,7 +237,7 @@ class FilesystemStore(SealingStore):
     def _recover(self) -> None:
         """Under the exclusive lock: finish a transaction whose writer died after its commit
         point, and remove the temp files a dead writer left (every file is written under
-        this lock, so any temp file seen now is one)."""
+        this lock, its temp file in the token directory: any temp file seen now is one)."""
         self._sweep(self.root)
         try:
             journal = _read_json(self._journal_path)
@@ -247,10 +250,12 @@ class FilesystemStore(SealingStore):
                       self.root.name, JOURNAL_FILE)
             raise PKCS11Error(C.CKR_DEVICE_ERROR, "transaction journal unreadable")
         LOG.warning("token %s: rolling forward a transaction interrupted after its commit", self.root.name)
-        for put in journal["puts"]:
-            self._sweep(self._keys_dir / put["dir"])
         self._apply(journal)
         self._end_journal()
+
+    def _replace(self, path, data: bytes, sync_dir: bool = True) -> None:
+        """write_atomic with the temp file in the token directory, where recovery finds it."""
+        write_atomic(path, data, sync_dir=sync_dir, tmp_dir=self.root)
 
     @staticmethod
     def _sweep(directory) -> None:
@@ -306,11 +311,11 @@ class FilesystemStore(SealingStore):
         if tx.empty():
             return
         if not (tx.objects or tx.counters):            # the token record alone: one atomic replace
-            write_atomic(self._token_path, encode_token(tx.token))
+            self._replace(self._token_path, encode_token(tx.token))
             return
         if not (tx.objects or tx.token_dirty) and len(tx.counters) == 1:    # one IV counter: the same
             ((name, value),) = tx.counters.items()
-            write_atomic(self._counters_dir / file_name(name), str(value).encode())
+            self._replace(self._counters_dir / file_name(name), str(value).encode())
             return
         puts, deletes = [], []
         for name, entry in tx.objects.items():
@@ -333,7 +338,7 @@ class FilesystemStore(SealingStore):
         journal = {"puts": puts, "deletes": deletes, "log": log,
                    "counters": {file_name(k): v for k, v in tx.counters.items()},
                    "token": encode_token(tx.token).decode() if tx.token_dirty else None}
-        write_atomic(self._journal_path, _dumps(journal))     # the commit point
+        self._replace(self._journal_path, _dumps(journal))     # the commit point
         self._apply(journal)
         _unlink(self._journal_path)     # made durable by the next commit's fsync of this directory;
         #                                 until then a crash only applies the journal again
@@ -347,17 +352,17 @@ class FilesystemStore(SealingStore):
             obj_dir = self._keys_dir / put["dir"]
             new_dirs |= _mkdir(obj_dir)
             dirs.add(obj_dir)
-            write_atomic(obj_dir / version_file(put["version"]), _dumps(
+            self._replace(obj_dir / version_file(put["version"]), _dumps(
                 {k: put[k] for k in ("uid", "version", "lineage", "seq", "record", "tag")}), sync_dir=False)
-            write_atomic(obj_dir / CURRENT_FILE, _dumps({k: put[k] for k in POINTER_FIELDS if put[k] is not None}),
-                         sync_dir=False)
+            pointer = {k: put[k] for k in POINTER_FIELDS if put[k] is not None}
+            self._replace(obj_dir / CURRENT_FILE, _dumps(pointer), sync_dir=False)
             if put["old"] is not None and put["old"] != put["version"]:
                 _unlink(obj_dir / version_file(put["old"]))
         for gone in journal["deletes"]:
             obj_dir = self._keys_dir / gone["dir"]
             new_dirs |= _mkdir(obj_dir)
             dirs.add(obj_dir)
-            write_atomic(obj_dir / TOMBSTONE_FILE, _dumps({"seq": gone["seq"]}), sync_dir=False)
+            self._replace(obj_dir / TOMBSTONE_FILE, _dumps({"seq": gone["seq"]}), sync_dir=False)
             _unlink(obj_dir / CURRENT_FILE)
             for name in gone["files"]:
                 _unlink(obj_dir / name)
@@ -368,10 +373,10 @@ class FilesystemStore(SealingStore):
                 dirs.add(self.root)
             dirs.add(self._counters_dir)
             for name, value in journal["counters"].items():
-                write_atomic(self._counters_dir / name, str(value).encode(), sync_dir=False)
+                self._replace(self._counters_dir / name, str(value).encode(), sync_dir=False)
         log = journal["log"]
         if "replace" in log:
-            write_atomic(self._log_path, log["replace"].encode(), sync_dir=False)
+            self._replace(self._log_path, log["replace"].encode(), sync_dir=False)
         elif log["lines"]:                          # (none when only IV counters changed)
             fd = os.open(self._log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -382,7 +387,7 @@ class FilesystemStore(SealingStore):
             finally:
                 os.close(fd)
         if journal["token"] is not None:
-            write_atomic(self._token_path, journal["token"].encode(), sync_dir=False)
+            self._replace(self._token_path, journal["token"].encode(), sync_dir=False)
         for directory in dirs:
             fsync_dir(directory)
 
@@ -485,7 +490,7 @@ class FilesystemStore(SealingStore):
                 _mkdir(self._keys_dir)
                 _mkdir(self._counters_dir)
                 fsync_dir(self.root)
-                write_atomic(self._token_path, encode_token(dict(fields)))   # now it is a token
+                self._replace(self._token_path, encode_token(dict(fields)))   # now it is a token
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             self._seen = True
