@@ -12,6 +12,7 @@
 # Bounded waits everywhere; the postmaster's pid is the first line of DIR/pg/data/postmaster.pid.
 set -euo pipefail
 cmd=${1:?start|stop}; D=${2:?dir}
+[ "$cmd" != stop ] || [ -d "$D" ] || exit 0
 mkdir -p "$D"; D=$(cd "$D" && pwd)
 . "$(dirname "$0")/sweep.sh"
 BIN=/usr/lib/postgresql/15/bin
