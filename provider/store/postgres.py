@@ -3,7 +3,8 @@ that connects to it: `[store] kind = "postgres"`, `dsn = "<libpq connection stri
 
 Tables (created on first use; `ferro_schema.version` is sealing.SCHEMA_VERSION, and an
 older database is brought to it in place, see MIGRATIONS; a newer one is refused):
-  ferro_tokens      one row per token: name, created (ns, the catalog's order), and
+  ferro_tokens      one row per token: name, created (the server's clock, ns: the
+                    catalog's order), and
                     sealing.TOKEN_FIELDS (label, serial, epoch, seq, pruned, keys, PINs)
   ferro_objects     (token, uid): version, lineage, seq of its last write, record, tag
   ferro_tombstones  (token, uid): seq of its deletion
@@ -18,7 +19,7 @@ UPDATE`: writers of one token, in any process, run one after the other, so the v
 a compare-and-set checks cannot change before its commit.  `_write` nested inside
 another joins it; an exception rolls the whole transaction back.  `_since` reads in one
 REPEATABLE READ READ ONLY transaction: one snapshot.  A lock wait longer than
-LOCK_TIMEOUT, a lost connection or an unreachable server is CKR_DEVICE_ERROR with a
+LOCK_TIMEOUT_MS (10 s), a lost connection or an unreachable server is CKR_DEVICE_ERROR with a
 reason (logged once until the store works again); the next call connects again.
 
 The cheap head check (LISTEN/NOTIFY).  head() is asked before every object use, and a
@@ -31,8 +32,8 @@ query is a network round trip, so each process caches (seq, epoch) per token:
     token's generation is the one read before the query that filled it, and the
     listener has stayed connected since (a reconnected listener may have missed
     notifications: the old entries are not used); otherwise it queries;
-  - this process's own commits bump the generation at once (its own notification
-    arrives a little later), so it never reads its own writes stale.
+  - this process's own commits bump the generation at once, so it never reads its own
+    writes stale (the listener skips the notifications of this process's connection).
 So a write anywhere is seen by head() as soon as its notification arrives, and at most
 HEAD_TTL later if one were lost; a clean head() is a dictionary look-up.
 
@@ -85,6 +86,7 @@ CREATE TABLE ferro_counters (
 # schema version -> the statements that bring a database at that version to the next.
 # The PostgreSQL store began at schema 2; a later schema adds its step here.
 MIGRATIONS: dict[int, str] = {}
+_NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1e9)::bigint"   # the server's clock: one for every client
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM ferro_tokens WHERE name = %s"
 _DATABASES: "weakref.WeakSet[Database]" = weakref.WeakSet()
 _FORKED: list = []   # connections inherited across a fork: never used, kept from the collector
@@ -404,10 +406,9 @@ class PostgresStore(SealingStore):
     def _create(self, fields: dict) -> None:
         with self._lock, self._write():
             names = ", ".join(fields)
-            row = self._run(f"INSERT INTO ferro_tokens (name, created, {names}) "
-                            f"VALUES (%s, %s, {', '.join(['%s'] * len(fields))}) "
-                            "ON CONFLICT (name) DO NOTHING RETURNING name",
-                            time.time_ns(), *fields.values()).fetchone()
+            row = self._run(f"INSERT INTO ferro_tokens (name, created, {names}) VALUES (%s, {_NOW_NS}, "
+                            f"{', '.join(['%s'] * len(fields))}) ON CONFLICT (name) DO NOTHING RETURNING name",
+                            *fields.values()).fetchone()
             if row is None:
                 raise PKCS11Error(C.CKR_DEVICE_ERROR, "token initialized meanwhile by another process")
             self._changed()

@@ -299,6 +299,19 @@ def test_no_server_is_device_error_logged_once(caplog):
     cat.close()
 
 
+def test_library_without_server_has_no_token_and_says_device_error(tmp_path):
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lib = _library(tmp_path, f"host=127.0.0.1 port={port} dbname=ferrohsm user=ferrohsm")
+    try:
+        assert lib.get_slot_list(True) == [lib.free_slot]          # the free slot only
+        assert not lib.get_token_info(lib.free_slot)["flags"] & C.CKF_TOKEN_INITIALIZED
+        assert rv(lib.init_token, lib.free_slot, SO_PIN, b"x".ljust(32)) == C.CKR_DEVICE_ERROR
+    finally:
+        lib.finalize()
+
+
 def test_lost_connection_is_device_error_then_reconnects(postgres, token, caplog):
     name, a = token
     a.save_object("x", data(), frozenset())
