@@ -24,7 +24,10 @@ postmaster() { [ -f "$DATA/postmaster.pid" ] && head -1 "$DATA/postmaster.pid"; 
 alive() { local p; p=$(postmaster 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 port() { cat "$PG/port"; }
 dsn() {
-  local extra=""; [ -z "${FERRO_PG_PASSWORD:-}" ] || extra=" password=$FERRO_PG_PASSWORD"
+  local extra="" pw
+  if [ -n "${FERRO_PG_PASSWORD:-}" ]; then     # a libpq value: quoted, \ and ' escaped
+    pw=${FERRO_PG_PASSWORD//\\/\\\\}; pw=${pw//\'/\\\'}; extra=" password='$pw'"
+  fi
   echo "host=127.0.0.1 port=$(port) dbname=ferrohsm user=ferrohsm$extra"
 }
 psql_admin() {   # psql_admin SQL: run as the cluster's superuser over loopback
