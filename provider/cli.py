@@ -1,17 +1,19 @@
 """The `ferrohsm` command: token set-up and inspection for operators.
 
-It drives the same engine the PKCS#11 module runs, in-process, on the token
-directory that FERROHSM_CONF (or the per-user default) names.
+It drives the same engine the PKCS#11 module runs, in-process, on the store that
+FERROHSM_CONF (or the per-user default) names; `--key-store` on the commands that
+open tokens picks another (sqlite, filesystem, memory, or a postgresql:// URI).
 """
 
 import json
+import re
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import constants as C
-from .config import Config
+from .config import Config, with_store
 from .errors import PKCS11Error
 from .library import Library
 
@@ -26,6 +28,20 @@ TOKEN_FLAG_NAMES = {
     C.CKF_USER_PIN_LOCKED: "user PIN LOCKED", C.CKF_SO_PIN_COUNT_LOW: "SO PIN count low",
     C.CKF_SO_PIN_FINAL_TRY: "SO PIN final try", C.CKF_SO_PIN_LOCKED: "SO PIN LOCKED",
 }
+
+
+KEY_STORE = typer.Option(None, "--key-store", metavar="STORE",
+                         help="Store to open: sqlite | filesystem | memory | postgres | a postgresql:// URI "
+                              "(default: [store] in the configuration).")
+
+
+def _library(key_store: str | None) -> Library:
+    """The engine on the configured store, or on the one --key-store names."""
+    try:
+        config = Config.load()
+        return Library(config if key_store is None else with_store(config, key_store))
+    except PKCS11Error as err:
+        _fail(err)
 
 
 def _fail(err: PKCS11Error) -> None:
@@ -51,13 +67,14 @@ def init_token(
     so_pin: str = typer.Option(..., prompt=True, hide_input=True, help="Security officer PIN."),
     pin: str = typer.Option(..., prompt=True, hide_input=True, help="User PIN."),
     slot: int = typer.Option(None, help="Slot to (re)initialize; default: the free slot."),
+    key_store: str = KEY_STORE,
 ):
     """Initialize a token (the free slot by default) and set its user PIN."""
     raw = label.encode()
     if len(raw) > 32:
         out.print("[red]error:[/red] the label is longer than 32 bytes")
         raise typer.Exit(2)
-    lib = Library()
+    lib = _library(key_store)
     try:
         target = lib.free_slot if slot is None else slot
         lib.init_token(target, so_pin.encode(), raw.ljust(32, b" "))
@@ -74,9 +91,9 @@ def init_token(
 
 
 @app.command("list-slots")
-def list_slots():
+def list_slots(key_store: str = KEY_STORE):
     """Show every slot and its token."""
-    lib = Library()
+    lib = _library(key_store)
     table = Table("slot", "label", "serial", "state")
     for sid in lib.get_slot_list(True):
         info = lib.get_token_info(sid)
@@ -92,12 +109,13 @@ def list_objects(
     label: str = typer.Option(None, "--token", help="Token label."),
     slot: int = typer.Option(None, help="Slot id (instead of --token)."),
     pin: str = typer.Option(None, help="User PIN, to list private objects too."),
+    key_store: str = KEY_STORE,
 ):
     """List a token's objects (private ones only with --pin)."""
     if label is None and slot is None:
         out.print("[red]error:[/red] give --token LABEL or --slot N")
         raise typer.Exit(2)
-    lib = Library()
+    lib = _library(key_store)
     try:
         sid = _find_slot(lib, label, slot)
         session = lib.open_session(sid, C.CKF_SERIAL_SESSION)
@@ -142,15 +160,21 @@ def show_config():
     for name, value in (("config file", conf.source), ("token directory", str(conf.token_dir)),
                         ("log level", conf.log_level), ("log file", conf.log_file or "(standard error)"),
                         ("PIN length", f"{conf.pin_min}..{conf.pin_max}"),
-                        ("PIN tries before lock", str(conf.pin_max_failures))):
+                        ("PIN tries before lock", str(conf.pin_max_failures)),
+                        ("store", conf.store_kind + (f" ({_dsn_shown(conf.store_dsn)})" if conf.store_dsn else ""))):
         table.add_row(name, value)
     out.print(table)
 
 
+def _dsn_shown(dsn: str) -> str:
+    """A DSN without its password."""
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", dsn))
+
+
 @app.command("backends")
-def backends():
+def backends(key_store: str = KEY_STORE):
     """Show each configured backend, its health and what it can do, and each token's policy."""
-    lib = Library()
+    lib = _library(key_store)
     try:
         table = Table("backend", "type", "class", "health", "capabilities")
         for name, btype, kind, ok, reason, caps in lib.backends.describe():
@@ -176,11 +200,12 @@ def migrate_key(
     approver: str = typer.Option(..., help="Who approved the move (recorded in the log)."),
     from_pin: str = typer.Option(..., prompt=True, hide_input=True, help="Source user PIN."),
     to_pin: str = typer.Option(..., prompt=True, hide_input=True, help="Destination user PIN."),
+    key_store: str = KEY_STORE,
 ):
     """Copy a key to another token's backend (wrap, hash check, test signature); the source
     key stays.  Every attempt is appended to migrations.jsonl in the token directory."""
     from .migrate import migrate_key as run
-    lib = Library()
+    lib = _library(key_store)
     try:
         record = run(lib, from_token, from_pin.encode(), to_token, to_pin.encode(),
                      bytes.fromhex(key_id), approver)

@@ -42,12 +42,14 @@ AES-GCM and raw ECDSA, issue 4): the engine then holds nothing for them, and
 tells the offload whenever what it granted stops being valid.
 """
 
+import time
 from dataclasses import dataclass, field
 
 from . import constants as C
 from .errors import PKCS11Error
 
 SINGLE, UPDATE, FINAL = "single", "update", "final"
+KEY_LEASE = 0.5      # seconds an operation runs on its key's state before the store is checked again
 NO_OUTPUT = "no output"      # `cap` of a call that returns no data (C_DigestUpdate, C_Verify, ...)
 
 
@@ -77,6 +79,7 @@ class Operation:
     shape: str | None = None       # SINGLE or UPDATE once a call committed it to one
     needs_auth: bool = False       # waiting for a context-specific login
     results: list = field(default_factory=list)   # find: handles not yet returned
+    checked: float = field(default_factory=time.monotonic)   # when its key was last seen current
 
 
 class Offload:
@@ -123,7 +126,15 @@ class Session:
         self.ops[op.kind] = op
 
     def op(self, kind: str) -> Operation:
+        """The session's operation of `kind`; one with a key whose last head check is
+        older than KEY_LEASE checks again first (another process may have destroyed or
+        restricted the key: the refresh then ends the operation, see Library._object_changed)."""
         op = self.ops.get(kind)
+        if op is not None and op.key is not None and time.monotonic() - op.checked > KEY_LEASE:
+            self.token.refresh()
+            op = self.ops.get(kind)
+            if op is not None:
+                op.checked = time.monotonic()
         if op is None:
             raise PKCS11Error(self.ended.pop(kind, C.CKR_OPERATION_NOT_INITIALIZED), kind)
         if op.needs_auth:   # refused, and like any failure it ends the operation (as SoftHSM2)

@@ -12,9 +12,11 @@ private token objects get new handles after a logout, and private session
 objects are destroyed by it (PKCS#11 3.0, C_Logout).
 """
 
+import threading
+
 from . import constants as C
 from .errors import PKCS11Error
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from .log import LOG
 from .objects import Index, Obj
@@ -78,6 +80,7 @@ class Token:
         self._handles = handles
         self._cursor = None
         self._pending: list | None = None   # index changes waiting for the transaction's commit
+        self.lock = threading.RLock()       # this token's calls (provider/library.py, "Locks")
         if self.initialized:
             self.refresh()
 
@@ -196,8 +199,13 @@ class Token:
         return obj
 
     # --- login --------------------------------------------------------------
-    def login(self, user_type: int, pin: bytes) -> None:
-        self.store.login(user_type, pin)
+    def login(self, user_type: int, pin: bytes, slow=nullcontext) -> None:
+        """`slow()`: a context the PIN's key derivation runs in (the caller lets its
+        lock go there); another thread may have logged in meanwhile."""
+        self.store.login(user_type, pin, slow)
+        if self.user is not None:
+            raise PKCS11Error(C.CKR_USER_ALREADY_LOGGED_IN if self.user == user_type
+                              else C.CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "logged in meanwhile")
         self.user = user_type
         self.refresh()
 

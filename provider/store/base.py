@@ -90,8 +90,9 @@ class TokenStore(ABC):
 
     # --- PINs -----------------------------------------------------------------
     @abstractmethod
-    def login(self, user_type: int, pin: bytes) -> None:
-        """Check the PIN of CKU_SO or CKU_USER. Increments the failure counter
+    def login(self, user_type: int, pin: bytes, slow=None) -> None:
+        """Check the PIN of CKU_SO or CKU_USER (the slow key derivation inside
+        `slow()`, a context the caller gives to let its locks go). Increments the failure counter
         durably *before* the check and resets it after success, so a killed
         process still counts the try. Raises CKR_PIN_INCORRECT, CKR_PIN_LOCKED,
         CKR_USER_PIN_NOT_INITIALIZED. On success the store holds the master key."""

@@ -32,6 +32,7 @@ import os
 import struct
 import threading
 from abc import abstractmethod
+from contextlib import nullcontext
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -249,8 +250,9 @@ class SealingStore(TokenStore):
             self._keys = None
 
     # PINs -----------------------------------------------------------------------------
-    def _check_pin(self, who: str, pin: bytes) -> tuple:
-        """(master key, token record) if `pin` is `who`'s PIN; counts the try first."""
+    def _check_pin(self, who: str, pin: bytes, slow=nullcontext) -> tuple:
+        """(master key, token record) if `pin` is `who`'s PIN; counts the try first.
+        The key derivation runs in `slow()` and outside the store's lock."""
         with self._write():
             tok = self._token()
             if tok[f"{who}_wrap"] is None:
@@ -259,16 +261,17 @@ class SealingStore(TokenStore):
             if fails >= self.max_failures:
                 raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
             self._update({f"{who}_fail": fails + 1})
-        master = unwrap_master(tok, pin, who)
+        with slow():
+            master = unwrap_master(tok, pin, who)
         if master is None:
             raise PKCS11Error(C.CKR_PIN_INCORRECT)
         with self._write():
             self._update({f"{who}_fail": 0})
         return master, tok
 
-    def login(self, user_type: int, pin: bytes) -> None:
+    def login(self, user_type: int, pin: bytes, slow=nullcontext) -> None:
+        master, tok = self._check_pin(_who(user_type), pin, slow)
         with self._lock:
-            master, tok = self._check_pin(_who(user_type), pin)
             self._master, self._master_epoch = master, tok["epoch"]
 
     def logout(self) -> None:

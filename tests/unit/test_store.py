@@ -3,23 +3,20 @@ store: PINs and their counters, sealing, integrity, changes seen by a second sto
 object on the same token. SQLite-only matters (files, processes) are in
 test_store_sqlite.py."""
 
-import contextlib
 import logging
-import sqlite3
 
 import pytest
 
 from provider import constants as C
 from provider.errors import PKCS11Error
 from provider.store import records, sealing
-from provider.store.base import Sealed
-from provider.store.memory import MemoryStore
-from provider.store.sqlite import SqliteStore
+from provider.store.base import Conflict, Sealed
+
+from .stores import ITER, KINDS
 
 SO, USER = b"so-pin-1", b"user-pin-1"
 LABEL = b"store test".ljust(32)
 MAX = 4
-ITER = 1000
 SECRET = b"\x13\x37" + b"TOP-SECRET-KEY-MATERIAL-0123456789"
 AES_SECRET = frozenset({C.CKA_VALUE})
 
@@ -33,45 +30,25 @@ def rv(fn, *args):
 
 
 class Backend:
-    """Opens store objects on one token location; `tamper` edits a stored row."""
+    """One token of one store kind (tests/unit/stores.py)."""
 
-    def __init__(self, kind, tmp_path):
-        self.kind = kind
-        self.path = str(tmp_path / "tok" / "token-1.sqlite")
-        self.data = None
+    def __init__(self, kind):
+        self.kind_name = kind.name
+        self._kind = kind
 
     def open(self, max_failures=MAX):
-        if self.kind == "sqlite":
-            return SqliteStore(self.path, max_pin_failures=max_failures, kdf_iterations=ITER)
-        store = MemoryStore(self.data, max_pin_failures=max_failures, kdf_iterations=ITER)
-        self.data = store.data
-        return store
-
-    @contextlib.contextmanager
-    def _db(self):
-        with contextlib.closing(sqlite3.connect(self.path)) as db, db:
-            yield db
+        return self._kind.open(max_failures)
 
     def row(self, uid):
-        if self.kind == "sqlite":
-            with self._db() as db:
-                return db.execute("SELECT record, tag FROM objects WHERE uid = ?", (uid,)).fetchone()
-        return self.data["objects"][uid][1:]
+        return self._kind.row(uid)
 
     def set_row(self, uid, record, tag):
-        """Write a row as someone with the file would: keeps the change number moving."""
-        if self.kind == "sqlite":
-            with self._db() as db:
-                seq = db.execute("UPDATE token SET seq = seq + 1 RETURNING seq").fetchone()[0]
-                db.execute("UPDATE objects SET record = ?, tag = ?, seq = ? WHERE uid = ?", (record, tag, seq, uid))
-        else:
-            self.data["token"]["seq"] += 1
-            self.data["objects"][uid] = (self.data["token"]["seq"], record, tag)
+        self._kind.set_row(uid, record, tag)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=sorted(KINDS))
 def backend(request, tmp_path):
-    return Backend(request.param, tmp_path)
+    return Backend(KINDS[request.param](tmp_path, request))
 
 
 @pytest.fixture
@@ -91,9 +68,14 @@ def aes_key(label=b"k", private=True, value=SECRET):
             C.CKA_SENSITIVE: True, C.CKA_SIGN: False}
 
 
+def feed(store, cursor):
+    """changes(cursor) as (cursor, [(uid, attrs)], deleted)."""
+    got = store.changes(cursor)
+    return got.cursor, [(uid, attrs) for uid, _, attrs in got.upserts], got.deleted
+
+
 def load(store, cursor=None):
-    _, upserts, _ = store.changes(cursor)
-    return dict(upserts)
+    return dict(feed(store, cursor)[1])
 
 
 # --- token record and PINs ------------------------------------------------------
@@ -176,13 +158,13 @@ def test_reinitialize_wipes_objects_keeps_serial(store, backend):
     store.save_object("u1", aes_key(), AES_SECRET)
     store.logout()
     watcher = backend.open()
-    cursor, _, _ = watcher.changes(None)
+    cursor, _, _ = feed(watcher, None)
     assert rv(store.initialize, LABEL, b"wrong-so") == C.CKR_PIN_INCORRECT
     store.initialize(b"renamed".ljust(32), SO)
     assert store.serial == serial and store.label == b"renamed".ljust(32)
     assert not store.user_pin_initialized()
     assert load(store) == {}
-    _, upserts, deleted = watcher.changes(cursor)
+    _, upserts, deleted = feed(watcher, cursor)
     assert upserts == [] and deleted == ["u1"]
     store.login(C.CKU_SO, SO)                     # SO PIN still valid under the new master key
 
@@ -230,7 +212,7 @@ def test_resave_with_sealed_placeholder(store):
     store.login(C.CKU_USER, USER)
     store.save_object("u1", aes_key(), AES_SECRET)
     attrs = load(store)["u1"]
-    store.save_object("u1", {**attrs, C.CKA_LABEL: b"renamed"}, AES_SECRET)
+    store.save_object("u1", {**attrs, C.CKA_LABEL: b"renamed"}, AES_SECRET, expect=1)
     again = load(store)["u1"]
     assert again[C.CKA_LABEL] == b"renamed"
     assert store.unseal("u1", C.CKA_VALUE, again[C.CKA_VALUE]) == SECRET
@@ -241,20 +223,21 @@ def test_resave_with_sealed_placeholder(store):
 def test_changes_seen_by_second_store(store, backend):
     store.login(C.CKU_USER, USER)
     other = backend.open()
-    cursor, upserts, deleted = other.changes(None)
+    cursor, upserts, deleted = feed(other, None)
     assert upserts == [] and deleted == []
-    assert other.changes(cursor) == (cursor, [], [])
+    assert feed(other, cursor) == (cursor, [], [])
     store.save_object("a", aes_key(b"a"), AES_SECRET)
     store.save_object("b", aes_key(b"b", private=False), AES_SECRET)
-    cursor, upserts, deleted = other.changes(cursor)
+    cursor, upserts, deleted = feed(other, cursor)
     assert sorted(u for u, _ in upserts) == ["a", "b"] and deleted == []
-    store.save_object("a", aes_key(b"a2"), AES_SECRET)
-    store.delete_object("b")
-    cursor, upserts, deleted = other.changes(cursor)
+    store.save_object("a", aes_key(b"a2"), AES_SECRET, expect=1)
+    store.delete_object("b", 1)
+    cursor, upserts, deleted = feed(other, cursor)
     assert [(u, a[C.CKA_LABEL]) for u, a in upserts] == [("a", b"a2")] and deleted == ["b"]
-    assert other.changes(cursor) == (cursor, [], [])
-    store.delete_object("missing")                # deleting nothing is not an error
-    assert other.changes(cursor) == (cursor, [], [])
+    assert feed(other, cursor) == (cursor, [], [])
+    with pytest.raises(Conflict):                 # deleting what is not there: a conflict,
+        store.delete_object("missing", 1)         # and nothing changes
+    assert feed(other, cursor) == (cursor, [], [])
 
 
 # --- integrity --------------------------------------------------------------------
@@ -292,7 +275,7 @@ def test_sealed_tamper_with_forged_record_tag(store, backend):
 def test_flipped_plain_attribute_not_served(store, backend, caplog):
     store.save_object("pub", aes_key(label=b"LBL", private=False), AES_SECRET)
     other = backend.open()
-    cursor, upserts, _ = other.changes(None)
+    cursor, upserts, _ = feed(other, None)
     assert [u for u, _ in upserts] == ["pub"]
     record, tag = backend.row("pub")
     entry = records._ENTRY.size
@@ -300,7 +283,7 @@ def test_flipped_plain_attribute_not_served(store, backend, caplog):
     for bad in (_flip(record, record.index(b"LBL")), record[:sign_at] + b"\x01" + record[sign_at + 1:]):
         backend.set_row("pub", bad, tag)
         with caplog.at_level(logging.WARNING, logger="ferrohsm"):
-            cursor, upserts, deleted = other.changes(cursor)
+            cursor, upserts, deleted = feed(other, cursor)
         assert upserts == [] and deleted == ["pub"]           # dropped, never served
         assert "pub" not in load(backend.open())
     assert "not served" in caplog.text
@@ -314,17 +297,17 @@ def test_swapped_records_detected(store, backend):
     backend.set_row("b", *ra)
     assert load(backend.open()) == {}
     # only the sealed blob swapped in, tag forged: the value's AAD catches it
-    store.save_object("a", aes_key(b"a", private=False), AES_SECRET)
-    store.save_object("b", aes_key(b"b", private=False, value=b"other secret"), AES_SECRET)
-    blob_b = load(store)["b"][C.CKA_VALUE].blob
-    assert rv(store.unseal, "a", C.CKA_VALUE, Sealed(blob_b)) == C.CKR_DEVICE_ERROR
+    store.save_object("a2", aes_key(b"a", private=False), AES_SECRET)
+    store.save_object("b2", aes_key(b"b", private=False, value=b"other secret"), AES_SECRET)
+    blob_b = load(store)["b2"][C.CKA_VALUE].blob
+    assert rv(store.unseal, "a2", C.CKA_VALUE, Sealed(blob_b)) == C.CKR_DEVICE_ERROR
 
 
 def test_reinitialized_elsewhere_drops_master_key(store, backend):
     store.login(C.CKU_USER, USER)
     other = backend.open()
     other.initialize(LABEL, SO)
-    store.changes(None)
+    feed(store, None)
     assert rv(store.save_object, "p", aes_key(), AES_SECRET) == C.CKR_USER_NOT_LOGGED_IN
 
 
@@ -335,7 +318,7 @@ def test_threads_share_one_store(store):
     def work(n):
         for i in range(25):
             store.save_object(f"t{n}-{i}", aes_key(b"t"), AES_SECRET)
-            store.changes(None)
+            feed(store, None)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
     for t in threads:
@@ -345,3 +328,97 @@ def test_threads_share_one_store(store):
     objs = load(store)
     assert len(objs) == 100
     assert all(store.unseal(u, C.CKA_VALUE, a[C.CKA_VALUE]) == SECRET for u, a in objs.items())
+
+
+# --- versions, compare-and-set, transactions ----------------------------------------
+def versions(store, cursor=None):
+    return {uid: version for uid, version, _ in store.changes(cursor).upserts}
+
+
+def test_versions_and_stale_writes(store, backend):
+    """Each write names the version it read; a stale one is a Conflict and writes nothing."""
+    other = backend.open()
+    assert store.save_object("k", aes_key(b"v1", private=False), AES_SECRET) == 1
+    assert rv_conflict(other.save_object, "k", aes_key(b"dup", private=False), AES_SECRET, 0)
+    assert other.save_object("k", aes_key(b"v2", private=False), AES_SECRET, 1) == 2
+    head = store.head()
+    assert rv_conflict(store.save_object, "k", aes_key(b"lost", private=False), AES_SECRET, 1)
+    assert rv_conflict(store.delete_object, "k", 1)
+    assert store.head() == head                              # nothing was written
+    assert versions(store) == {"k": 2} and load(store)["k"][C.CKA_LABEL] == b"v2"
+
+
+@pytest.mark.parametrize("stale", [0, 1, 2])
+def test_destroyed_object_never_comes_back(store, backend, stale):
+    other = backend.open()
+    store.save_object("k", aes_key(private=False), AES_SECRET)
+    store.save_object("k", aes_key(b"again", private=False), AES_SECRET, 1)
+    other.delete_object("k", 2)
+    assert rv_conflict(store.save_object, "k", aes_key(b"zombie", private=False), AES_SECRET, stale)
+    assert rv_conflict(store.check_object, "k", 2)
+    assert load(backend.open()) == {}
+
+
+def test_transaction_commits_together_or_not_at_all(store, backend):
+    other = backend.open()
+    cursor = other.changes(None).cursor
+    with pytest.raises(Conflict):
+        with store.transaction():
+            store.save_object("pub", aes_key(b"pub", private=False), AES_SECRET)
+            with store.transaction():                      # nested: joins the outer one
+                store.save_object("priv", aes_key(b"priv", private=False), AES_SECRET)
+            store.check_object("gone", 1)                  # the source of a copy vanished
+    assert feed(other, cursor) == (cursor, [], []) and load(backend.open()) == {}
+    with store.transaction():
+        store.save_object("pub", aes_key(b"pub", private=False), AES_SECRET)
+        store.save_object("priv", aes_key(b"priv", private=False), AES_SECRET)
+    got = other.changes(cursor)
+    assert sorted(u for u, _, _ in got.upserts) == ["priv", "pub"] and got.cursor == cursor + 2
+
+
+def test_pruned_tombstones_make_old_readers_resync(store, backend):
+    old_reader = backend.open()
+    store.save_object("keep", aes_key(b"keep", private=False), AES_SECRET)
+    store.save_object("drop", aes_key(b"drop", private=False), AES_SECRET)
+    cursor = old_reader.changes(None).cursor
+    store.delete_object("drop", 1)
+    for i in range(sealing.TOMBSTONE_WINDOW + 2):        # churn past the window
+        store.save_object(f"t{i}", aes_key(b"t", private=False), frozenset())
+        store.delete_object(f"t{i}", 1)
+    assert store._token()["pruned"] > cursor
+    got = old_reader.changes(cursor)
+    assert got.full and [u for u, _, _ in got.upserts] == ["keep"]
+    fresh = backend.open().changes(cursor + 1)
+    assert fresh.full
+    assert rv_conflict(store.save_object, "drop", aes_key(private=False), AES_SECRET, 1)
+
+
+def test_iv_counters_per_lineage(store, backend):
+    other = backend.open()
+    store.save_object("k", aes_key(private=False), AES_SECRET)
+    store.save_object("copy", aes_key(private=False), AES_SECRET, lineage="k")
+    got = [store.reserve_counter("k", 10), other.reserve_counter("copy", 10), store.reserve_counter("k", 5)]
+    assert got == [0, 10, 20]                         # one counter for a key and its copies
+    assert other.reserve_counter("session-obj", 7, lineage="k") == 25
+    assert other.reserve_counter("new-session-obj", 7, lineage="new-session-obj") == 0
+    store.delete_object("k", 1)
+    assert rv_conflict(store.reserve_counter, "k", 10)        # a destroyed key gets none
+    assert backend.open().reserve_counter("copy", 1) == 32    # durable, seen by every store object
+
+
+def test_legacy_counter_continues(store, backend):
+    """A key from before schema 2 continues the counter the upgrade imported."""
+    store.save_object("k", aes_key(private=False), AES_SECRET)
+    with store.transaction():
+        store._set_counter(sealing.LEGACY_PREFIX + "abc", 70000)
+    assert store.reserve_counter("k", 10, legacy="abc") == 70000
+    assert backend.open().reserve_counter("k", 10, legacy="abc") == 70010
+    assert store.reserve_counter("k", 10, legacy="other") == 0     # no legacy entry: its own
+
+
+def rv_conflict(fn, *args) -> bool:
+    try:
+        fn(*args)
+    except Conflict:
+        return True
+    return False

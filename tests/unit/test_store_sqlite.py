@@ -10,7 +10,8 @@ import textwrap
 from provider import constants as C
 from provider.store.sqlite import SqliteStore
 
-from .test_store import AES_SECRET, ITER, LABEL, MAX, SECRET, SO, USER, aes_key, load, rv
+from .stores import ITER
+from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, feed, load, rv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -114,18 +115,18 @@ def test_other_process_sees_and_makes_changes(tmp_path):
     path = tmp_path / "token.sqlite"
     s = new_token(path)
     s.login(C.CKU_USER, USER)
-    cursor, _, _ = s.changes(None)
+    cursor, _, _ = feed(s, None)
     s.save_object("from-parent", aes_key(), AES_SECRET)
-    cursor, _, _ = s.changes(cursor)
+    cursor, _, _ = feed(s, cursor)
     run_child(path, f"""
         store.login(C.CKU_USER, {USER!r})
         attrs = {{C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_PRIVATE: True, C.CKA_VALUE: b"child secret"}}
         store.save_object("from-child", attrs, frozenset({{C.CKA_VALUE}}))
-        _, upserts, _ = store.changes(None)
-        assert sorted(u for u, _ in upserts) == ["from-child", "from-parent"], upserts
-        store.delete_object("from-parent")
+        upserts = store.changes(None).upserts
+        assert sorted(u for u, _, _ in upserts) == ["from-child", "from-parent"], upserts
+        store.delete_object("from-parent", 1)
     """)
-    cursor, upserts, deleted = s.changes(cursor)
+    cursor, upserts, deleted = feed(s, cursor)
     assert [u for u, _ in upserts] == ["from-child"] and deleted == ["from-parent"]
     (_, attrs), = upserts
     assert s.unseal("from-child", C.CKA_VALUE, attrs[C.CKA_VALUE]) == b"child secret"
@@ -134,7 +135,7 @@ def test_other_process_sees_and_makes_changes(tmp_path):
 def test_fork_reopens_connection(tmp_path):
     path = tmp_path / "token.sqlite"
     s = new_token(path)
-    cursor, _, _ = s.changes(None)
+    cursor, _, _ = feed(s, None)
     pid = os.fork()
     if pid == 0:  # child: use the inherited store object, then leave without cleanup
         code = 1
@@ -145,7 +146,7 @@ def test_fork_reopens_connection(tmp_path):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    cursor, upserts, _ = s.changes(cursor)
+    cursor, upserts, _ = feed(s, cursor)
     assert [u for u, _ in upserts] == ["forked"]
     s.save_object("parent", {C.CKA_CLASS: C.CKO_DATA}, frozenset())   # parent's connection still fine
     assert set(load(open_store(path))) == {"forked", "parent"}
