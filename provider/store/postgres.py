@@ -117,8 +117,9 @@ class Database:
     """One process's connection to the store's database, the lock its transactions hold,
     and the head cache with its listener thread (see the module docstring)."""
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, head_ttl: float = HEAD_TTL):
         self.dsn = dsn
+        self.head_ttl = head_ttl        # 0: no head cache, every head() is a query
         self.where = _where(dsn)
         self._reset()
         _DATABASES.add(self)
@@ -309,14 +310,15 @@ class Database:
             gen, listening = self._gen.get(name, 0), self._listening
             entry = self._heads.get(name)
             if (entry is not None and listening and entry[2] == gen and entry[3] == listening
-                    and now - entry[4] < HEAD_TTL):
+                    and now - entry[4] < self.head_ttl):
                 return entry[0], entry[1]
-        self._ensure_listener()
+        if self.head_ttl > 0:
+            self._ensure_listener()
         with self.lock:
             row = self.run("SELECT seq, epoch FROM ferro_tokens WHERE name = %s", (name,)).fetchone()
             if row is None:
                 raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, "token not initialized")
-            if not self.depth:          # inside a transaction it may hold uncommitted writes
+            if not self.depth and self.head_ttl > 0:   # (a transaction may hold uncommitted writes)
                 with self._cache_lock:
                     self._heads[name] = (row[0], row[1], gen, listening, now)
         return row[0], row[1]
@@ -327,54 +329,92 @@ class Database:
                 if self._listener is not None and self._listener.is_alive():
                     return
                 self._stop = threading.Event()
-                self._listener = threading.Thread(target=self._listen, args=(self._stop,),
+                self._listener = threading.Thread(target=_listen, args=(weakref.ref(self), self._stop),
                                                   name="ferrohsm-pg-listener", daemon=True)
                 self._listener.start()
 
-    def _listen(self, stop: threading.Event) -> None:
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                       application_name="ferrohsm-listener")
-            except psycopg.Error:
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
+    def _listening_on(self, conn) -> None:
+        with self._cache_lock:
             self._listen_conn = conn
+            self._listens += 1
+            self._listening = self._listens
+
+    def _listening_off(self) -> None:
+        with self._cache_lock:
+            self._listening = 0
+            self._listen_conn = None
+
+    def _notified(self, note) -> None:
+        if note.pid != self._backend_pid:     # our own commits were invalidated when they committed
+            with self._cache_lock:
+                self._gen[note.payload] = self._gen.get(note.payload, 0) + 1
+
+    def __del__(self):
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
             try:
-                conn.execute(f"LISTEN {CHANNEL}")
-                with self._cache_lock:
-                    self._listens += 1
-                    self._listening = self._listens
-                backoff = 0.1
-                while not stop.is_set():
-                    for note in conn.notifies(timeout=LISTEN_POLL):
-                        if note.pid == self._backend_pid:
-                            continue        # our own commit: invalidated when it committed
-                        with self._cache_lock:
-                            self._gen[note.payload] = self._gen.get(note.payload, 0) + 1
+                conn.close()
+            except Exception:        # noqa: BLE001 - nothing to tell at collection
+                pass
+
+
+def _listen(ref, stop: threading.Event) -> None:
+    """The listener thread.  It holds its Database by weak reference only, so a
+    Database that nobody closed is still collected, and the thread ends with it."""
+    backoff = 0.1
+    while not stop.is_set():
+        db = ref()
+        if db is None:
+            return
+        dsn = db.dsn
+        del db
+        try:
+            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   application_name="ferrohsm-listener")
+        except psycopg.Error:
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+            db = ref()
+            if db is None:
+                return
+            db._listening_on(conn)
+            del db
+            backoff = 0.1
+            while not stop.is_set():
+                for note in conn.notifies(timeout=LISTEN_POLL):
+                    db = ref()
+                    if db is None:
+                        return
+                    db._notified(note)
+                    del db
+                if ref() is None:
+                    return
+        except psycopg.Error:
+            pass
+        finally:
+            db = ref()
+            if db is not None:
+                db._listening_off()
+            del db
+            try:
+                conn.close()
             except psycopg.Error:
                 pass
-            finally:
-                with self._cache_lock:
-                    self._listening = 0
-                self._listen_conn = None
-                try:
-                    conn.close()
-                except psycopg.Error:
-                    pass
 
 
 class PostgresStore(SealingStore):
     """One token's rows.  `database`: the catalog's shared Database, or a DSN (the store
-    then has a connection of its own, closed with it)."""
+    then has a connection of its own, closed with it).  `head_ttl` (own connection only):
+    how long a cached head may be served, 0 for none (every head() a query)."""
 
     def __init__(self, database, name: str, max_pin_failures: int = 10,
-                 kdf_iterations: int = KDF_ITERATIONS):
+                 kdf_iterations: int = KDF_ITERATIONS, head_ttl: float = HEAD_TTL):
         super().__init__(max_pin_failures, kdf_iterations)
         self._own = isinstance(database, str)
-        self.db = Database(database) if self._own else database
+        self.db = Database(database, head_ttl) if self._own else database
         self.name = name
         self._seen = False       # a token once seen initialized stays so
 
@@ -482,8 +522,9 @@ class PostgresStore(SealingStore):
 class PostgresCatalog(Catalog):
     """The tokens of one PostgreSQL database: the rows of ferro_tokens, in creation order."""
 
-    def __init__(self, dsn: str, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
-        self.db = Database(dsn)
+    def __init__(self, dsn: str, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS,
+                 head_ttl: float = HEAD_TTL):
+        self.db = Database(dsn, head_ttl)
         self._args = (max_pin_failures, kdf_iterations)
         self._refused = ""
 
