@@ -8,7 +8,6 @@ import pytest
 from provider import constants as C
 from provider.config import Config
 from provider.library import Library
-from tests.peers.fixtures import postgres  # noqa: F401  (session-scoped PostgreSQL peer)
 
 SO_PIN = b"so-secret-1"
 USER_PIN = b"user-1234"
