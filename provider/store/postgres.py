@@ -19,8 +19,9 @@ UPDATE`: writers of one token, in any process, run one after the other, so the v
 a compare-and-set checks cannot change before its commit.  `_write` nested inside
 another joins it; an exception rolls the whole transaction back.  `_since` reads in one
 REPEATABLE READ READ ONLY transaction: one snapshot.  A lock wait longer than
-LOCK_TIMEOUT_MS (10 s), a lost connection or an unreachable server is CKR_DEVICE_ERROR with a
-reason (logged once until the store works again); the next call connects again.
+LOCK_TIMEOUT_MS (10 s), a connection lost in a transaction or an unreachable server is
+CKR_DEVICE_ERROR with a reason (logged once until the store works again; the transaction
+is not committed); between transactions a lost connection is opened again at once.
 
 The cheap head check (LISTEN/NOTIFY).  head() is asked before every object use, and a
 query is a network round trip, so each process caches (seq, epoch) per token:
@@ -189,16 +190,15 @@ class Database:
                 raise PKCS11Error(C.CKR_DEVICE_ERROR, f"{self.where}: connection lost in a transaction")
             self._conn = conn = self._connect()
             self._backend_pid = conn.info.backend_pid
-            if not self._schema_ok:
-                try:
-                    self._schema(conn)
-                except psycopg.Error as exc:
-                    raise self.failure("cannot set up the tables", exc) from None
-                except BaseException:
-                    self._conn = None
-                    conn.close()
-                    raise
-                self._schema_ok = True
+        if not self._schema_ok:
+            try:
+                self._schema(conn)
+            except BaseException as exc:
+                error = self.failure("cannot set up the tables", exc) if isinstance(exc, psycopg.Error) else exc
+                self._conn = None
+                conn.close()
+                raise error from None
+            self._schema_ok = True
         return conn
 
     def _schema(self, conn) -> None:
@@ -234,15 +234,23 @@ class Database:
             LOG.info("%s: tables upgraded from schema %d to %d", self.where, start, SCHEMA_VERSION)
 
     def run(self, sql: str, params=()):
-        """Execute one statement (in the open transaction, or as its own); the cursor."""
+        """Execute one statement (in the open transaction, or as its own); the cursor.
+        Outside a transaction (a read, or the BEGIN of one) a connection found lost is
+        opened again and the statement tried once more: nothing was done on the old one."""
         with self.lock:
-            conn = self.conn()
-            try:
-                cur = conn.execute(sql, params)
-            except psycopg.Error as exc:
-                raise self.failure("query failed", exc) from None
-            self._working()
-            return cur
+            for retry in (True, False):
+                conn = self.conn()
+                try:
+                    cur = conn.execute(sql, params)
+                except psycopg.Error as exc:
+                    if retry and not self.depth and (conn.broken or conn.closed):
+                        LOG.warning("%s: connection lost (%s); connecting again", self.where,
+                                    " ".join(str(exc).split()))
+                        self._conn = None
+                        continue
+                    raise self.failure("query failed", exc) from None
+                self._working()
+                return cur
 
     @contextmanager
     def transaction(self, begin: str, name: str | None = None):

@@ -312,17 +312,39 @@ def test_library_without_server_has_no_token_and_says_device_error(tmp_path):
         lib.finalize()
 
 
-def test_lost_connection_is_device_error_then_reconnects(postgres, token, caplog):
+def _terminate(dsn, store):
+    backend = store.db.run("SELECT pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        assert raw.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0]
+    return backend
+
+
+def test_connection_lost_between_transactions_is_opened_again(postgres, token, caplog):
     name, a = token
     a.save_object("x", data(), frozenset())
-    backend = a.db.run("SELECT pg_backend_pid()").fetchone()[0]
-    with psycopg.connect(postgres.dsn, autocommit=True) as raw:
-        assert raw.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0]
+    old = _terminate(postgres.dsn, a)
     with caplog.at_level(logging.WARNING, logger="ferrohsm"):
-        assert rv(a.save_object, "y", data(), frozenset()) == C.CKR_DEVICE_ERROR
-        assert a.save_object("y", data(), frozenset()) == 1      # connected again
+        assert a.save_object("y", data(), frozenset()) == 1        # on a new connection
+    assert a.db.run("SELECT pg_backend_pid()").fetchone()[0] != old
+    assert "connection lost" in caplog.text
+    _terminate(postgres.dsn, a)
+    assert {u for u, _, _ in a.changes(None).upserts} == {"x", "y"}   # a read: the same
+
+
+def test_connection_lost_in_a_transaction_is_device_error_and_commits_nothing(postgres, token, caplog):
+    name, a = token
+    head = a.head()
+    with caplog.at_level(logging.WARNING, logger="ferrohsm"):
+        with pytest.raises(PKCS11Error) as info:
+            with a.transaction():
+                a.save_object("first", data(), frozenset())
+                _terminate(postgres.dsn, a)
+                a.save_object("second", data(), frozenset())
+        assert info.value.rv == C.CKR_DEVICE_ERROR and "query failed" in info.value.reason
+        assert a.head() == head and a.changes(None).upserts == []      # connected again: nothing
+        a.save_object("after", data(), frozenset())
     assert "working again" in caplog.text
-    assert {u for u, _, _ in a.changes(None).upserts} == {"x", "y"}
+    assert [u for u, _, _ in a.changes(None).upserts] == ["after"]
 
 
 def test_newer_schema_refused(postgres, caplog):
