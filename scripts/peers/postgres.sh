@@ -8,7 +8,8 @@
 # theirs with tempfile.mkdtemp); DIR itself gets o+x, DIR/pg is 0700 ferrohsm-pg.
 # Network: TCP on 127.0.0.1 only, no unix socket; pg_hba admits loopback only, trust, or
 # scram-sha-256 if FERRO_PG_PASSWORD is set (the DSN then carries it).  Port: FERRO_PG_PORT,
-# else a free one.  Role ferrohsm (LOGIN CREATEDB, no superuser) owns database ferrohsm.
+# else the one of the last start in DIR if it is free again, else a free one.
+# Role ferrohsm (LOGIN CREATEDB, no superuser) owns database ferrohsm.
 # Bounded waits everywhere; the postmaster's pid is the first line of DIR/pg/data/postmaster.pid.
 set -euo pipefail
 cmd=${1:?start|stop}; D=${2:?dir}
@@ -78,9 +79,10 @@ init_cluster() {
 }
 
 start_server() {
-  local try
+  local try port=${FERRO_PG_PORT:-}
+  [ -n "$port" ] || [ ! -f "$PG/port" ] || port=$(cat "$PG/port")   # a restart keeps its DSN if it can
   for try in 1 2 3; do
-    echo "${FERRO_PG_PORT:-$(free_port)}" > "$PG/port"
+    echo "${port:-$(free_port)}" > "$PG/port"; [ -n "${FERRO_PG_PORT:-}" ] || port=""
     # pg_ctl setsid()s the postmaster: a terminal's Ctrl-C aimed at the tests does not reach it
     if as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOGF" -w -t 30 -s -o "-p $(port)" start >/dev/null 2>&1; then
       return 0

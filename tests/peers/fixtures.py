@@ -172,6 +172,10 @@ class PostgresPeer(Peer):
     def pid(self) -> int:
         return int((self.dir / "pg" / "data" / "postmaster.pid").read_text().split()[0])
 
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
     def database(self) -> str:
         """The DSN of a new empty database (the store creates its tables on first use)."""
         import psycopg
@@ -181,8 +185,7 @@ class PostgresPeer(Peer):
         return self.dsn.replace("dbname=ferrohsm", f"dbname={name}")
 
 
-@pytest.fixture(scope="session")
-def postgres():
+def _postgres_peer():
     why = missing(files=(f"{PG_BIN}/initdb", f"{PG_BIN}/pg_ctl", f"{PG_BIN}/postgres"),
                   modules=("psycopg",))
     if why:
@@ -197,6 +200,18 @@ def postgres():
         peer.stop()
         atexit.unregister(peer.stop)
         shutil.rmtree(peer.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The PostgreSQL server the tests share (each on a token name or database of its own)."""
+    yield from _postgres_peer()
+
+
+@pytest.fixture
+def postgres_private():
+    """A PostgreSQL server for one test, which may stop and start it."""
+    yield from _postgres_peer()
 
 
 def _resume(pidfile: Path) -> None:

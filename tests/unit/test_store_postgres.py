@@ -75,7 +75,7 @@ def wait_for(predicate, timeout=5.0):
 def settled(store):
     """The store's listener is connected and its head is cached."""
     store.head()
-    assert wait_for(lambda: store.db._listening != 0)
+    assert wait_for(lambda: store.db._listening != 0, timeout=10)
     return store.head()
 
 
@@ -345,6 +345,31 @@ def test_connection_lost_in_a_transaction_is_device_error_and_commits_nothing(po
         a.save_object("after", data(), frozenset())
     assert "working again" in caplog.text
     assert [u for u, _, _ in a.changes(None).upserts] == ["after"]
+
+
+def test_server_restart_device_error_then_listener_and_cache_come_back(postgres_private, caplog):
+    server = postgres_private
+    cat = PostgresCatalog(server.dsn, kdf_iterations=ITER)
+    name, a = cat.new()
+    a.initialize(LABEL, SO)
+    b = PostgresStore(server.dsn, name, kdf_iterations=ITER)
+    try:
+        settled(b)
+        with caplog.at_level(logging.WARNING, logger="ferrohsm"):
+            server.stop()
+            assert wait_for(lambda: b.db._listening == 0)       # the cache is off at once
+            assert rv(b.head) == C.CKR_DEVICE_ERROR
+            assert rv(a.save_object, "x", data(), frozenset()) == C.CKR_DEVICE_ERROR
+            dsn = server.dsn
+            server.start()
+            assert server.dsn == dsn                               # the same port again
+            before = settled(b)                                    # connected, listening again
+            a.save_object("x", data(), frozenset())
+            assert wait_for(lambda: b.head()[0] == before[0] + 1, timeout=pg.HEAD_TTL / 2)
+        assert "working again" in caplog.text
+    finally:
+        b.close()
+        cat.close()
 
 
 def test_newer_schema_refused(postgres, caplog):
