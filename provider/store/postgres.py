@@ -34,7 +34,9 @@ query is a network round trip, so each process caches (seq, epoch) per token:
     listener has stayed connected since (a reconnected listener may have missed
     notifications: the old entries are not used); otherwise it queries;
   - this process's own commits bump the generation at once, so it never reads its own
-    writes stale (the listener skips the notifications of this process's connection).
+    writes stale (the listener skips the notifications of this process's connection);
+  - so does a write transaction that fails (a Conflict above all: the writer's view is
+    behind), so the refresh that follows a Conflict reads the head, never the cache.
 So a write anywhere is seen by head() as soon as its notification arrives, and at most
 HEAD_TTL later if one were lost; a clean head() is a dictionary look-up.
 
@@ -281,10 +283,11 @@ class Database:
                 committed = True
             finally:
                 self.depth = 0
-                changed, self.changed, self.touched = self.changed, set(), set()
+                stale = self.changed if committed else self.changed | self.touched
+                self.changed, self.touched = set(), set()
                 if not committed:
                     self._rollback()
-                for token in changed:
+                for token in stale:
                     self.invalidate(token)
 
     def _rollback(self) -> None:

@@ -142,6 +142,25 @@ def test_head_is_cached_until_notified_or_stale(postgres, token):
     assert wait_for(lambda: a.head()[0] == before[0] + 1, timeout=pg.HEAD_TTL / 2)
 
 
+def test_a_conflict_makes_the_next_refresh_read_the_head(postgres, token):
+    """Another process's write whose notification has not arrived yet: the stale write's
+    Conflict must not leave the cache in the way of the refresh the engine does next."""
+    name, a = token
+    a.save_object("k", data(), frozenset())
+    cursor = a.changes(None).cursor
+    settled(a)
+    with psycopg.connect(postgres.dsn) as raw, raw.transaction():      # no NOTIFY
+        seq = raw.execute("UPDATE ferro_tokens SET seq = seq + 1 WHERE name = %s RETURNING seq",
+                          (name,)).fetchone()[0]
+        raw.execute("UPDATE ferro_objects SET version = version + 1, seq = %s WHERE token = %s AND uid = 'k'",
+                    (seq, name))
+    assert a.changes(cursor).upserts == []                 # the cache: not seen yet
+    with pytest.raises(Conflict):
+        a.save_object("k", data(b"mine"), frozenset(), expect=1)
+    assert [(u, v) for u, v, _ in a.changes(cursor).upserts] == [("k", 2)]   # at once
+    assert a.save_object("k", data(b"mine"), frozenset(), expect=2) == 3
+
+
 def test_own_writes_move_own_head_at_once(token):
     _, a = token
     for i in range(20):
