@@ -54,7 +54,8 @@ class BackendFunctions:
         engine.check_held_template(backend, priv_given)
         token = session.token
         in_use = [engine.key_ref(token.open(o)) for o in list(token.index.objects.values())
-                  if o.attrs.get(C.CKA_FERRO_BACKEND) == backend.name.encode()]
+                  if o.cls == C.CKO_PRIVATE_KEY and token.loaded(o)
+                  and o.attrs.get(C.CKA_FERRO_BACKEND) == backend.name.encode()]
         label = bytes(priv_given.get(C.CKA_LABEL, b"")).decode("utf-8", "replace")
         self.backends.enter(token, backend)
         extra = {"extractable": True} if priv_given.get(C.CKA_EXTRACTABLE) and backend.exportable else {}

@@ -2,6 +2,11 @@
 
 An `Obj` is a dict of typed attributes (see attrtypes) plus the engine's
 bookkeeping. Token objects also live in the store; session objects only here.
+A token object may be known by its index entry only (a `stub`: the INDEXED
+attributes and CKA_PRIVATE, as the store's index lists them): its attributes are
+read from the store the first time anything asks for them (`loader`), so a
+process opening a token of 100,000 objects reads 100,000 index entries, not
+100,000 records.
 The index maps (attribute, value) for a few attributes that searches name most
 (class, label, id, key type, unique id) to object handles, so a search by label
 among thousands of objects touches only the objects with that label.
@@ -9,40 +14,62 @@ among thousands of objects touches only the objects with that label.
 
 from . import constants as C
 from . import schema
-from .store.base import Sealed
-
-INDEXED = (C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID, C.CKA_KEY_TYPE, C.CKA_UNIQUE_ID)
+from .store.base import INDEXED, Entry, Sealed
 
 
 class Obj:
-    __slots__ = ("handle", "uid", "attrs", "cache", "owner", "version", "lineage", "_secret")
+    __slots__ = ("handle", "uid", "_attrs", "stub", "loader", "_cache", "owner", "version", "lineage",
+                 "_secret")
 
-    def __init__(self, handle: int, uid: str, attrs: dict, owner: int | None = None, version: int = 0,
-                 lineage: str | None = None):
+    def __init__(self, handle: int, uid: str, attrs: dict | None, owner: int | None = None, version: int = 0,
+                 lineage: str | None = None, stub: dict | None = None, loader=None):
         self.handle = handle
         self.uid = uid
-        self.attrs = attrs
-        self.cache: dict = {}      # parsed key objects kept by mechanism families
+        self._attrs = attrs
+        self.stub = attrs if stub is None else stub    # STUB attributes, always at hand
+        self.loader = loader       # obj -> attrs, for an object known by its stub only
+        self._cache = None         # parsed key objects kept by mechanism families (`cache`)
         self.owner = owner         # creating session of a session object; None for token objects
         self.version = version     # the stored version this copy is of (0: not stored)
         self.lineage = lineage     # whose IV counter a copied key shares (None: its own uid's,
         self._secret = None        # or, for a token object, what the store recorded)
 
     @property
+    def attrs(self) -> dict:
+        attrs = self._attrs
+        if attrs is None:
+            attrs = self._attrs = self.loader(self)
+        return attrs
+
+    @attrs.setter
+    def attrs(self, attrs: dict) -> None:
+        self._attrs = self.stub = attrs
+
+    @property
+    def cache(self) -> dict:
+        if self._cache is None:
+            self._cache = {}
+        return self._cache
+
+    @property
+    def loaded(self) -> bool:
+        return self._attrs is not None
+
+    @property
     def cls(self) -> int:
-        return self.attrs[C.CKA_CLASS]
+        return self.stub[C.CKA_CLASS]
 
     @property
     def key_type(self) -> int | None:
-        return self.attrs.get(C.CKA_KEY_TYPE)
+        return self.stub.get(C.CKA_KEY_TYPE)
 
     @property
     def token(self) -> bool:
-        return bool(self.attrs.get(C.CKA_TOKEN))
+        return bool(self.stub.get(C.CKA_TOKEN))
 
     @property
     def private(self) -> bool:
-        return bool(self.attrs.get(C.CKA_PRIVATE))
+        return bool(self.stub.get(C.CKA_PRIVATE))
 
     def flag(self, cka: int) -> bool:
         return bool(self.attrs.get(cka))
@@ -72,12 +99,25 @@ class Obj:
 
 
 _MISSING = object()
+BUCKETED = tuple(cka for cka in INDEXED if cka != C.CKA_UNIQUE_ID)
+
+
+def _buckets(stub) -> list:
+    if type(stub) is Entry:
+        return stub.buckets()
+    return [(cka, stub[cka]) for cka in BUCKETED if cka in stub]
 
 
 class Index:
+    """Buckets (attribute, value) -> the handles of the objects that have it, for the
+    INDEXED attributes but CKA_UNIQUE_ID, which has its own map (one object each).
+    A bucket of one object is its handle alone, not a set: with 100,000 objects
+    most labels are one object's, and a set per label would be most of the memory."""
+
     def __init__(self):
         self.objects: dict[int, Obj] = {}
-        self._by: dict[tuple, set[int]] = {}
+        self._by: dict[tuple, int | set] = {}
+        self._uids: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -86,20 +126,31 @@ class Index:
         return self.objects.get(handle)
 
     def add(self, obj: Obj) -> None:
-        self.objects[obj.handle] = obj
-        for cka in INDEXED:
-            if cka in obj.attrs:
-                self._by.setdefault((cka, obj.attrs[cka]), set()).add(obj.handle)
+        handle, by = obj.handle, self._by
+        self.objects[handle] = obj
+        self._uids[obj.uid] = handle
+        for key in _buckets(obj.stub):
+            bucket = by.get(key)
+            if bucket is None:
+                by[key] = handle
+            elif type(bucket) is int:
+                by[key] = {bucket, handle}
+            else:
+                bucket.add(handle)
 
     def remove(self, obj: Obj) -> None:
-        self.objects.pop(obj.handle, None)
-        for cka in INDEXED:
-            key = (cka, obj.attrs.get(cka))
-            handles = self._by.get(key)
-            if handles is not None:
-                handles.discard(obj.handle)
-                if not handles:
-                    del self._by[key]
+        handle, by = obj.handle, self._by
+        self.objects.pop(handle, None)
+        if self._uids.get(obj.uid) == handle:
+            del self._uids[obj.uid]
+        for key in _buckets(obj.stub):
+            bucket = by.get(key)
+            if bucket == handle:
+                del by[key]
+            elif type(bucket) is set:
+                bucket.discard(handle)
+                if len(bucket) == 1:
+                    by[key] = bucket.pop()
 
     def replace(self, obj: Obj, attrs: dict) -> None:
         """Give `obj` new attributes, keeping the index right."""
@@ -109,6 +160,13 @@ class Index:
         obj._secret = None
         self.add(obj)
 
+    def _bucket(self, cka: int, value) -> tuple | set:
+        if cka == C.CKA_UNIQUE_ID:
+            handle = self._uids.get(value.decode("ascii", "replace") if isinstance(value, bytes) else None)
+            return () if handle is None else (handle,)
+        bucket = self._by.get((cka, value), ())
+        return (bucket,) if type(bucket) is int else bucket
+
     def candidates(self, template: dict):
         """The objects that might match: the smallest index bucket the template
         names, or everything when it names no indexed attribute."""
@@ -116,7 +174,7 @@ class Index:
         for cka in INDEXED:
             if cka in template:
                 try:
-                    bucket = self._by.get((cka, template[cka]), ())
+                    bucket = self._bucket(cka, template[cka])
                 except TypeError:   # an unhashable value cannot be in the index
                     return []
                 if best is None or len(bucket) < len(best):

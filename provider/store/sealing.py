@@ -42,7 +42,7 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from . import records
-from .base import Changes, Conflict, Sealed, TokenStore
+from .base import STUB, Changes, Conflict, Sealed, TokenStore, stub_of
 
 KDF_ITERATIONS = 600_000
 SCHEMA_VERSION = 2         # 1: the first release (no versions); 2: versions, counters, pruning
@@ -205,6 +205,20 @@ class SealingStore(TokenStore):
         """One consistent snapshot: (token record, [(uid, version, record, tag)], [deleted uid])
         with change number > cursor (None: every object, no tombstones)."""
 
+    def _get(self, uid: str) -> tuple | None:
+        """(version, record, tag) of one object; a store with a faster way overrides this."""
+        return next(((v, rec, tag) for u, v, rec, tag in self._since(None)[1] if u == uid), None)
+
+    def _put_index(self, uid: str, stub: dict) -> None:
+        """Record the object's index entry (STUB attributes) in the write transaction
+        _put just wrote in; a store without an index of its own ignores it (its
+        index() then reads every record)."""
+
+    def _index_rows(self) -> tuple | None:
+        """(token record, [(uid, version, stub or None, None)]) from the store's own index in
+        one snapshot (stub None: this row has no index entry), or None: no index kept."""
+        return None
+
     @abstractmethod
     def _counter(self, name: str) -> int | None: ...
 
@@ -348,6 +362,7 @@ class SealingStore(TokenStore):
             record = records.pack(plain, sensitive, seal)
             self._put(uid, expect + 1, record, record_tag(tkey, serial, uid, record),
                       row[1] if row else (lineage or uid))
+            self._put_index(uid, stub_of(plain))
             return expect + 1
 
     def delete_object(self, uid: str, expect: int) -> None:
@@ -391,6 +406,30 @@ class SealingStore(TokenStore):
                 else:
                     upserts.append((uid, version, attrs))
             return Changes(tok["seq"], upserts, deleted, full)
+
+    def index(self) -> tuple:
+        with self._lock:
+            listed = self._index_rows()
+            if listed is None:                       # no index of its own: every record
+                got = self.changes(None)
+                return got.cursor, [(uid, v, stub_of(a), a) for uid, v, a in got.upserts]
+            tok, entries = listed
+            if self._master is not None and self._master_epoch != tok["epoch"]:
+                self.logout()
+            for i, (uid, _, stub, _) in enumerate(entries):
+                if stub is None:                     # e.g. a row from before the index columns
+                    got = self.load(uid)
+                    entries[i] = None if got is None else (uid, got[0], stub_of(got[1]), got[1])
+            return tok["seq"], [e for e in entries if e is not None] if None in entries else entries
+
+    def load(self, uid: str) -> tuple | None:
+        with self._lock:
+            row = self._get(uid)
+            if row is None:
+                return None
+            serial, _, tkey = self._public(self._token())
+            attrs = self._verified(tkey, serial, uid, row[1], row[2])
+            return None if attrs is None else (row[0], attrs)
 
     @staticmethod
     def _verified(tkey: bytes, serial: str, uid: str, record: bytes, tag: bytes) -> dict | None:
