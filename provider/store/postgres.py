@@ -6,7 +6,9 @@ older database is brought to it in place, see MIGRATIONS; a newer one is refused
   ferro_tokens      one row per token: name, created (the server's clock, ns: the
                     catalog's order), and
                     sealing.TOKEN_FIELDS (label, serial, epoch, seq, pruned, keys, PINs)
-  ferro_objects     (token, uid): version, lineage, seq of its last write, record, tag
+  ferro_objects     (token, uid): version, lineage, seq of its last write, record, tag,
+                    and the index entry (base.STUB: cls, label, cka_id, key_type, private;
+                    cls NULL: none, the record is then read to list the object)
   ferro_tombstones  (token, uid): seq of its deletion
   ferro_counters    (token, name): next value of an IV counter
 The object tables reference ferro_tokens with ON DELETE CASCADE: a token's rows go with it.
@@ -57,7 +59,7 @@ from psycopg.conninfo import conninfo_to_dict
 from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
-from .base import Catalog
+from .base import Catalog, Entry
 from .sealing import KDF_ITERATIONS, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
 
 CHANNEL = "ferrohsm"
@@ -76,7 +78,9 @@ CREATE TABLE ferro_tokens (
 CREATE TABLE ferro_objects (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     uid text NOT NULL, version bigint NOT NULL, lineage text NOT NULL, seq bigint NOT NULL,
-    record bytea NOT NULL, tag bytea NOT NULL, PRIMARY KEY (token, uid));
+    record bytea NOT NULL, tag bytea NOT NULL,
+    cls bigint, label bytea, cka_id bytea, key_type bigint, private boolean,
+    PRIMARY KEY (token, uid));
 CREATE INDEX ferro_objects_seq ON ferro_objects (token, seq);
 CREATE TABLE ferro_tombstones (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
@@ -501,6 +505,24 @@ class PostgresStore(SealingStore):
         self._run("DELETE FROM ferro_objects WHERE token = %s AND uid = %s", uid)
         self._run("INSERT INTO ferro_tombstones (token, uid, seq) VALUES (%s, %s, %s) "
                   "ON CONFLICT (token, uid) DO UPDATE SET seq = excluded.seq", uid, self._next_seq())
+
+    def _get(self, uid: str) -> tuple | None:
+        return self._run("SELECT version, record, tag FROM ferro_objects WHERE token = %s AND uid = %s",
+                         uid).fetchone()
+
+    def _put_index(self, uid: str, stub: dict) -> None:
+        self.db.run("UPDATE ferro_objects SET cls = %s, label = %s, cka_id = %s, key_type = %s, private = %s "
+                    "WHERE token = %s AND uid = %s",
+                    (stub[C.CKA_CLASS], stub.get(C.CKA_LABEL), stub.get(C.CKA_ID), stub.get(C.CKA_KEY_TYPE),
+                     bool(stub.get(C.CKA_PRIVATE)), self.name, uid))
+
+    def _index_rows(self) -> tuple:
+        with self._read():
+            tok = self._token()
+            rows = self._run("SELECT uid, version, cls, label, cka_id, key_type, private FROM ferro_objects "
+                             "WHERE token = %s").fetchall()
+        return tok, [(uid, version, None if cls is None else Entry(cls, label, cka_id, key_type, private), None)
+                     for uid, version, cls, label, cka_id, key_type, private in rows]
 
     def _uids(self) -> list:
         return [uid for (uid,) in self._run("SELECT uid FROM ferro_objects WHERE token = %s")]

@@ -231,6 +231,39 @@ def test_transaction_rolls_back_whole_and_nests(postgres, token):
         b.close()
 
 
+def test_index_lists_entries_without_records_and_load_reads_one(postgres, token):
+    name, a = token
+    a.login(C.CKU_SO, SO)
+    a.init_pin(USER)
+    a.logout()
+    a.login(C.CKU_USER, USER)
+    key = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: C.CKK_AES, C.CKA_TOKEN: True, C.CKA_PRIVATE: True,
+           C.CKA_LABEL: b"idx", C.CKA_ID: b"\x01", C.CKA_VALUE: b"k" * 32}
+    a.save_object("key", key, frozenset({C.CKA_VALUE}))
+    a.save_object("pub", data(b"public"), frozenset())
+    b = PostgresStore(postgres.dsn, name, kdf_iterations=ITER)
+    try:
+        cursor, entries = b.index()
+        assert cursor == a.head()[0]
+        got = {uid: (version, stub, attrs) for uid, version, stub, attrs in entries}
+        assert set(got) == {"key", "pub"} and all(attrs is None for _, _, attrs in got.values())
+        version, stub, _ = got["key"]
+        assert version == 1 and stub[C.CKA_CLASS] == C.CKO_SECRET_KEY and stub[C.CKA_LABEL] == b"idx"
+        assert stub[C.CKA_ID] == b"\x01" and stub[C.CKA_KEY_TYPE] == C.CKK_AES and stub[C.CKA_PRIVATE]
+        assert got["pub"][1][C.CKA_LABEL] == b"public" and not got["pub"][1][C.CKA_PRIVATE]
+        version, attrs = b.load("key")
+        assert version == 1 and attrs[C.CKA_LABEL] == b"idx" and C.CKA_VALUE in attrs
+        assert b.load("missing") is None
+        # a row without an index entry (cls NULL) is listed from its record
+        with psycopg.connect(postgres.dsn, autocommit=True) as raw:
+            raw.execute("UPDATE ferro_objects SET cls = NULL WHERE token = %s AND uid = 'pub'", (name,))
+        got = {uid: (stub, attrs) for uid, _, stub, attrs in b.index()[1]}
+        assert got["pub"][0][C.CKA_LABEL] == b"public" and got["pub"][1][C.CKA_LABEL] == b"public"
+        assert b.changes(cursor).upserts == []          # the index's cursor continues the feed
+    finally:
+        b.close()
+
+
 # --- processes ------------------------------------------------------------------------
 WORKER = r"""
 import sys
