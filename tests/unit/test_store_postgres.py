@@ -351,6 +351,18 @@ def test_no_server_is_device_error_logged_once(caplog):
     cat.close()
 
 
+def test_missing_database_is_device_error(postgres, caplog):
+    cat = PostgresCatalog(postgres.dsn.replace("dbname=ferrohsm", "dbname=ferro_absent"), kdf_iterations=ITER)
+    with caplog.at_level(logging.ERROR, logger="ferrohsm"):
+        assert cat.names() == []
+        _, store = cat.new()
+        with pytest.raises(PKCS11Error) as info:
+            store.initialize(LABEL, SO)
+    assert info.value.rv == C.CKR_DEVICE_ERROR and "ferro_absent" in info.value.reason
+    assert len(caplog.records) == 1
+    cat.close()
+
+
 def test_library_without_server_has_no_token_and_says_device_error(tmp_path):
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
