@@ -32,7 +32,7 @@ def _init(method):
     def fn(library, session, p_mech, key):
         mech = read_mechanism(p_mech, library.config.limits)
         with library.lock:
-            native.forget(library, session, kind)
+            native.forget(library, session, kind, mech.type)
             getattr(library, method)(session, mech, key)
             native.hand_over(library, session, kind)
     return fn

@@ -65,7 +65,7 @@ def _init(method: str, kind: str):
         need(p_mech)
         mech = P.Mechanism(p_mech[0].mechanism, None)
         with library.lock:
-            native.forget(library, session, kind)
+            native.forget(library, session, kind, mech.type)
             getattr(library, method)(session, mech, key)
             native.hand_over(library, session, kind)
     return fn

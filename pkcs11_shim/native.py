@@ -7,6 +7,9 @@ operation of that kind lives in native code only, and the C entry points answer
 without Python. A `Binding` is what the engine calls to drop native state
 (key destroyed or changed, session closed, logout, PIN locked, C_Finalize).
 All of this runs under the engine's lock, so arming and dropping are ordered.
+What is armed holds a lease (native/ferro_native.h FERRO_LEASE_NS): when it
+runs out, a repeat init comes back here, and an armed operation asks the
+engine to recheck its key first (`ferro_py_recheck` -> Library.recheck).
 Each loaded copy of the .so has its own native tables: a copy's `Binding` is
 what its libraries' `offload` is, and every call here goes through it.
 
@@ -16,10 +19,14 @@ use it to compare the two paths byte for byte).
 
 import os
 
+from provider import constants as C
+
 from .handlers_common import onerror, wrap
 
 # operation kind -> the native table's index (native/ferro_native.h)
 KINDS = {"encrypt": 0, "decrypt": 1, "message_encrypt": 2, "message_decrypt": 3, "sign": 4}
+# operation kind -> the mechanisms native/ may be armed with for it (Library.offload_grant)
+MECHANISMS = {kind: (C.CKM_ECDSA,) if kind == "sign" else (C.CKM_AES_GCM,) for kind in KINDS}
 
 
 class Binding:
@@ -48,8 +55,12 @@ def bind(ffi, lib, state) -> Binding:
     def reserve_iv(library, session, key, p_start, p_count):
         p_start[0], p_count[0] = library.reserve_iv(session, key)
 
+    def recheck(library, session, key):
+        library.recheck(session, key)
+
     # through the handlers' wrapper: this copy's NOT_INITIALIZED, PKCS11Error -> its rv
-    ffi.def_extern(name="ferro_py_reserve_iv", onerror=onerror)(wrap("ferro_py_reserve_iv", reserve_iv, True, state))
+    for name, fn in (("ferro_py_reserve_iv", reserve_iv), ("ferro_py_recheck", recheck)):
+        ffi.def_extern(name=name, onerror=onerror)(wrap(name, fn, True, state))
     return binding
 
 
@@ -65,11 +76,17 @@ def _native(library, kind: str):
     return binding if isinstance(binding, Binding) and kind in KINDS else None
 
 
-def forget(library, session: int, kind: str) -> None:
+def forget(library, session: int, kind: str, mech: int) -> None:
     """The engine runs an init of `kind` itself: the cached native authorisation
-    for it goes (so a later native init cannot pass over the engine's operation)."""
+    for it goes (so a later native init cannot pass over the engine's operation).
+    For a mechanism the fast path runs, the engine looks at the store's head
+    first (Library.check_head), so what it may arm natively, with a fresh lease,
+    is decided on other processes' changes too: a native repeat init whose lease
+    ran out comes here."""
     if binding := _native(library, kind):
         binding.lib.ferro_native_forget(session, KINDS[kind])
+        if mech in MECHANISMS[kind]:
+            library.check_head(session)
 
 
 def hand_over(library, session: int, kind: str) -> None:

@@ -311,6 +311,22 @@ class CryptoFunctions:
             return op.key.handle, grant, b"", b"", 0
         return (op.key.handle, *grant)
 
+    def check_head(self, handle: int) -> None:
+        """Take in what other processes changed in the session's token (Token.refresh):
+        before an init whose operation the fast path may take, with a fresh lease."""
+        self._session(handle).token.refresh()
+
+    def recheck(self, handle: int, key_handle: int) -> None:
+        """The lease of an operation the fast path holds ran out: is its key still
+        good? The store's head is checked (a key another process destroyed or
+        changed reaches _object_changed, which ends the operations using it, the
+        native ones too); then the handle must still name an object the session
+        sees. Returning renews the lease."""
+        session = self._session(handle)
+        session.token.refresh()
+        self._object(session, key_handle, C.CKR_KEY_HANDLE_INVALID)
+        LOG.debug("session %d: key %d rechecked for the native fast path's lease", handle, key_handle)
+
     def release(self, handle: int, kind: str) -> None:
         """The fast path took the operation over: the engine forgets it."""
         self._session(handle).end(kind)
