@@ -15,6 +15,8 @@ leaves the operation as it was (mechanisms/aes_message.py).
 
 Offloading (issue 4): after an init the shim may ask `offload_grant` for what a
 native fast path needs to run the operation itself, and then `release` it here.
+What it armed holds a lease: the shim asks `check_head` before an init it may
+arm, and `recheck` when an armed operation's lease ran out (native/README.md).
 """
 
 import fcntl
