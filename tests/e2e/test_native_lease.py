@@ -7,9 +7,12 @@ its calls must fail within DETECT_S of the change. And leases renewed on an unch
 key must not disturb a long-running operation.
 
 tests/e2e/c/lease_check.c plays both parts; every call it makes is a line
-"call WHAT NS RV", NS on CLOCK_MONOTONIC, the clock the changer's "changed NS" uses."""
+"call WHAT NS RV", NS on CLOCK_MONOTONIC, the clock the changer's "changed NS" uses.
+The recheck is a call into Python from the native path: a Python host (python-pkcs11)
+makes it from its own thread too."""
 
 import subprocess
+import sys
 import threading
 import time
 
@@ -153,3 +156,38 @@ def test_renewed_leases_keep_long_operations_on_an_unchanged_key(c_build, token)
     # re-armed by the engine (with its head check) after one ran out
     assert handed["message_encrypt"] == handed["message_decrypt"] == 1, handed
     assert 2 <= handed["encrypt"] <= 5 and 2 <= handed["sign"] <= 5, handed
+
+
+PYTHON_HOST = """
+import time, pkcs11
+from pkcs11 import KeyType, Mechanism
+from pkcs11.mechanisms import GCMParams
+
+lib = pkcs11.lib({module!r})
+with lib.get_token(token_label="e2e").open(user_pin={pin!r}, rw=True) as s:
+    key = s.generate_key(KeyType.AES, 256, store=False)
+    params = GCMParams(bytes(12), b"aad", 128)
+
+    def slow():
+        yield b"a" * 32
+        time.sleep(0.7)                  # the armed op's lease runs out before this Update
+        yield b"b" * 32
+    for _ in range(2):
+        ct = b"".join(key.encrypt(slow(), mechanism=Mechanism.AES_GCM, mechanism_param=params))
+    assert key.decrypt(ct, mechanism=Mechanism.AES_GCM, mechanism_param=params) == b"a" * 32 + b"b" * 32
+    print("round trip ok")
+"""
+
+
+def test_recheck_from_a_python_host(token):
+    """python-pkcs11 (the module reuses its interpreter): multi-part GCM whose Update
+    comes after the lease ran out is rechecked by the engine from within the host's
+    thread, and goes on natively."""
+    env, log_path = debug_env(token, "pyhost")
+    proc = token.run(sys.executable, "-c", PYTHON_HOST.format(module=token.module, pin=USER_PIN), env=env,
+                     check=False, timeout=120)
+    report = checked(proc.stdout.decode() + proc.stderr.decode(), proc.returncode, "python host")
+    assert "round trip ok" in report
+    log = log_path.read_text()
+    assert "encrypt handed to the native fast path" in log
+    assert log.count(RECHECKED) == 2, log
