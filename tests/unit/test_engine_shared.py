@@ -29,7 +29,7 @@ def store_table(kind: str, request) -> str:
     return f'[store]\nkind = "{kind}"\n'
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "filesystem", "postgres"])
 def pair(tmp_path, request):
     store = store_table(request.param, request)
     a = make_library(tmp_path, store)

@@ -13,14 +13,13 @@ import textwrap
 import pytest
 
 from provider import constants as C
-from provider.config import Config
 from provider.errors import PKCS11Error
 from provider.library import Library
 from provider.store import filesystem as fs
 from provider.store import sealing
 from provider.store.base import Conflict
 
-from .conftest import RW, SO_PIN, USER_PIN, init_token
+from .conftest import RW, SO_PIN, USER_PIN, init_token, make_library
 from .stores import ITER
 from .tmpl import T
 from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, rv_conflict
@@ -513,10 +512,7 @@ def test_prune_compacts_the_log_tombstones_stay(tmp_path, monkeypatch):
 
 # --- a Library on it ------------------------------------------------------------------
 def fs_library(tmp_path) -> Library:
-    conf = tmp_path / "ferrohsm.conf"
-    conf.write_text(f'[tokens]\ndirectory = "{tmp_path / "tokens"}"\n[log]\nlevel = "ERROR"\n'
-                    '[store]\nkind = "filesystem"\n')
-    return Library(Config.parse(conf.read_text(), str(conf)))
+    return make_library(tmp_path, '[store]\nkind = "filesystem"\n')
 
 
 def find(lib, s, **attrs):
