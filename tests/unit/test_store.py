@@ -376,7 +376,8 @@ def test_transaction_commits_together_or_not_at_all(store, backend):
     assert sorted(u for u, _, _ in got.upserts) == ["priv", "pub"] and got.cursor == cursor + 2
 
 
-def test_pruned_tombstones_make_old_readers_resync(store, backend):
+def test_pruned_tombstones_make_old_readers_resync(store, backend, monkeypatch):
+    monkeypatch.setattr(sealing, "TOMBSTONE_WINDOW", 20)     # the rule, not the default's size
     old_reader = backend.open()
     store.save_object("keep", aes_key(b"keep", private=False), AES_SECRET)
     store.save_object("drop", aes_key(b"drop", private=False), AES_SECRET)
