@@ -14,11 +14,10 @@ objects are destroyed by it (PKCS#11 3.0, C_Logout).
 
 import gc
 import threading
+from contextlib import contextmanager, nullcontext
 
 from . import constants as C
 from .errors import PKCS11Error
-from contextlib import contextmanager, nullcontext
-
 from .log import LOG
 from .objects import BUCKETED, Index, Obj
 from .store.base import Sealed
@@ -148,12 +147,14 @@ class Token:
                 obj = Obj(self.new_handle(), uid, attrs, version=version, stub=stub, loader=self._loader)
                 self.by_uid[uid] = obj
                 self.index.add(obj)
-            elif obj.version != version:
-                got = attrs or self.store.load(uid)
-                if got is None or attrs is None and got[0] != version:
+            elif obj.version != version:          # changed since we knew it (reload after logout)
+                if attrs is None:
+                    got = self.store.load(uid)
+                    version, attrs = got if got is not None else (None, None)
+                if attrs is None:
                     self._drop(obj)
                 else:
-                    self.index.replace(obj, attrs or got[1])
+                    self.index.replace(obj, attrs)
                     obj.version = version
         for uid in [uid for uid in self.by_uid if uid not in listed]:
             self._drop(self.by_uid[uid])
