@@ -155,7 +155,7 @@ class ObjectFunctions:
         token = session.token
         token.refresh()
         found = sorted(o.handle for o in token.index.candidates(wanted)
-                       if token.visible(o) and token.loaded(o) and o.matches(wanted))
+                       if token.visible(o) and token.matches(o, wanted))
         session.start(Operation("find", 0, None, results=found))
 
     def find_objects(self, handle: int, max_count: int) -> list[int]:

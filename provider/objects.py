@@ -14,7 +14,7 @@ among thousands of objects touches only the objects with that label.
 
 from . import constants as C
 from . import schema
-from .store.base import INDEXED, Entry, Sealed
+from .store.base import INDEXED, STUB, Entry, Sealed
 
 
 class Obj:
@@ -88,11 +88,23 @@ class Obj:
         return any(isinstance(v, Sealed) for v in self.attrs.values())
 
     def matches(self, template: dict) -> bool:
+        """Does the object have these values? An object known by its index entry only
+        is matched on the entry when the template names nothing else (its record is
+        read, and checked, when the object is used)."""
+        if self._attrs is None and all(cka in STUB for cka in template):
+            return all(self._entry_value(cka) == value for cka, value in template.items())
         attrs = self.attrs
         for cka, value in template.items():
             if attrs.get(cka, _MISSING) != value or self.hidden(cka):
                 return False
         return True
+
+    def _entry_value(self, cka: int):
+        if cka == C.CKA_UNIQUE_ID:
+            return self.uid.encode()
+        if cka in (C.CKA_TOKEN, C.CKA_PRIVATE):
+            return bool(self.stub.get(cka))
+        return self.stub.get(cka)
 
     def size(self) -> int:
         return sum(len(v) if isinstance(v, (bytes, tuple)) else 8 for v in self.attrs.values())

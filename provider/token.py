@@ -181,6 +181,13 @@ class Token:
             obj.version = version
         return attrs
 
+    def matches(self, obj: Obj, template: dict) -> bool:
+        """Obj.matches, False for an object whose record turns out gone or lying."""
+        try:
+            return obj.matches(template)
+        except PKCS11Error:
+            return False
+
     def loaded(self, obj: Obj) -> bool:
         """Read the object's record if it was not yet; False if it is gone."""
         if obj.loaded:

@@ -5,6 +5,7 @@ import logging
 import sqlite3
 
 from provider import constants as C
+from provider.errors import PKCS11Error
 from provider.store.sqlite import SqliteStore
 
 from .conftest import RW, USER_PIN, init_token, make_library
@@ -39,12 +40,21 @@ def test_open_and_login_read_no_record(tmp_path, monkeypatch):
     s = lib.open_session(slot, RW)
     lib.login(s, C.CKU_USER, USER_PIN)
     assert reads == [] and len(lib.tokens[slot].by_uid) == 40
-    (h,) = find(lib, s, LABEL=b"obj-7")
-    assert len(reads) == 1
+    (h,) = find(lib, s, LABEL=b"obj-7")                     # answered by the index entries
+    assert reads == []
     assert lib.get_attribute_value(s, h, [C.CKA_VALUE]) == [b"value 7"]
-    assert len(reads) == 1                                  # read once, then held
-    assert len(find(lib, s, CLASS=C.CKO_DATA)) == 40 and len(reads) == 40
+    assert len(reads) == 1                                  # read when used, then held
+    assert lib.get_attribute_value(s, h, [C.CKA_LABEL]) == [b"obj-7"] and len(reads) == 1
+    assert len(find(lib, s, CLASS=C.CKO_DATA)) == 40 and len(reads) == 1
+    assert len(find(lib, s, VALUE=b"value 3")) == 1 and len(reads) == 40   # needs the records
     lib.finalize()
+
+
+def rv_of(fn, *args):
+    try:
+        return fn(*args)
+    except PKCS11Error as err:
+        return err.rv
 
 
 def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
@@ -54,9 +64,11 @@ def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
         db.execute("UPDATE objects SET label = ?, private = 0 WHERE label = ?", (b"obj-0", b"obj-1"))
     lib = make_library(tmp_path)
     s = lib.open_session(slot, RW)                          # not logged in: public objects only
+    found = find(lib, s, LABEL=b"obj-0")                    # the index answers: two handles
+    assert len(found) == 2
     with caplog.at_level(logging.WARNING, logger="ferrohsm"):
-        found = find(lib, s, LABEL=b"obj-0")
-    assert len(found) == 1                                  # the real obj-0; the private obj-1 stays hidden
-    assert lib.get_attribute_value(s, found[0], [C.CKA_VALUE]) == [b"value 0"]
-    assert "not what the store's index says" in caplog.text
+        got = [rv_of(lib.get_attribute_value, s, h, [C.CKA_VALUE]) for h in found]
+    assert sorted(got, key=str) == sorted([[b"value 0"], C.CKR_OBJECT_HANDLE_INVALID], key=str)
+    assert "not what the store's index says" in caplog.text   # the private obj-1 stays unread
+    assert len(find(lib, s, LABEL=b"obj-0")) == 1             # and is gone from the index
     lib.finalize()
