@@ -139,6 +139,13 @@ class Token:
 
     def _take_index(self) -> None:
         self._cursor, entries = self.store.index()
+        if not self.by_uid:                    # the first read: every entry is new
+            handles, loader = self._handles, self._loader
+            objs = [Obj(next(handles), uid, attrs, None, version, None, stub, loader)
+                    for uid, version, stub, attrs in entries]
+            self.by_uid.update((obj.uid, obj) for obj in objs)
+            self.index.add_many(objs)
+            return
         listed = set()
         for uid, version, stub, attrs in entries:
             listed.add(uid)
