@@ -3,15 +3,18 @@
     python stress_worker.py work MODULE PIN WORKER THREADS SECONDS MAX_OPS ID_HEX
         THREADS threads, each with its own session (the main thread's logged-in one
         keeps the login), run a random mix of create (AES-256 key / P-256 pair), find,
-        encrypt (AES-GCM), sign (ECDSA) and destroy on the token objects with CKA_ID
-        ID_HEX - everybody's, so they meet objects other workers destroy - until
+        encrypt (AES-GCM), sign (ECDSA), touch (set CKA_END_DATE) and destroy on the
+        token objects with CKA_ID ID_HEX - everybody's, so they meet objects other
+        workers change and destroy - until
         SECONDS pass or MAX_OPS ops ran. Prints one JSON line: per op and CK_RV a count,
-        the objects made and destroyed as [label, class], and the first few failures.
+        the objects made, destroyed, and reported gone (CKR_OBJECT_HANDLE_INVALID) as
+        [label, class], and the first few failures.
     python stress_worker.py census MODULE PIN ID_HEX
         Lists the objects with CKA_ID ID_HEX as [label, class] and uses every key once
         (encrypt + decrypt, sign + verify with its public key if that is left): JSON.
 Objects are named by their labels, which are unique (worker-thread-count)."""
 
+import datetime
 import json
 import random
 import sys
@@ -22,7 +25,7 @@ from collections import Counter
 from p11_client import DIGEST, OK, Attribute, Mechanism, ObjectClass, aes_key, call, ec_pair, encrypt, find, sign, token
 
 EXPECTED = (OK, "none", "CKR_OBJECT_HANDLE_INVALID", "CKR_KEY_HANDLE_INVALID")   # none: no key to use
-OPS = {"create_aes": 12, "create_ec": 8, "find": 15, "encrypt": 25, "sign": 20, "destroy": 20}
+OPS = {"create_aes": 12, "create_ec": 8, "find": 15, "encrypt": 25, "sign": 20, "destroy": 20, "touch": 8}
 
 
 def ident(obj) -> list:
@@ -36,10 +39,11 @@ class Worker(threading.Thread):
         self.tok, self.id, self.deadline, self.max_ops = tok, id_, deadline, max_ops
         self.random = random.Random(seed)
         self.counts: Counter = Counter()      # "op rv" -> n
-        self.created: list = []
-        self.destroyed: list = []
+        self.created: list = []               # [label, class] of what this thread made
+        self.destroyed: list = []             # ... and destroyed
+        self.vanished: list = []              # ... and was told is gone (CKR_OBJECT_HANDLE_INVALID)
         self.failures: list = []              # [op, rv] of the first unexpected results
-        self.pool = {ObjectClass.SECRET_KEY: [], ObjectClass.PRIVATE_KEY: [], ObjectClass.PUBLIC_KEY: []}
+        self.pool: list = []                  # (object, [label, class]) known to this thread
         self.serial = 0
 
     def record(self, op: str, rv: str) -> None:
@@ -47,62 +51,64 @@ class Worker(threading.Thread):
 
     def _refill(self):
         found = find(self.session, {Attribute.ID: self.id})
-        for objs in self.pool.values():
-            objs.clear()
+        self.pool.clear()
         for obj in found:
-            self.pool.setdefault(obj.object_class, []).append(obj)
+            rv, who = call(ident, obj)
+            if rv == OK:
+                self.pool.append((obj, who))
+            else:
+                self.record("ident", rv)
         return len(found)
 
     def _pick(self, *classes):
-        objs = [o for c in classes for o in self.pool.get(c, [])]
-        if not objs:
-            rv, _ = call(self._refill)
-            self.record("find", rv)
-            objs = [o for c in classes for o in self.pool.get(c, [])]
-        return self.random.choice(objs) if objs else None
+        names = [c.name for c in classes]
+        known = [k for k in self.pool if k[1][1] in names]
+        if not known:
+            self.record("find", call(self._refill)[0])
+            known = [k for k in self.pool if k[1][1] in names]
+        return self.random.choice(known) if known else (None, None)
 
-    def _forget(self, obj):
-        for objs in self.pool.values():
-            if obj in objs:
-                objs.remove(obj)
+    def _made(self, rv, objs, label):
+        """A create's outcome (invalid: made, then destroyed by another before python-pkcs11 read it)."""
+        if rv in (OK, "CKR_OBJECT_HANDLE_INVALID"):
+            for cls in ("PUBLIC_KEY", "PRIVATE_KEY") if len(objs) == 2 else ("SECRET_KEY",):
+                self.created.append([label, cls])
+        if rv == OK:
+            self.pool += [(obj, [label, obj.object_class.name]) for obj in objs]
+        return rv
 
     def step(self, op: str):
         self.serial += 1
         label = f"{self.name}-{self.serial}"
         if op == "create_aes":
             rv, key = call(aes_key, self.session, label, self.id)
-            if rv in (OK, "CKR_OBJECT_HANDLE_INVALID"):    # invalid: made, then destroyed by another
-                self.created.append([label, "SECRET_KEY"])
-            if key is not None:
-                self.pool[ObjectClass.SECRET_KEY].append(key)
-            return rv
+            return self._made(rv, (key,) if key else (None,), label)
         if op == "create_ec":
             rv, pair = call(ec_pair, self.session, label, self.id)
-            if rv in (OK, "CKR_OBJECT_HANDLE_INVALID"):
-                self.created += [[label, "PUBLIC_KEY"], [label, "PRIVATE_KEY"]]
-            if pair is not None:
-                self.pool[ObjectClass.PUBLIC_KEY].append(pair[0])
-                self.pool[ObjectClass.PRIVATE_KEY].append(pair[1])
-            return rv
+            return self._made(rv, pair or (None, None), label)
         if op == "find":
             return call(self._refill)[0]
         if op == "encrypt":
-            key = self._pick(ObjectClass.SECRET_KEY)
+            key, who = self._pick(ObjectClass.SECRET_KEY)
             rv = "none" if key is None else call(encrypt, self.session, key)[0]
         elif op == "sign":
-            key = self._pick(ObjectClass.PRIVATE_KEY)
+            key, who = self._pick(ObjectClass.PRIVATE_KEY)
             rv = "none" if key is None else call(sign, key)[0]
+        elif op == "touch":         # a write racing the others' uses, writes and destroys
+            key, who = self._pick(ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
+            day = datetime.date(2030, 1, 1) + datetime.timedelta(days=self.random.randrange(3650))
+            rv = "none" if key is None else call(key.__setitem__, Attribute.END_DATE, day)[0]
         else:
-            key = self._pick(ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
-            if key is None:
-                return "none"
-            rv, who = call(ident, key)
+            key, who = self._pick(ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+            rv = "none" if key is None else call(key.destroy)[0]
             if rv == OK:
-                rv, _ = call(key.destroy)
-                if rv == OK:
-                    self.destroyed.append(who)
+                self.destroyed.append(who)
+        if rv == "CKR_OBJECT_HANDLE_INVALID":
+            self.vanished.append(who)
         if key is not None and rv not in (OK, "none"):
-            self._forget(key)
+            self.pool = [k for k in self.pool if k[0] is not key]
+        if rv == OK and op == "destroy":
+            self.pool = [k for k in self.pool if k[0] is not key]
         return rv
 
     def run(self):
@@ -144,6 +150,7 @@ def work(module, pin, worker, threads, seconds, max_ops, id_hex):
     return {"counts": dict(counts), "elapsed": elapsed,
             "created": [c for w in workers for c in w.created],
             "destroyed": [d for w in workers for d in w.destroyed],
+            "vanished": [v for w in workers for v in w.vanished],
             "failures": [f for w in workers for f in w.failures]}
 
 

@@ -358,7 +358,7 @@ def test_stress(shared):
 
     unexpected = {key: n for key, n in counts.items() if key.split(" ", 1)[1] not in EXPECTED}
     assert not unexpected, (unexpected, [f for out in outs for f in out["failures"]], log_tail(shared))
-    for op in ("create_aes", "create_ec", "encrypt", "sign", "destroy", "find"):
+    for op in ("create_aes", "create_ec", "encrypt", "sign", "touch", "destroy", "find"):
         assert counts[f"{op} {OK}"] > 0, f"no {op} succeeded: {dict(counts)}"
 
     created = [tuple(c) for out in outs for c in out["created"]]
@@ -366,6 +366,9 @@ def test_stress(shared):
     assert len(set(created)) == len(created)
     assert len(set(destroyed)) == len(destroyed), "an object was destroyed twice"
     assert set(destroyed) <= set(created)
+    vanished = {tuple(v) for out in outs for v in out["vanished"]}
+    print(f"made {len(created)}, destroyed {len(destroyed)}, seen gone {len(vanished)}")
+    assert vanished <= set(destroyed), f"reported gone, never destroyed: {sorted(vanished - set(destroyed))[:10]}"
     assert sorted(map(tuple, census["objects"])) == sorted(set(created) - set(destroyed))
     left = Counter(cls for _, cls in census["objects"])
     pairs = {label for label, cls in census["objects"] if cls == "PUBLIC_KEY"} & \
