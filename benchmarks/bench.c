@@ -7,6 +7,10 @@
  *   bench MODULE LABEL PIN populate N         make N token data objects "obj-<i>"
  *   bench MODULE LABEL PIN objects SECONDS    find by label, open+close session,
  *                                             create+destroy a token object
+ *   bench MODULE LABEL PIN startup N          with N objects "obj-<i>" on the token: time of
+ *                                             load + C_Initialize + open + C_Login less the PIN
+ *                                             derivation (a second C_Login), peak RSS, and
+ *                                             find-by-label p50/p99 over 2,000 lookups
  *
  * Every AES-GCM op is C_EncryptInit (a fresh IV) + C_Encrypt, as a client of a
  * token must do per message. A figure the module cannot do prints "n/a". */
@@ -298,12 +302,64 @@ static void object_figures(CK_SESSION_HANDLE *s)
     figure(name, rate(create_destroy_op, s, NULL, 1), "ops/s");
 }
 
+static long rss_kib(const char *field)
+{
+    char line[256];
+    long kib = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, strlen(field)))
+            kib = atol(line + strlen(field));
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+static int by_value(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void startup_figures(const char *module, const char *label, const char *pin, long total)
+{
+    enum { LOOKUPS = 2000 };
+    static double took[LOOKUPS];
+    double t0 = now(), t_login, t_kdf;
+    CK_SESSION_HANDLE s;
+    load(module, label);
+    s = session(pin);
+    t_login = now() - t0;
+    CK(F->C_Logout(s));
+    t0 = now();
+    CK(F->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)));
+    t_kdf = now() - t0;
+    figure("startup_login_less_kdf", (t_login - t_kdf) * 1e3, "ms");
+    figure("login_kdf", t_kdf * 1e3, "ms");
+    figure("startup_rss", rss_kib("VmRSS:") / 1024.0, "MiB");
+    for (int i = 0; i < LOOKUPS; i++) {
+        t0 = now();
+        if (find_op(s, &total))
+            die("find by label", 0);
+        took[i] = (now() - t0) * 1e6;
+    }
+    qsort(took, LOOKUPS, sizeof *took, by_value);
+    figure("find_p50", took[LOOKUPS / 2], "us");
+    figure("find_p99", took[LOOKUPS * 99 / 100], "us");
+    figure("peak_rss", rss_kib("VmHWM:") / 1024.0, "MiB");
+}
+
 int main(int argc, char **argv)
 {
     CK_SESSION_HANDLE s[2];
     if (argc != 6) {
-        fprintf(stderr, "usage: %s MODULE LABEL PIN crypto|populate|objects SECONDS|N\n", argv[0]);
+        fprintf(stderr, "usage: %s MODULE LABEL PIN crypto|populate|objects|startup SECONDS|N\n", argv[0]);
         return 2;
+    }
+    if (!strcmp(argv[4], "startup")) {
+        startup_figures(argv[1], argv[2], argv[3], atol(argv[5]));
+        F->C_Finalize(NULL);
+        return 0;
     }
     load(argv[1], argv[2]);
     s[0] = session(argv[3]);

@@ -6,7 +6,11 @@ Builds benchmarks/bench.c with gcc, makes fresh tokens for both modules in a
 temporary directory (a crypto token, and tokens holding 1,000 and 5,000 data
 objects), then runs the client against FerroHSM and SoftHSM2 and
 `openssl speed -evp aes-256-gcm` (the ceiling) in turn, A B C A B C. Every figure
-is the median over the rounds. Takes about four minutes on a 2-core machine.
+is the median over the rounds. Then the scale figures (FerroHSM only, --scale N
+objects, default 100,000, filled in one store transaction): a new process's
+C_Initialize + open + C_Login less the PIN derivation, its memory, and find-by-label
+p50/p99 (`bench ... startup N`, one process per round). About six minutes on a
+2-core machine.
 """
 
 import argparse
@@ -29,6 +33,7 @@ from benchmarks.report import write_report  # noqa: E402
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 SO_PIN, PIN = "12345678", "123456"
 OBJECT_TOKENS = (1000, 5000)
+SCALE_LABEL = "scale"
 
 
 def sh(*args, env=None, timeout=900) -> str:
@@ -87,6 +92,29 @@ class SoftHsm(Module):
            env=self.env)
 
 
+def populate_fast(ferro: "Ferro", label: str, n: int) -> None:
+    """n public data objects "obj-<i>" on token `label`, written by the engine in one
+    store transaction (a C client making them one durable C_CreateObject at a time
+    takes minutes for 100,000)."""
+    from provider import attrtypes, constants as C
+    from provider.config import Config
+    from provider.library import Library
+    os.environ["FERROHSM_CONF"] = ferro.env["FERROHSM_CONF"]
+    lib = Library(Config.load())
+    try:
+        (slot,) = [s for s in lib.get_slot_list(True)
+                   if lib.get_token_info(s)["label"].rstrip() == label.encode()]
+        s = lib.open_session(slot, C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION)
+        fixed = [(C.CKA_CLASS, attrtypes.encode(C.CKA_CLASS, C.CKO_DATA)), (C.CKA_TOKEN, b"\x01"),
+                 (C.CKA_PRIVATE, b"\x00"), (C.CKA_VALUE, b"a value of thirty-two bytes.....")]
+        with lib.tokens[slot].transaction():
+            for i in range(n):
+                lib.create_object(s, fixed + [(C.CKA_LABEL, b"obj-%d" % i)])
+    finally:
+        lib.finalize()
+        del os.environ["FERROHSM_CONF"]
+
+
 def openssl_speed(seconds: int) -> dict:
     """ops/s of `openssl speed -evp aes-256-gcm` at 64 B and 4 KiB, MB/s at 1 MiB; the same
     with `-multi 2` (two processes) under the names ending in _2p."""
@@ -117,6 +145,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=0.8, help="time per figure per run")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--scale", type=int, default=100_000, help="objects for the start-up figures (0: skip)")
     args = ap.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ferrohsm-bench-") as tmp:
@@ -141,6 +170,15 @@ def main() -> None:
             print(f"round {r + 1}: openssl speed", flush=True)
             for name, value in openssl_speed(1).items():
                 ceilings.setdefault(name, []).append(value)
+        if args.scale:
+            ferro = modules[0]
+            ferro.init_token(SCALE_LABEL)
+            print(f"FerroHSM: {args.scale} token objects in one transaction ...", flush=True)
+            populate_fast(ferro, SCALE_LABEL, args.scale)
+            for r in range(args.rounds):
+                print(f"round {r + 1}: start-up with {args.scale} objects", flush=True)
+                for name, (value, unit) in ferro.bench(exe, SCALE_LABEL, "startup", args.scale).items():
+                    samples["FerroHSM"].setdefault(name, ([], unit))[0].append(value)
     medians = {mod: {name: (statistics.median(v) if None not in v else None, unit)
                      for name, (v, unit) in figs.items()} for mod, figs in samples.items()}
     ceiling = {name: statistics.median(v) for name, v in ceilings.items()}

@@ -31,7 +31,7 @@ def _init(method):
 
     def fn(library, session, p_mech, key):
         mech = read_mechanism(p_mech, library.config.limits)
-        with library.lock:
+        with library._lock_of(session):
             native.forget(library, session, kind)
             getattr(library, method)(session, mech, key)
             native.hand_over(library, session, kind)

@@ -64,7 +64,7 @@ def _init(method: str, kind: str):
     def fn(library, session, p_mech, key):
         need(p_mech)
         mech = P.Mechanism(p_mech[0].mechanism, None)
-        with library.lock:
+        with library._lock_of(session):
             native.forget(library, session, kind)
             getattr(library, method)(session, mech, key)
             native.hand_over(library, session, kind)

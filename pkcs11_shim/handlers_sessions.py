@@ -46,7 +46,7 @@ def get_session_info(library, session, p_info):
 
 @handler("C_SessionCancel")
 def session_cancel(library, session, flags):
-    with library.lock:
+    with library._lock_of(session):
         s = library._session(session)
         for bit, kind in CANCEL_KINDS.items():
             if flags & bit:

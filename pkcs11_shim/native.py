@@ -6,7 +6,8 @@ engine then forgets the operation (Library.release). From then on the session's
 operation of that kind lives in native code only, and the C entry points answer
 without Python. A `Binding` is what the engine calls to drop native state
 (key destroyed or changed, session closed, logout, PIN locked, C_Finalize).
-All of this runs under the engine's lock, so arming and dropping are ordered.
+All of this runs under the lock of the session's token (Library._lock_of), so arming and
+dropping are ordered.
 Each loaded copy of the .so has its own native tables: a copy's `Binding` is
 what its libraries' `offload` is, and every call here goes through it.
 

@@ -54,12 +54,15 @@ class BackendFunctions:
         engine.check_held_template(backend, priv_given)
         token = session.token
         in_use = [engine.key_ref(token.open(o)) for o in list(token.index.objects.values())
-                  if o.attrs.get(C.CKA_FERRO_BACKEND) == backend.name.encode()]
+                  if o.cls == C.CKO_PRIVATE_KEY and token.loaded(o)
+                  and o.attrs.get(C.CKA_FERRO_BACKEND) == backend.name.encode()]
         label = bytes(priv_given.get(C.CKA_LABEL, b"")).decode("utf-8", "replace")
         self.backends.enter(token, backend)
         extra = {"extractable": True} if priv_given.get(C.CKA_EXTRACTABLE) and backend.exportable else {}
-        ref = backend.generate(kind, backend.place(label, in_use), **extra)
+        with self._outside(session):           # a device call: other calls on the token go on
+            ref = backend.generate(kind, backend.place(label, in_use), **extra)
         try:
+            session = self._session(handle)     # still open? (_new_key checks the login again)
             pub_made, priv_made = engine.held_key_attrs(backend, ref, priv_given)
             pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate")
             priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type,

@@ -38,9 +38,10 @@ class ObjectFunctions:
     def _object(self, session, handle: int, invalid: int = C.CKR_OBJECT_HANDLE_INVALID) -> Obj:
         """The object `handle` names as the store has it now (the head check first:
         what another process destroyed or changed is seen here)."""
-        session.token.refresh()
-        obj = session.token.index.get(handle)
-        require(obj is not None and session.token.visible(obj), invalid, f"handle {handle}")
+        token = session.token
+        token.refresh()
+        obj = token.index.get(handle)
+        require(obj is not None and token.visible(obj) and token.loaded(obj), invalid, f"handle {handle}")
         return obj
 
     def _check_write(self, session, attrs: dict) -> None:
@@ -154,7 +155,7 @@ class ObjectFunctions:
         token = session.token
         token.refresh()
         found = sorted(o.handle for o in token.index.candidates(wanted)
-                       if token.visible(o) and o.matches(wanted))
+                       if token.visible(o) and token.loaded(o) and o.matches(wanted))
         session.start(Operation("find", 0, None, results=found))
 
     def find_objects(self, handle: int, max_count: int) -> list[int]:

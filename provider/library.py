@@ -4,14 +4,24 @@ Its methods mirror the PKCS#11 functions with Python values (ints for handles,
 bytes for PINs and data, lists of (type, raw bytes) for templates) and raise
 PKCS11Error. This module holds the general, slot and token, session and login
 functions; objects, cryptographic operations and key management are mixins in
-fn_objects, fn_crypto and fn_keys. Every public method runs under one lock.
+fn_objects, fn_crypto and fn_keys.
+
+Locks: each token has its own (Token.lock); a public method taking a session
+handle or a slot runs under that token's lock, so threads on two tokens never wait
+for each other. The library's own lock guards only the slot table (scan, the free
+slot, C_Finalize). Order: a token's lock before the library's, never the other way.
+Slow work inside a call (PIN key derivation, key pair generation, device key
+generation) runs with the token's lock let go (`outside`); what it decided on is
+checked again when the lock is back.
 
 Slots: one per token the store's catalog lists (store/base.Catalog), in order of
 creation, plus always one free slot whose token is uninitialized (as SoftHSM2
 does); C_InitToken on it creates a new token and a new free slot appears.
 """
 
+import contextlib
 import functools
+import inspect
 import itertools
 import os
 import threading
@@ -45,7 +55,9 @@ PIN_USER_FOR_STATE = {
 
 
 def synchronized(cls):
-    """Run every public method of `cls` (its mixins' too) under the instance's lock."""
+    """Run every public method of `cls` (its mixins' too) under the lock its first
+    parameter names: a session `handle` or a `slot` -> that token's lock; none ->
+    the library's lock; C_Finalize takes them all."""
     for name in dir(cls):
         fn = getattr(cls, name)
         if not name.startswith("_") and callable(fn):
@@ -54,11 +66,26 @@ def synchronized(cls):
 
 
 def _locked(fn):
+    params = list(inspect.signature(fn).parameters)[1:2]
+    pick = {"handle": "_lock_of", "slot": "_slot_lock"}.get(params[0] if params else None)
+    if fn.__name__ == "finalize":
+        pick = "_every_lock"
+
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
-        with self.lock:
+        with (getattr(self, pick)(*args[:1]) if pick else self.lock):
             return retry(self, fn, args, kwargs)
     return wrapper
+
+
+@contextlib.contextmanager
+def outside(lock):
+    """Let go of `lock` (an RLock this thread holds, however deeply) for a while."""
+    state = lock._release_save()
+    try:
+        yield
+    finally:
+        lock._acquire_restore(state)
 
 
 CONFLICT_TRIES = 5
@@ -107,9 +134,32 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
     def _new_token(self, slot: int, store) -> Token:
         return Token(slot, store, self._handles, on_change=self._object_changed)
 
+    # --- locks ----------------------------------------------------------------
+    def _lock_of(self, handle: int):
+        """The lock of the token session `handle` is on (the library's if there is none:
+        the call then fails on the handle)."""
+        session = self.sessions.get(handle)
+        return self.lock if session is None else session.token.lock
+
+    def _slot_lock(self, slot: int):
+        token = self.tokens.get(slot)
+        return self.lock if token is None else token.lock
+
+    @contextlib.contextmanager
+    def _every_lock(self):
+        with contextlib.ExitStack() as stack:
+            for slot in sorted(self.tokens):
+                stack.enter_context(self.tokens[slot].lock)
+            stack.enter_context(self.lock)
+            yield
+
+    def _outside(self, session):
+        """Slow work of a call on `session`: its token's lock is let go meanwhile."""
+        return outside(session.token.lock)
+
     def _object_changed(self, obj) -> None:
         """An object left the index or changed: operations using it as their key end."""
-        for session in self.sessions.values():
+        for session in list(self.sessions.values()):
             for kind, op in list(session.ops.items()):
                 if op.key is obj:
                     session.fail(kind, C.CKR_KEY_HANDLE_INVALID)
@@ -117,11 +167,12 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
 
     def _scan(self) -> None:
         """Add tokens that appeared in the store (made by any process)."""
-        for name in self.catalog.names():
-            if name not in self.names:
-                slot = next(self._slot_ids)
-                self.names[name] = slot
-                self.tokens[slot] = self._new_token(slot, self.catalog.open(name))
+        with self.lock:
+            for name in self.catalog.names():
+                if name not in self.names:
+                    slot = next(self._slot_ids)
+                    self.names[name] = slot
+                    self.tokens[slot] = self._new_token(slot, self.catalog.open(name))
 
     def finalize(self) -> None:
         self.slot_events.close()           # wakes blocked C_WaitForSlotEvent calls
@@ -176,7 +227,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
     def get_token_info(self, slot: int) -> dict:
         token = self._token(slot)
         self.backends.require_present(token)
-        sessions = [s for s in self.sessions.values() if s.token is token]
+        sessions = [s for s in list(self.sessions.values()) if s.token is token]
         ready = token.initialized
         return dict(
             label=token.store.label if ready else b" " * 32,
@@ -207,7 +258,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
 
     def init_token(self, slot: int, so_pin: bytes, label: bytes) -> None:
         token = self._token(slot)
-        require(not any(s.token is token for s in self.sessions.values()), C.CKR_SESSION_EXISTS)
+        require(not any(s.token is token for s in list(self.sessions.values())), C.CKR_SESSION_EXISTS)
         self._check_pin_len(so_pin)
         if token.store is not None:
             token.store.initialize(label, so_pin)
@@ -223,9 +274,10 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
             raise
         token.store = store
         token.refresh()
-        self.names[name] = slot
-        self.free_slot = next(self._slot_ids)
-        self.tokens[self.free_slot] = self._new_token(self.free_slot, None)
+        with self.lock:
+            self.names[name] = slot
+            self.free_slot = next(self._slot_ids)
+            self.tokens[self.free_slot] = self._new_token(self.free_slot, None)
 
     # --- sessions -----------------------------------------------------------
     def _session(self, handle: int) -> Session:
@@ -252,13 +304,13 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         for obj in token.index.owned(handle):
             token.index.remove(obj)
         # closing the application's last session with the token logs it out
-        if token.user is not None and not any(s.token is token for s in self.sessions.values()):
+        if token.user is not None and not any(s.token is token for s in list(self.sessions.values())):
             token.logout()
             self.backends.logout(token)
 
     def close_all_sessions(self, slot: int) -> None:
         token = self._token(slot)
-        for handle in [h for h, s in self.sessions.items() if s.token is token]:
+        for handle in [h for h, s in list(self.sessions.items()) if s.token is token]:
             self.close_session(handle)
 
     def get_session_info(self, handle: int) -> dict:
@@ -294,9 +346,13 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         require(token.user != user_type, C.CKR_USER_ALREADY_LOGGED_IN)
         require(token.user is None, C.CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
         if user_type == C.CKU_SO:
-            require(all(s.rw for s in self.sessions.values() if s.token is token),
+            require(all(s.rw for s in list(self.sessions.values()) if s.token is token),
                     C.CKR_SESSION_READ_ONLY_EXISTS)
         self._check_pin(token, user_type, pin, login=True)
+        if self.sessions.get(handle) is not session:     # closed while the PIN was checked
+            if not any(s.token is token for s in list(self.sessions.values())):
+                token.logout()
+            raise PKCS11Error(C.CKR_SESSION_HANDLE_INVALID, "session closed during C_Login")
         if user_type == C.CKU_USER:
             try:
                 self.backends.login(token, pin)    # a device that refuses the PIN fails C_Login
@@ -306,9 +362,11 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
 
     def _check_pin(self, token, user_type: int, pin: bytes, login: bool = False) -> None:
         """A PIN that locks (or is locked) ends the token's cryptographic
-        operations, offloaded ones included: a locked PIN must stop key use."""
+        operations, offloaded ones included: a locked PIN must stop key use.
+        The PIN's key derivation runs with the token's lock let go."""
+        slow = functools.partial(outside, token.lock)
         try:
-            token.login(user_type, pin) if login else token.store.login(user_type, pin)
+            token.login(user_type, pin, slow) if login else token.store.login(user_type, pin, slow)
         except PKCS11Error as err:
             if err.rv == C.CKR_PIN_LOCKED or token.store.pin_flags() & (
                     C.CKF_USER_PIN_LOCKED | C.CKF_SO_PIN_LOCKED):
@@ -324,7 +382,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         self.backends.logout(token)
 
     def _end_token_operations(self, token) -> None:
-        for s in self.sessions.values():
+        for s in list(self.sessions.values()):
             if s.token is token:
                 s.end_all()
                 self.offload.drop_session(s.handle)

@@ -132,8 +132,8 @@ def _migrate(lib, src_label, src_pin, dst_label, dst_pin, key_id, record) -> dic
         for s, pin in ((s_src, src_pin), (s_dst, dst_pin)):
             lib.login(s, C.CKU_USER, pin)
         sess = lib._session(s_src)
-        found = [o for o in sess.token.index.objects.values() if o.cls == C.CKO_PRIVATE_KEY
-                 and o.attrs.get(C.CKA_ID) == key_id and sess.token.visible(o)]
+        found = [o for o in sess.token.index.candidates({C.CKA_ID: key_id}) if o.cls == C.CKO_PRIVATE_KEY
+                 and sess.token.visible(o) and sess.token.loaded(o)]
         if len(found) != 1:
             raise PKCS11Error(C.CKR_KEY_HANDLE_INVALID, f"{len(found)} private keys with that id")
         key = sess.token.open(found[0])

@@ -2,6 +2,11 @@
 
 An `Obj` is a dict of typed attributes (see attrtypes) plus the engine's
 bookkeeping. Token objects also live in the store; session objects only here.
+A token object may be known by its index entry only (a `stub`: the INDEXED
+attributes and CKA_PRIVATE, as the store's index lists them): its attributes are
+read from the store the first time anything asks for them (`loader`), so a
+process opening a token of 100,000 objects reads 100,000 index entries, not
+100,000 records.
 The index maps (attribute, value) for a few attributes that searches name most
 (class, label, id, key type, unique id) to object handles, so a search by label
 among thousands of objects touches only the objects with that label.
@@ -9,19 +14,20 @@ among thousands of objects touches only the objects with that label.
 
 from . import constants as C
 from . import schema
-from .store.base import Sealed
-
-INDEXED = (C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID, C.CKA_KEY_TYPE, C.CKA_UNIQUE_ID)
+from .store.base import INDEXED, Sealed
 
 
 class Obj:
-    __slots__ = ("handle", "uid", "attrs", "cache", "owner", "version", "lineage", "_secret")
+    __slots__ = ("handle", "uid", "_attrs", "stub", "loader", "cache", "owner", "version", "lineage",
+                 "_secret")
 
-    def __init__(self, handle: int, uid: str, attrs: dict, owner: int | None = None, version: int = 0,
-                 lineage: str | None = None):
+    def __init__(self, handle: int, uid: str, attrs: dict | None, owner: int | None = None, version: int = 0,
+                 lineage: str | None = None, stub: dict | None = None, loader=None):
         self.handle = handle
         self.uid = uid
-        self.attrs = attrs
+        self._attrs = attrs
+        self.stub = attrs if stub is None else stub    # STUB attributes, always at hand
+        self.loader = loader       # obj -> attrs, for an object known by its stub only
         self.cache: dict = {}      # parsed key objects kept by mechanism families
         self.owner = owner         # creating session of a session object; None for token objects
         self.version = version     # the stored version this copy is of (0: not stored)
@@ -29,20 +35,35 @@ class Obj:
         self._secret = None        # or, for a token object, what the store recorded)
 
     @property
+    def attrs(self) -> dict:
+        attrs = self._attrs
+        if attrs is None:
+            attrs = self._attrs = self.loader(self)
+        return attrs
+
+    @attrs.setter
+    def attrs(self, attrs: dict) -> None:
+        self._attrs = self.stub = attrs
+
+    @property
+    def loaded(self) -> bool:
+        return self._attrs is not None
+
+    @property
     def cls(self) -> int:
-        return self.attrs[C.CKA_CLASS]
+        return self.stub[C.CKA_CLASS]
 
     @property
     def key_type(self) -> int | None:
-        return self.attrs.get(C.CKA_KEY_TYPE)
+        return self.stub.get(C.CKA_KEY_TYPE)
 
     @property
     def token(self) -> bool:
-        return bool(self.attrs.get(C.CKA_TOKEN))
+        return bool(self.stub.get(C.CKA_TOKEN))
 
     @property
     def private(self) -> bool:
-        return bool(self.attrs.get(C.CKA_PRIVATE))
+        return bool(self.stub.get(C.CKA_PRIVATE))
 
     def flag(self, cka: int) -> bool:
         return bool(self.attrs.get(cka))
@@ -88,13 +109,13 @@ class Index:
     def add(self, obj: Obj) -> None:
         self.objects[obj.handle] = obj
         for cka in INDEXED:
-            if cka in obj.attrs:
-                self._by.setdefault((cka, obj.attrs[cka]), set()).add(obj.handle)
+            if cka in obj.stub:
+                self._by.setdefault((cka, obj.stub[cka]), set()).add(obj.handle)
 
     def remove(self, obj: Obj) -> None:
         self.objects.pop(obj.handle, None)
         for cka in INDEXED:
-            key = (cka, obj.attrs.get(cka))
+            key = (cka, obj.stub.get(cka))
             handles = self._by.get(key)
             if handles is not None:
                 handles.discard(obj.handle)

@@ -12,13 +12,15 @@ private token objects get new handles after a logout, and private session
 objects are destroyed by it (PKCS#11 3.0, C_Logout).
 """
 
+import threading
+
 from . import constants as C
 from .errors import PKCS11Error
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from .log import LOG
 from .objects import Index, Obj
-from .store.base import Sealed
+from .store.base import INDEXED, Sealed
 
 TOKEN_FLAGS = C.CKF_RNG | C.CKF_LOGIN_REQUIRED | C.CKF_RESTORE_KEY_NOT_NEEDED
 OPENED = "opened"        # obj.cache key: no Sealed value left in obj.attrs
@@ -78,6 +80,7 @@ class Token:
         self._handles = handles
         self._cursor = None
         self._pending: list | None = None   # index changes waiting for the transaction's commit
+        self.lock = threading.RLock()       # this token's calls (provider/library.py, "Locks")
         if self.initialized:
             self.refresh()
 
@@ -99,6 +102,9 @@ class Token:
 
     def refresh(self) -> None:
         """Take in what any process wrote to the store since we last looked."""
+        if self._cursor is None:
+            self._read_index()
+            return
         changes = self.store.changes(self._cursor)
         if changes.full and self._cursor is not None:    # our cursor fell behind the pruned tombstones
             kept = {uid for uid, _, _ in changes.upserts}
@@ -117,6 +123,59 @@ class Token:
             elif obj.version != version:        # (the same version: our own write, applied already)
                 self.index.replace(obj, attrs)
                 obj.version = version
+
+    def _read_index(self) -> None:
+        """Know every object from the store's index; records are read when first used."""
+        self._cursor, entries = self.store.index()
+        listed = set()
+        for uid, version, stub, attrs in entries:
+            listed.add(uid)
+            obj = self.by_uid.get(uid)
+            if obj is None:
+                obj = Obj(self.new_handle(), uid, attrs, version=version, stub=stub, loader=self._load)
+                self.by_uid[uid] = obj
+                self.index.add(obj)
+            elif obj.version != version:
+                got = attrs or self.store.load(uid)
+                if got is None or attrs is None and got[0] != version:
+                    self._drop(obj)
+                else:
+                    self.index.replace(obj, attrs or got[1])
+                    obj.version = version
+        for uid in [uid for uid in self.by_uid if uid not in listed]:
+            self._drop(self.by_uid[uid])
+
+    def _drop(self, obj: Obj) -> None:
+        self.by_uid.pop(obj.uid, None)
+        self.index.remove(obj)
+
+    def _load(self, obj: Obj) -> dict:
+        """Obj.loader: read the record of an object known by its index entry. Gone, or
+        not what the index says at the same version (someone edited the index), it
+        leaves the index: CKR_OBJECT_HANDLE_INVALID."""
+        got = self.store.load(obj.uid)
+        if got is not None and got[0] == obj.version and not same_entry(obj.stub, got[1]):
+            LOG.warning("token %s: object %s is not what the store's index says; not served",
+                        self.slot_id, obj.uid)
+            got = None
+        if got is None:
+            self._drop(obj)
+            raise PKCS11Error(C.CKR_OBJECT_HANDLE_INVALID, "the object is gone")
+        version, attrs = got
+        if version != obj.version:        # newer than our index entry: take it as refresh would
+            self.index.replace(obj, attrs)
+            obj.version = version
+        return attrs
+
+    def loaded(self, obj: Obj) -> bool:
+        """Read the object's record if it was not yet; False if it is gone."""
+        if obj.loaded:
+            return True
+        try:
+            obj.attrs
+        except PKCS11Error:
+            return False
+        return True
 
     def reload(self, private_only: bool = False) -> None:
         """Load every token object again, dropping opened secrets and parsed keys.
@@ -196,8 +255,13 @@ class Token:
         return obj
 
     # --- login --------------------------------------------------------------
-    def login(self, user_type: int, pin: bytes) -> None:
-        self.store.login(user_type, pin)
+    def login(self, user_type: int, pin: bytes, slow=nullcontext) -> None:
+        """`slow()`: a context the PIN's key derivation runs in (the caller lets its
+        lock go there); another thread may have logged in meanwhile."""
+        self.store.login(user_type, pin, slow)
+        if self.user is not None:
+            raise PKCS11Error(C.CKR_USER_ALREADY_LOGGED_IN if self.user == user_type
+                              else C.CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "logged in meanwhile")
         self.user = user_type
         self.refresh()
 
@@ -216,6 +280,12 @@ class Token:
             self.store.close()
         except Exception:  # closing must not fail C_Finalize
             LOG.exception("closing token store of slot %d", self.slot_id)
+
+
+def same_entry(stub: dict, attrs: dict) -> bool:
+    """Does the index entry say what the record says?"""
+    return all(stub.get(cka) == attrs.get(cka) for cka in INDEXED) and \
+        bool(stub.get(C.CKA_PRIVATE)) == bool(attrs.get(C.CKA_PRIVATE))
 
 
 def require(cond: bool, rv: int, reason: str = "") -> None:

@@ -22,6 +22,19 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .. import constants as C
+
+# What the store's index lists of each object, without reading its record: the
+# attributes searches name most (the engine's Index, provider/objects.py), CKA_PRIVATE
+# (who may see it) and CKA_TOKEN. Not authenticated: checked against the record
+# when that is read (TokenStore.load).
+INDEXED = (C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID, C.CKA_KEY_TYPE, C.CKA_UNIQUE_ID)
+STUB = INDEXED + (C.CKA_PRIVATE, C.CKA_TOKEN)
+
+
+def stub_of(attrs: dict) -> dict:
+    return {cka: attrs[cka] for cka in STUB if cka in attrs}
+
 
 @dataclass(frozen=True)
 class Sealed:
@@ -90,8 +103,9 @@ class TokenStore(ABC):
 
     # --- PINs -----------------------------------------------------------------
     @abstractmethod
-    def login(self, user_type: int, pin: bytes) -> None:
-        """Check the PIN of CKU_SO or CKU_USER. Increments the failure counter
+    def login(self, user_type: int, pin: bytes, slow=None) -> None:
+        """Check the PIN of CKU_SO or CKU_USER (the slow key derivation inside
+        `slow()`, a context the caller gives to let its locks go). Increments the failure counter
         durably *before* the check and resets it after success, so a killed
         process still counts the try. Raises CKR_PIN_INCORRECT, CKR_PIN_LOCKED,
         CKR_USER_PIN_NOT_INITIALIZED. On success the store holds the master key."""
@@ -141,6 +155,17 @@ class TokenStore(ABC):
     def changes(self, cursor) -> Changes:
         """Objects written and uids deleted since `cursor` (None = everything) by
         this or any other process. Cheap when nothing changed."""
+
+    @abstractmethod
+    def index(self) -> tuple:
+        """(cursor, [(uid, version, stub, attrs or None)]): every object as the index
+        lists it (stub: STUB attributes), with its whole attributes where the store
+        had to read them anyway. The cursor continues with changes()."""
+
+    @abstractmethod
+    def load(self, uid: str) -> tuple | None:
+        """(version, attrs) of one object read now, its record tag checked; None if
+        it is not there or fails its check (logged)."""
 
     @abstractmethod
     def reserve_counter(self, uid: str, count: int, legacy: str | None = None,

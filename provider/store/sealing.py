@@ -32,6 +32,7 @@ import os
 import struct
 import threading
 from abc import abstractmethod
+from contextlib import nullcontext
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,7 +42,7 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from . import records
-from .base import Changes, Conflict, Sealed, TokenStore
+from .base import STUB, Changes, Conflict, Sealed, TokenStore, stub_of
 
 KDF_ITERATIONS = 600_000
 SCHEMA_VERSION = 2         # 1: the first release (no versions); 2: versions, counters, pruning
@@ -204,6 +205,20 @@ class SealingStore(TokenStore):
         """One consistent snapshot: (token record, [(uid, version, record, tag)], [deleted uid])
         with change number > cursor (None: every object, no tombstones)."""
 
+    def _get(self, uid: str) -> tuple | None:
+        """(version, record, tag) of one object; a store with a faster way overrides this."""
+        return next(((v, rec, tag) for u, v, rec, tag in self._since(None)[1] if u == uid), None)
+
+    def _put_index(self, uid: str, stub: dict) -> None:
+        """Record the object's index entry (STUB attributes) in the write transaction
+        _put just wrote in; a store without an index of its own ignores it (its
+        index() then reads every record)."""
+
+    def _index_rows(self) -> tuple | None:
+        """(token record, [(uid, version, stub or None)]) from the store's own index in one
+        snapshot (stub None: this row has no index entry), or None: no index kept."""
+        return None
+
     @abstractmethod
     def _counter(self, name: str) -> int | None: ...
 
@@ -249,8 +264,9 @@ class SealingStore(TokenStore):
             self._keys = None
 
     # PINs -----------------------------------------------------------------------------
-    def _check_pin(self, who: str, pin: bytes) -> tuple:
-        """(master key, token record) if `pin` is `who`'s PIN; counts the try first."""
+    def _check_pin(self, who: str, pin: bytes, slow=nullcontext) -> tuple:
+        """(master key, token record) if `pin` is `who`'s PIN; counts the try first.
+        The key derivation runs in `slow()` and outside the store's lock."""
         with self._write():
             tok = self._token()
             if tok[f"{who}_wrap"] is None:
@@ -259,16 +275,17 @@ class SealingStore(TokenStore):
             if fails >= self.max_failures:
                 raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
             self._update({f"{who}_fail": fails + 1})
-        master = unwrap_master(tok, pin, who)
+        with slow():
+            master = unwrap_master(tok, pin, who)
         if master is None:
             raise PKCS11Error(C.CKR_PIN_INCORRECT)
         with self._write():
             self._update({f"{who}_fail": 0})
         return master, tok
 
-    def login(self, user_type: int, pin: bytes) -> None:
+    def login(self, user_type: int, pin: bytes, slow=nullcontext) -> None:
+        master, tok = self._check_pin(_who(user_type), pin, slow)
         with self._lock:
-            master, tok = self._check_pin(_who(user_type), pin)
             self._master, self._master_epoch = master, tok["epoch"]
 
     def logout(self) -> None:
@@ -345,6 +362,7 @@ class SealingStore(TokenStore):
             record = records.pack(plain, sensitive, seal)
             self._put(uid, expect + 1, record, record_tag(tkey, serial, uid, record),
                       row[1] if row else (lineage or uid))
+            self._put_index(uid, stub_of(plain))
             return expect + 1
 
     def delete_object(self, uid: str, expect: int) -> None:
@@ -388,6 +406,34 @@ class SealingStore(TokenStore):
                 else:
                     upserts.append((uid, version, attrs))
             return Changes(tok["seq"], upserts, deleted, full)
+
+    def index(self) -> tuple:
+        with self._lock:
+            listed = self._index_rows()
+            if listed is None:                       # no index of its own: every record
+                got = self.changes(None)
+                return got.cursor, [(uid, v, stub_of(a), a) for uid, v, a in got.upserts]
+            tok, rows = listed
+            if self._master is not None and self._master_epoch != tok["epoch"]:
+                self.logout()
+            entries = []
+            for uid, version, stub in rows:
+                if stub is None:                     # e.g. a row from before the index columns
+                    got = self.load(uid)
+                    if got is not None:
+                        entries.append((uid, got[0], stub_of(got[1]), got[1]))
+                else:
+                    entries.append((uid, version, stub, None))
+            return tok["seq"], entries
+
+    def load(self, uid: str) -> tuple | None:
+        with self._lock:
+            row = self._get(uid)
+            if row is None:
+                return None
+            serial, _, tkey = self._public(self._token())
+            attrs = self._verified(tkey, serial, uid, row[1], row[2])
+            return None if attrs is None else (row[0], attrs)
 
     @staticmethod
     def _verified(tkey: bytes, serial: str, uid: str, record: bytes, tag: bytes) -> dict | None:

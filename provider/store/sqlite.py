@@ -17,7 +17,9 @@ when first opened, see MIGRATIONS):
               (tombstones up to it are gone), public sealing key, per PIN salt /
               KDF iterations / wrapped master key / failure counter
   objects     uid, version, lineage (whose IV counter it shares; NULL: its own),
-              seq of its last write, record (records.py), tag (sealing.py)
+              seq of its last write, record (records.py), tag (sealing.py), and the
+              index entry (base.STUB: cls, label, cka_id, key_type, private; cls NULL:
+              none, as in rows from schema 1, whose record is then read to list it)
   tombstones  uid, seq of its deletion; kept so that every process sees deletes
   counters    name -> next value: IV counters, "iv:<lineage uid>"
 changes(cursor) first reads token.seq (one row); only if it moved does it read
@@ -50,7 +52,8 @@ CREATE TABLE token (
     user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL);
 CREATE TABLE objects (
     uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL,
-    version INTEGER NOT NULL DEFAULT 1, lineage TEXT);
+    version INTEGER NOT NULL DEFAULT 1, lineage TEXT,
+    cls INTEGER, label BLOB, cka_id BLOB, key_type INTEGER, private INTEGER);
 CREATE INDEX objects_seq ON objects (seq);
 CREATE TABLE tombstones (uid TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE INDEX tombstones_seq ON tombstones (seq);
@@ -64,12 +67,25 @@ MIGRATIONS = {
 ALTER TABLE token ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE objects ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE objects ADD COLUMN lineage TEXT;
+ALTER TABLE objects ADD COLUMN cls INTEGER;
+ALTER TABLE objects ADD COLUMN label BLOB;
+ALTER TABLE objects ADD COLUMN cka_id BLOB;
+ALTER TABLE objects ADD COLUMN key_type INTEGER;
+ALTER TABLE objects ADD COLUMN private INTEGER;
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """,
 }
 LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"
 _FORKED: list = []   # connections inherited across a fork: never used, never closed
+
+
+def _stub(uid, cls, label, cka_id, key_type, private) -> dict:
+    stub = {C.CKA_CLASS: cls, C.CKA_UNIQUE_ID: uid.encode(), C.CKA_TOKEN: True, C.CKA_PRIVATE: bool(private)}
+    for cka, value in ((C.CKA_LABEL, label), (C.CKA_ID, cka_id), (C.CKA_KEY_TYPE, key_type)):
+        if value is not None:
+            stub[cka] = value
+    return stub
 
 
 def _script(db, sql: str) -> None:
@@ -242,6 +258,22 @@ class SqliteStore(SealingStore):
         db = self._db()
         db.execute("DELETE FROM objects WHERE uid = ?", (uid,))
         db.execute("INSERT OR REPLACE INTO tombstones (uid, seq) VALUES (?, ?)", (uid, self._next_seq()))
+
+    def _get(self, uid: str) -> tuple | None:
+        return self._db().execute("SELECT version, record, tag FROM objects WHERE uid = ?", (uid,)).fetchone()
+
+    def _put_index(self, uid: str, stub: dict) -> None:
+        self._db().execute("UPDATE objects SET cls = ?, label = ?, cka_id = ?, key_type = ?, private = ? "
+                           "WHERE uid = ?", (stub[C.CKA_CLASS], stub.get(C.CKA_LABEL), stub.get(C.CKA_ID),
+                                             stub.get(C.CKA_KEY_TYPE), int(bool(stub.get(C.CKA_PRIVATE))), uid))
+
+    def _index_rows(self) -> tuple:
+        with self._transaction("BEGIN"):
+            rows = self._db().execute(
+                "SELECT uid, version, cls, label, cka_id, key_type, private FROM objects").fetchall()
+            tok = self._token()
+        return tok, [(uid, version, None if cls is None else _stub(uid, cls, label, cka_id, key_type, private))
+                     for uid, version, cls, label, cka_id, key_type, private in rows]
 
     def _uids(self) -> list:
         return [uid for (uid,) in self._db().execute("SELECT uid FROM objects")]

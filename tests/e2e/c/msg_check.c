@@ -144,18 +144,25 @@ static void decrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const CK_BYTE *se
     EXPECT("cancelled", F->C_MessageDecryptFinal(s), CKR_OPERATION_NOT_INITIALIZED);
 }
 
-/* a new C_Initialize (a new process would do the same) continues past the counter */
+static CK_CHAR COPY_LABEL[] = "msg copy";
+
+/* a new C_Initialize (a new process would do the same) continues past the counter
+ * of the key's lineage: here its token copy, made before the key was destroyed */
 static unsigned long long counter_after_restart(CK_SLOT_ID *slot, CK_SESSION_HANDLE *s, const char *label,
                                                 const char *pin, CK_OBJECT_HANDLE *key)
 {
     CK_BYTE ct[64];
-    CK_ULONG n = sizeof ct;
+    CK_ULONG n = sizeof ct, found = 0;
+    CK_ATTRIBUTE by_label = {CKA_LABEL, COPY_LABEL, sizeof COPY_LABEL - 1};
     EXPECT("C_Finalize", F->C_Finalize(NULL), CKR_OK);
     EXPECT("C_Initialize again", F->C_Initialize(NULL), CKR_OK);
     *slot = find_slot(label);
     *s = open_rw(*slot);
     EXPECT("C_Login", F->C_Login(*s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
-    *key = make_key(*s, KEY, 32, CK_FALSE);
+    EXPECT("C_FindObjectsInit", F->C_FindObjectsInit(*s, &by_label, 1), CKR_OK);
+    EXPECT("C_FindObjects", F->C_FindObjects(*s, key, 1, &found), CKR_OK);
+    EXPECT("C_FindObjectsFinal", F->C_FindObjectsFinal(*s), CKR_OK);
+    CHECK("the copy is there", found == 1);
     EXPECT("C_MessageEncryptInit", F->C_MessageEncryptInit(*s, &GCM, *key), CKR_OK);
     set_params(32, CKG_GENERATE);
     EXPECT("counter IV after restart", F->C_EncryptMessage(*s, &MP, sizeof MP, NULL, 0, MSG, 40, ct, &n), CKR_OK);
@@ -180,6 +187,11 @@ int main(int argc, char **argv)
     EXPECT("counter IV", F->C_EncryptMessage(s, &MP, sizeof MP, NULL, 0, MSG, 40, ct, &n), CKR_OK);
     before = counter_of(IV);
     other = open_rw(slot);
+    {
+        CK_ATTRIBUTE label = {CKA_LABEL, COPY_LABEL, sizeof COPY_LABEL - 1};
+        CK_OBJECT_HANDLE copy;
+        EXPECT("C_CopyObject (shares the counter)", F->C_CopyObject(other, key, &label, 1, &copy), CKR_OK);
+    }
     EXPECT("C_DestroyObject while armed", F->C_DestroyObject(other, key), CKR_OK);
     EXPECT("destroyed key ends it", F->C_EncryptMessage(s, &MP, sizeof MP, NULL, 0, MSG, 40, ct, &n),
            CKR_KEY_HANDLE_INVALID);

@@ -1,0 +1,62 @@
+"""A process opening a token reads the store's index, not every record: records are
+read when an object is first used, and one whose index entry lies is not served."""
+
+import logging
+import sqlite3
+
+from provider import constants as C
+from provider.store.sqlite import SqliteStore
+
+from .conftest import RW, USER_PIN, init_token, make_library
+from .tmpl import T
+
+
+def make_objects(tmp_path, n):
+    lib = make_library(tmp_path)
+    slot = init_token(lib)
+    s = lib.open_session(slot, RW)
+    lib.login(s, C.CKU_USER, USER_PIN)
+    for i in range(n):
+        lib.create_object(s, T(CLASS=C.CKO_DATA, TOKEN=True, PRIVATE=bool(i % 2), LABEL=b"obj-%d" % i,
+                               VALUE=b"value %d" % i))
+    lib.finalize()
+    return slot
+
+
+def find(lib, s, **template):
+    lib.find_objects_init(s, T(**template))
+    found = lib.find_objects(s, 1000)
+    lib.find_objects_final(s)
+    return found
+
+
+def test_open_and_login_read_no_record(tmp_path, monkeypatch):
+    slot = make_objects(tmp_path, 40)
+    reads = []
+    real = SqliteStore._get
+    monkeypatch.setattr(SqliteStore, "_get", lambda self, uid: reads.append(uid) or real(self, uid))
+    lib = make_library(tmp_path)
+    s = lib.open_session(slot, RW)
+    lib.login(s, C.CKU_USER, USER_PIN)
+    assert reads == [] and len(lib.tokens[slot].by_uid) == 40
+    (h,) = find(lib, s, LABEL=b"obj-7")
+    assert len(reads) == 1
+    assert lib.get_attribute_value(s, h, [C.CKA_VALUE]) == [b"value 7"]
+    assert len(reads) == 1                                  # read once, then held
+    assert len(find(lib, s, CLASS=C.CKO_DATA)) == 40 and len(reads) == 40
+    lib.finalize()
+
+
+def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
+    slot = make_objects(tmp_path, 3)
+    (path,) = (tmp_path / "tokens").glob("token-*.sqlite")
+    with sqlite3.connect(path) as db:                      # someone with the file edits the index only
+        db.execute("UPDATE objects SET label = ?, private = 0 WHERE label = ?", (b"obj-0", b"obj-1"))
+    lib = make_library(tmp_path)
+    s = lib.open_session(slot, RW)                          # not logged in: public objects only
+    with caplog.at_level(logging.WARNING, logger="ferrohsm"):
+        found = find(lib, s, LABEL=b"obj-0")
+    assert len(found) == 1                                  # the real obj-0; the private obj-1 stays hidden
+    assert lib.get_attribute_value(s, found[0], [C.CKA_VALUE]) == [b"value 0"]
+    assert "not what the store's index says" in caplog.text
+    lib.finalize()
