@@ -1,12 +1,12 @@
 """One process of the multi-process stress in tests/e2e/test_two_processes.py.
 
-    python stress_worker.py work MODULE PIN WORKER THREADS SECONDS MAX_OPS ID_HEX
+    python stress_worker.py work MODULE PIN WORKER THREADS SECONDS MAX_OPS ID_HEX [MIX]
         THREADS threads, each with its own session (the main thread's logged-in one
         keeps the login), run a random mix of create (AES-256 key / P-256 pair), find,
         encrypt (AES-GCM), sign (ECDSA), touch (set CKA_END_DATE) and destroy on the
         token objects with CKA_ID ID_HEX - everybody's, so they meet objects other
         workers change and destroy - until
-        SECONDS pass or MAX_OPS ops ran. Prints one JSON line: per op and CK_RV a count,
+        SECONDS pass or MAX_OPS ops ran (MIX: JSON {op: weight}, default OPS). Prints one JSON line: per op and CK_RV a count,
         the objects made, destroyed, and reported gone (CKR_OBJECT_HANDLE_INVALID) as
         [label, class], and the first few failures.
     python stress_worker.py census MODULE PIN ID_HEX
@@ -34,8 +34,9 @@ def ident(obj) -> list:
 
 
 class Worker(threading.Thread):
-    def __init__(self, tok, name: str, id_: bytes, deadline: float, max_ops: int, seed: int):
+    def __init__(self, tok, name: str, id_: bytes, deadline: float, max_ops: int, seed: int, mix: dict):
         super().__init__(name=name)
+        self.mix = mix
         self.tok, self.id, self.deadline, self.max_ops = tok, id_, deadline, max_ops
         self.random = random.Random(seed)
         self.counts: Counter = Counter()      # "op rv" -> n
@@ -116,7 +117,7 @@ class Worker(threading.Thread):
         if rv != OK:
             self.record("open", rv)
             return
-        ops, weights = list(OPS), list(OPS.values())
+        ops, weights = list(self.mix), list(self.mix.values())
         n = 0
         while n < self.max_ops and time.monotonic() < self.deadline:
             op = self.random.choices(ops, weights)[0]
@@ -131,12 +132,15 @@ class Worker(threading.Thread):
         self.session.close()
 
 
-def work(module, pin, worker, threads, seconds, max_ops, id_hex):
+def work(module, pin, worker, threads, seconds, max_ops, id_hex, mix=None):
     tok = token(module)
-    login = tok.open(user_pin=pin, rw=True)        # held: the login is the process's
+    rv, login = call(tok.open, user_pin=pin, rw=True)     # held: the login is the process's
+    if rv != OK:
+        return {"counts": {f"login {rv}": 1}, "elapsed": 0, "created": [], "destroyed": [], "vanished": [],
+                "failures": [["login", rv]]}
     deadline = time.monotonic() + float(seconds)
     workers = [Worker(tok, f"w{worker}t{i}", bytes.fromhex(id_hex), deadline, int(max_ops),
-                      seed=int(worker) * 100 + i) for i in range(int(threads))]
+                      seed=int(worker) * 100 + i, mix=json.loads(mix) if mix else OPS) for i in range(int(threads))]
     start = time.monotonic()
     for w in workers:
         w.start()
