@@ -228,15 +228,18 @@ def secret_keys(client) -> list:
 
 @pytest.mark.parametrize("steps", SCHEDULES)
 def test_interleaving(clients, steps):
+    """B starts before K exists (it learns K from the change feed), O after (it knows K by
+    its index entry only, and looks at it only at the end), C when all is done."""
     a, b = clients("A"), clients("B")
     assert a("make", kind="aes", name="K", label="K", id=KID) == (OK, None)
     assert b("find", name="K", id=KID, cls="SECRET_KEY") == (OK, 1)
+    observer = clients("O")
     model = Model()
     for n, (who, action) in enumerate(steps):
         got = {"A": a, "B": b}[who](**ACTIONS[action])
         assert got == model.step(action), f"step {n} {who}:{action} of {_schedule_id(steps)}"
     fresh = clients("C")
-    assert secret_keys(fresh) == secret_keys(a) == secret_keys(b) == model.keys()
+    assert secret_keys(fresh) == secret_keys(a) == secret_keys(b) == secret_keys(observer) == model.keys()
 
 
 # --- key use after a change elsewhere -------------------------------------------------------
