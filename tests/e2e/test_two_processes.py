@@ -407,3 +407,26 @@ def test_stress(shared, mix):
     wanted = {f"encrypt {OK}": left["SECRET_KEY"], f"sign {OK}": left["PRIVATE_KEY"], f"verify {OK}": len(pairs)}
     assert census["uses"] == {use: n for use, n in wanted.items() if n}, "a key left does not work"
     assert elapsed < 20, f"the stress took {elapsed:.1f} s"
+
+
+# --- generated IVs ----------------------------------------------------------------------
+def test_generated_ivs_never_repeat_across_processes(clients, shared):
+    """Processes encrypting with a key and with its copy at once, and more after them,
+    with IVs the token generates (CKG_GENERATE_COUNTER): no IV is handed out twice for
+    the key's value (the copy shares its source's counter, kept in the store)."""
+    a = clients("A")
+    assert a("make", kind="aes", name="K", label="K", id=KID) == (OK, None)
+    assert a("copy", name="K", attrs={"LABEL": "K-copy"}, **{"as": "copy"}) == (OK, None)
+    args = [sys.executable, HERE / "iv_client.py", shared.module, USER_PIN, 100, "K", "K-copy"]
+
+    def run(n):
+        procs = [subprocess.Popen([str(x) for x in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=shared.env, cwd=shared.root) for _ in range(n)]
+        outs = [proc.communicate(timeout=60) for proc in procs]
+        for proc, (out, err) in zip(procs, outs):
+            assert proc.returncode == 0, err.decode() + log_tail(shared)
+        return [json.loads(out) for out, _ in outs]
+    got = run(4) + run(2)
+    ivs = [iv for out in got for label in ("K", "K-copy") for iv in out[label]]
+    assert len(ivs) == 6 * 2 * 100 and all(iv.startswith("f1f2f3f4") for iv in ivs)
+    assert len(set(ivs)) == len(ivs), "an IV was generated twice for one key value"
