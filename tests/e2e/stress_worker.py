@@ -3,12 +3,13 @@
     python stress_worker.py work MODULE PIN WORKER THREADS SECONDS MAX_OPS ID_HEX [MIX]
         THREADS threads, each with its own session (the main thread's logged-in one
         keeps the login), run a random mix of create (AES-256 key / P-256 pair), find,
-        encrypt (AES-GCM), sign (ECDSA), touch (set CKA_END_DATE) and destroy on the
+        encrypt (AES-GCM), sign (ECDSA), touch (set CKA_END_DATE), copy and destroy on the
         token objects with CKA_ID ID_HEX - everybody's, so they meet objects other
         workers change and destroy - until
         SECONDS pass or MAX_OPS ops ran (MIX: JSON {op: weight}, default OPS). Prints one JSON line: per op and CK_RV a count,
-        the objects made, destroyed, and reported gone (CKR_OBJECT_HANDLE_INVALID) as
-        [label, class], and the first few failures.
+        the objects made, destroyed, reported gone (CKR_OBJECT_HANDLE_INVALID), and
+        perhaps made (a copy python-pkcs11 could not read back) as [label, class], and
+        the first few failures.
     python stress_worker.py census MODULE PIN ID_HEX
         Lists the objects with CKA_ID ID_HEX as [label, class] and uses every key once
         (encrypt + decrypt, sign + verify with its public key if that is left): JSON.
@@ -25,7 +26,8 @@ from collections import Counter
 from p11_client import DIGEST, OK, Attribute, Mechanism, ObjectClass, aes_key, call, ec_pair, encrypt, find, sign, token
 
 EXPECTED = (OK, "none", "CKR_OBJECT_HANDLE_INVALID", "CKR_KEY_HANDLE_INVALID")   # none: no key to use
-OPS = {"create_aes": 12, "create_ec": 8, "find": 15, "encrypt": 25, "sign": 20, "destroy": 20, "touch": 8}
+OPS = {"create_aes": 12, "create_ec": 8, "find": 15, "encrypt": 25, "sign": 20, "destroy": 20, "touch": 8,
+       "copy": 5}
 
 
 def ident(obj) -> list:
@@ -43,6 +45,7 @@ class Worker(threading.Thread):
         self.created: list = []               # [label, class] of what this thread made
         self.destroyed: list = []             # ... and destroyed
         self.vanished: list = []              # ... and was told is gone (CKR_OBJECT_HANDLE_INVALID)
+        self.maybe: list = []                 # copies that may have been made (and destroyed at once)
         self.failures: list = []              # [op, rv] of the first unexpected results
         self.pool: list = []                  # (object, [label, class]) known to this thread
         self.serial = 0
@@ -89,6 +92,17 @@ class Worker(threading.Thread):
             return self._made(rv, pair or (None, None), label)
         if op == "find":
             return call(self._refill)[0]
+        if op == "copy":            # a copy commits only if its source is still there, unchanged
+            key, who = self._pick(ObjectClass.SECRET_KEY)
+            if key is None:
+                return "none"
+            rv, copy = call(key.copy, {Attribute.LABEL: label})
+            if rv == OK:
+                self.created.append([label, "SECRET_KEY"])
+                self.pool.append((copy, [label, "SECRET_KEY"]))
+            elif rv == "CKR_OBJECT_HANDLE_INVALID":     # the source went, or the copy right after it was made
+                self.maybe.append([label, "SECRET_KEY"])
+            return rv
         if op == "encrypt":
             key, who = self._pick(ObjectClass.SECRET_KEY)
             rv = "none" if key is None else call(encrypt, self.session, key)[0]
@@ -137,7 +151,7 @@ def work(module, pin, worker, threads, seconds, max_ops, id_hex, mix=None):
     rv, login = call(tok.open, user_pin=pin, rw=True)     # held: the login is the process's
     if rv != OK:
         return {"counts": {f"login {rv}": 1}, "elapsed": 0, "created": [], "destroyed": [], "vanished": [],
-                "failures": [["login", rv]]}
+                "maybe": [], "failures": [["login", rv]]}
     deadline = time.monotonic() + float(seconds)
     workers = [Worker(tok, f"w{worker}t{i}", bytes.fromhex(id_hex), deadline, int(max_ops),
                       seed=int(worker) * 100 + i, mix=json.loads(mix) if mix else OPS) for i in range(int(threads))]
@@ -155,6 +169,7 @@ def work(module, pin, worker, threads, seconds, max_ops, id_hex, mix=None):
             "created": [c for w in workers for c in w.created],
             "destroyed": [d for w in workers for d in w.destroyed],
             "vanished": [v for w in workers for v in w.vanished],
+            "maybe": [m for w in workers for m in w.maybe],
             "failures": [f for w in workers for f in w.failures]}
 
 

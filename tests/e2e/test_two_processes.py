@@ -345,7 +345,7 @@ class Mix:
 MIXES = {
     # everything at once on a growing population
     "mixed": Mix(7, {"create_aes": 3, "create_ec": 1}, 24, None,
-                 ("create_aes", "create_ec", "encrypt", "sign", "touch", "destroy", "find")),
+                 ("create_aes", "create_ec", "encrypt", "sign", "touch", "copy", "destroy", "find")),
     # 16 writers and users on 8 keys: compare-and-set conflicts on every other write
     "hot": Mix(4, {"create_aes": 3, "create_ec": 1}, 8, {"touch": 5, "encrypt": 3, "sign": 2, "find": 1},
                ("encrypt", "sign", "touch")),
@@ -392,8 +392,9 @@ def test_stress(shared, mix):
     for op in spec.must_succeed:
         assert counts[f"{op} {OK}"] > 0, f"no {op} succeeded: {dict(counts)}"
 
-    created = [tuple(c) for out in outs for c in out["created"]]
     destroyed = [tuple(d) for out in outs for d in out["destroyed"]]
+    maybe = {tuple(m) for out in outs for m in out["maybe"]}
+    created = [tuple(c) for out in outs for c in out["created"]] + sorted(maybe & set(destroyed))
     assert len(set(created)) == len(created)
     assert len(set(destroyed)) == len(destroyed), "an object was destroyed twice"
     assert set(destroyed) <= set(created)
