@@ -3,10 +3,10 @@
     python stress_worker.py work MODULE PIN WORKER THREADS SECONDS MAX_OPS ID_HEX [MIX]
         THREADS threads, each with its own session (the main thread's logged-in one
         keeps the login), run a random mix of create (AES-256 key / P-256 pair), find,
-        encrypt (AES-GCM), sign (ECDSA), touch (set CKA_END_DATE), copy and destroy on the
-        token objects with CKA_ID ID_HEX - everybody's, so they meet objects other
-        workers change and destroy - until
-        SECONDS pass or MAX_OPS ops ran (MIX: JSON {op: weight}, default OPS). Prints one JSON line: per op and CK_RV a count,
+        encrypt (AES-GCM), sign (ECDSA), touch (set CKA_END_DATE), copy and destroy on
+        the token objects with CKA_ID ID_HEX - everybody's, so they meet objects other
+        workers change and destroy - until SECONDS pass or MAX_OPS ops ran (MIX: JSON
+        {op: weight}, default OPS). Prints one JSON line: per op and CK_RV a count,
         the objects made, destroyed, reported gone (CKR_OBJECT_HANDLE_INVALID), and
         perhaps made (a copy python-pkcs11 could not read back) as [label, class], and
         the first few failures.

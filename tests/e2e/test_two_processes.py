@@ -355,8 +355,8 @@ MIXES = {
 def _workers(shared, args: list, count: int, timeout: float, first: int = 0) -> list:
     """Run `count` stress_worker.py processes (numbered from `first`) to the end: their reports."""
     worker = str(HERE / "stress_worker.py")
-    procs = [subprocess.Popen([sys.executable, worker, "work", shared.module, USER_PIN, str(first + i), *map(str, args)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=shared.env, cwd=shared.root)
+    procs = [subprocess.Popen([sys.executable, worker, "work", shared.module, USER_PIN, str(first + i),
+                               *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=shared.env, cwd=shared.root)
              for i in range(count)]
     outs = []
     for proc in procs:
