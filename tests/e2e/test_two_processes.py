@@ -200,6 +200,7 @@ PROGRAMS = {    # name -> (A's steps, B's steps); every interleaving of the two 
     "restrict-vs-copy": (("read", "copy"), ("restrict",)),                      # a copy of the current K
     "restrict-vs-destroy": (("read", "destroy"), ("restrict",)),                # no resurrection by B
     "destroy-vs-destroy": (("read", "destroy"), ("destroy",)),                  # one destroy only
+    "destroy-vs-copy-and-write": (("read", "destroy"), ("copy", "label")),      # nor by B's copy or write
 }
 
 
