@@ -13,8 +13,13 @@ at a time over stdin/stdout; stress_worker.py).
 - Stress: 4 processes x 4 threads of create / find / encrypt / sign / destroy on one
   token: no code but the expected ones, and the store holds exactly what was made
   and not destroyed, every key of it working.
+- Generated IVs: message-based GCM with CKG_GENERATE_COUNTER in six processes on a key
+  and its copy never hands out an IV twice.
 Everything runs over each store kind of STORES; the module logs at DEBUG into the
-test's directory, and a logged traceback fails the test.
+test's directory, and a logged traceback fails the test. A store kind is one StoreKind
+entry: the module it lives in (the kind runs once that file is in the tree, and is
+skipped "store not merged yet" before) and a function of the test's request giving
+its [store] lines (a peer it needs comes through request.getfixturevalue).
 """
 
 import itertools
