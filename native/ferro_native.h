@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <openssl/evp.h>
 
 #include "ferro_pkcs11.h"
@@ -21,6 +22,11 @@
 #define FERRO_PASS (~(CK_RV)0)
 #define FERRO_SLOTS 4096              /* session handle % FERRO_SLOTS; a clash stays in Python */
 #define FERRO_CHUNK (1 << 30)         /* EVP lengths are int */
+
+/* How long what the engine armed stays good without asking it again (native/README.md,
+ * "The lease"): another process may destroy or change the key, and the engine learns that
+ * only when it checks the store's head. CLOCK_MONOTONIC nanoseconds (ferro_now). */
+#define FERRO_LEASE_NS 500000000ULL   /* 500 ms */
 
 /* Length limits, checked before any input is read (native/README.md, "Length limits"):
  * SP 800-38D caps a GCM message at 2^39 - 256 bits of text and 2^64 - 1 bits of AAD;
@@ -35,6 +41,20 @@ static inline int ferro_add(size_t a, size_t b, size_t *sum)
     return !__builtin_add_overflow(a, b, sum);
 }
 
+/* CLOCK_MONOTONIC at its coarse resolution (a tick, a few ms), in ns: a vDSO read with
+ * no system call, a few ns; the hot path reads it once per call. */
+static inline uint64_t ferro_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+    return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+static inline uint64_t ferro_lease_end(void)
+{
+    return ferro_now() + FERRO_LEASE_NS;
+}
+
 enum { FERRO_ENC, FERRO_DEC, FERRO_MENC, FERRO_MDEC, FERRO_SIGN, FERRO_KINDS };
 
 /* An authorisation the engine granted to this session for one key and one
@@ -45,6 +65,7 @@ struct ferro_cache {
     size_t iv_len;                    /* the IV length ctx is set up for */
     EVP_PKEY_CTX *sign;               /* FERRO_SIGN: an EC private key, ready to sign */
     size_t half;                      /* FERRO_SIGN: bytes of r (and of s) */
+    uint64_t expires;                 /* ferro_now() past this: a repeat init goes to the engine */
 };
 
 struct ferro_op {
@@ -57,6 +78,7 @@ struct ferro_op {
     unsigned char *buf;               /* DEC/MDEC: ciphertext collected until the tag is checked */
     size_t buf_len, buf_cap;
     unsigned long long ctr_next, ctr_end;   /* MENC: IV counter values reserved by the engine */
+    uint64_t expires;                 /* ferro_now() past this: the engine rechecks the key first (last: ferro_end_op) */
 };
 
 struct ferro_slot {
@@ -68,8 +90,10 @@ struct ferro_slot {
 
 /* slots.c */
 struct ferro_slot *ferro_lock_owned(CK_SESSION_HANDLE s);   /* locked slot owned by s, or NULL */
-/* The locked slot if `kind` is armed in session s; else NULL with *rv = FERRO_PASS,
- * or the code the engine left when it ended the operation (given once). */
+/* The locked slot if `kind` is armed in session s (its lease renewed by the engine
+ * first if it ran out: ferro_py_recheck, called with no slot lock held); else NULL
+ * with *rv = FERRO_PASS, or the code the engine left when it ended the operation
+ * (given once), or the engine's answer to a recheck that failed (the op ended). */
 struct ferro_slot *ferro_enter(int kind, CK_SESSION_HANDLE s, CK_RV *rv);
 struct ferro_slot *ferro_claim(CK_SESSION_HANDLE s, int kind);   /* locked, owned by s, kind idle */
 void ferro_drop_cache(struct ferro_cache *c);
@@ -112,6 +136,9 @@ int ferro_native_cancel(CK_SESSION_HANDLE s, int kind);
 /* the engine reserves IV counter values for a key (an extern "Python+C" callback) */
 CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, unsigned long long *start,
                           unsigned long long *count);
+/* the engine checks the store's head and that `key` still names a key the session
+ * sees (an extern "Python+C" callback): CKR_OK renews a lease that ran out */
+CK_RV ferro_py_recheck(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key);
 
 #pragma GCC visibility pop
 #endif

@@ -76,6 +76,7 @@ int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsig
     if (c->sign) {
         ferro_end_op(&sl->op[FERRO_SIGN]);
         sl->op[FERRO_SIGN].armed = 1;
+        sl->op[FERRO_SIGN].expires = c->expires = ferro_lease_end();
         ok = 1;
     }
     ferro_unlock(sl);
@@ -114,9 +115,11 @@ CK_RV ferro_fast_C_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_H
     if (sl->op[FERRO_SIGN].armed) {
         rv = CKR_OPERATION_ACTIVE;
     } else if (m && m->mechanism == CKM_ECDSA && !m->pParameter && !m->ulParameterLen
-               && sl->cache[FERRO_SIGN].sign && sl->cache[FERRO_SIGN].key == key) {
+               && sl->cache[FERRO_SIGN].sign && sl->cache[FERRO_SIGN].key == key
+               && ferro_now() < sl->cache[FERRO_SIGN].expires) {
         ferro_end_op(&sl->op[FERRO_SIGN]);
         sl->op[FERRO_SIGN].armed = 1;
+        sl->op[FERRO_SIGN].expires = sl->cache[FERRO_SIGN].expires;
         rv = CKR_OK;
     }
     ferro_unlock(sl);

@@ -84,10 +84,12 @@ def _native_api() -> str:
     return text[start:text.index(end, start)]
 
 
-# the engine reserves IV counter values for the native message path
-RESERVE_IV_CDEF = """
+# what native/ asks the engine (pkcs11_shim/native.py `bind`): IV counter values for the
+# message path, and a recheck of the key when an armed operation's lease ran out
+CALLBACKS_CDEF = """
 extern "Python+C" CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
                                             unsigned long long *start, unsigned long long *count);
+extern "Python+C" CK_RV ferro_py_recheck(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key);
 """
 
 # Run by BOOT_C before cffi's start-up, in the host's interpreter, GIL held.
@@ -426,7 +428,7 @@ def make_ffi(include_dir: str) -> cffi.FFI:
     ffi.embedding_api("")      # no Python-implemented exports: the C_* are C
     ffi.cdef(decls)
     ffi.cdef("extern int ferro_python_ready;")
-    ffi.cdef(native_api + RESERVE_IV_CDEF)
+    ffi.cdef(native_api + CALLBACKS_CDEF)
     ffi.cdef("".join(f'extern "Python" CK_RV py_{name}({params});\n'
                      for name, how, params in FUNCTIONS if how == PY))
     libdir = sysconfig.get_config_var("LIBDIR")

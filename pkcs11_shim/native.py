@@ -8,6 +8,9 @@ without Python. A `Binding` is what the engine calls to drop native state
 (key destroyed or changed, session closed, logout, PIN locked, C_Finalize).
 All of this runs under the lock of the session's token (Library._lock_of), so arming and
 dropping are ordered.
+What is armed holds a lease (native/ferro_native.h FERRO_LEASE_NS): when it
+runs out, a repeat init comes back here, and an armed operation asks the
+engine to recheck its key first (`ferro_py_recheck` -> Library.recheck).
 Each loaded copy of the .so has its own native tables: a copy's `Binding` is
 what its libraries' `offload` is, and every call here goes through it.
 
@@ -49,8 +52,12 @@ def bind(ffi, lib, state) -> Binding:
     def reserve_iv(library, session, key, p_start, p_count):
         p_start[0], p_count[0] = library.reserve_iv(session, key)
 
+    def recheck(library, session, key):
+        library.recheck(session, key)
+
     # through the handlers' wrapper: this copy's NOT_INITIALIZED, PKCS11Error -> its rv
-    ffi.def_extern(name="ferro_py_reserve_iv", onerror=onerror)(wrap("ferro_py_reserve_iv", reserve_iv, True, state))
+    for name, fn in (("ferro_py_reserve_iv", reserve_iv), ("ferro_py_recheck", recheck)):
+        ffi.def_extern(name=name, onerror=onerror)(wrap(name, fn, True, state))
     return binding
 
 
@@ -68,7 +75,10 @@ def _native(library, kind: str):
 
 def forget(library, session: int, kind: str) -> None:
     """The engine runs an init of `kind` itself: the cached native authorisation
-    for it goes (so a later native init cannot pass over the engine's operation)."""
+    for it goes (so a later native init cannot pass over the engine's operation).
+    The engine's init checks the store's head (as every key use does), so what it
+    then arms here, with a fresh lease, includes other processes' changes: a
+    native repeat init whose lease ran out comes this way."""
     if binding := _native(library, kind):
         binding.lib.ferro_native_forget(session, KINDS[kind])
 

@@ -10,6 +10,11 @@ TOML, every key optional:
                              # a file per object version) | postgres | memory (this process only)
     dsn = ""                 # postgres: a libpq connection string or URI,
                              # e.g. "host=127.0.0.1 port=5432 dbname=ferrohsm user=ferrohsm"
+    head_cache = 0.0         # postgres: seconds a process may answer its head check from the
+                             # change notifications it received instead of a query; 0 (the
+                             # default): every key use asks the server, so another process's
+                             # destroy fails the very next *Init; above 0 it fails once the
+                             # notification arrived (about 1 ms), at most head_cache later
 
     [log]
     level = "WARNING"        # DEBUG, INFO, WARNING, ERROR
@@ -117,6 +122,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     store_kind: str = "sqlite"
     store_dsn: str = ""
+    store_head_cache: float = 0.0
 
     @staticmethod
     def default_path() -> Path:
@@ -163,12 +169,14 @@ class Config:
 
 
 def _store(table: dict, source: str) -> dict:
-    kind, dsn = table.get("kind", "sqlite"), table.get("dsn", "")
-    if set(table) - {"kind", "dsn"} or kind not in STORE_KINDS or not isinstance(dsn, str):
-        raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] takes kind = one of {STORE_KINDS} and dsn")
+    kind, dsn, cache = table.get("kind", "sqlite"), table.get("dsn", ""), table.get("head_cache", 0.0)
+    if set(table) - {"kind", "dsn", "head_cache"} or kind not in STORE_KINDS or not isinstance(dsn, str) \
+            or type(cache) not in (int, float) or not 0 <= cache <= 60:
+        raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] takes kind = one of {STORE_KINDS}, dsn, "
+                                               "and head_cache = 0..60 seconds")
     if kind == "postgres" and not dsn:
         raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] kind = \"postgres\" needs a dsn")
-    return {"store_kind": kind, "store_dsn": dsn}
+    return {"store_kind": kind, "store_dsn": dsn, "store_head_cache": float(cache)}
 
 
 def with_store(config: "Config", spec: str) -> "Config":

@@ -15,6 +15,9 @@ leaves the operation as it was (mechanisms/aes_message.py).
 
 Offloading (issue 4): after an init the shim may ask `offload_grant` for what a
 native fast path needs to run the operation itself, and then `release` it here.
+What it armed holds a lease: the shim asks `recheck` when an armed operation's
+lease ran out, and a repeat init past it comes back through the engine's init,
+which checks the store's head as every key use does (native/README.md).
 """
 
 import hashlib
@@ -293,6 +296,15 @@ class CryptoFunctions:
         if kind in MESSAGE:
             return op.key.handle, grant, b"", b"", 0
         return (op.key.handle, *grant)
+
+    def recheck(self, handle: int, key_handle: int) -> None:
+        """The lease of an operation the fast path holds ran out: is its key still
+        good? The store's head is checked (a key another process destroyed or
+        changed reaches _object_changed, which ends the operations using it, the
+        native ones too); then the handle must still name an object the session
+        sees (_object checks the head first). Returning renews the lease."""
+        self._object(self._session(handle), key_handle, C.CKR_KEY_HANDLE_INVALID)
+        LOG.debug("session %d: key %d rechecked for the native fast path's lease", handle, key_handle)
 
     def release(self, handle: int, kind: str) -> None:
         """The fast path took the operation over: the engine forgets it."""

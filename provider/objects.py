@@ -14,11 +14,11 @@ among thousands of objects touches only the objects with that label.
 
 from . import constants as C
 from . import schema
-from .store.base import INDEXED, Sealed
+from .store.base import INDEXED, Entry, Sealed
 
 
 class Obj:
-    __slots__ = ("handle", "uid", "_attrs", "stub", "loader", "cache", "owner", "version", "lineage",
+    __slots__ = ("handle", "uid", "_attrs", "stub", "loader", "_cache", "owner", "version", "lineage",
                  "_secret")
 
     def __init__(self, handle: int, uid: str, attrs: dict | None, owner: int | None = None, version: int = 0,
@@ -28,7 +28,7 @@ class Obj:
         self._attrs = attrs
         self.stub = attrs if stub is None else stub    # STUB attributes, always at hand
         self.loader = loader       # obj -> attrs, for an object known by its stub only
-        self.cache: dict = {}      # parsed key objects kept by mechanism families
+        self._cache = None         # parsed key objects kept by mechanism families (`cache`)
         self.owner = owner         # creating session of a session object; None for token objects
         self.version = version     # the stored version this copy is of (0: not stored)
         self.lineage = lineage     # whose IV counter a copied key shares (None: its own uid's,
@@ -44,6 +44,12 @@ class Obj:
     @attrs.setter
     def attrs(self, attrs: dict) -> None:
         self._attrs = self.stub = attrs
+
+    @property
+    def cache(self) -> dict:
+        if self._cache is None:
+            self._cache = {}
+        return self._cache
 
     @property
     def loaded(self) -> bool:
@@ -93,12 +99,25 @@ class Obj:
 
 
 _MISSING = object()
+BUCKETED = tuple(cka for cka in INDEXED if cka != C.CKA_UNIQUE_ID)
+
+
+def _buckets(stub) -> list:
+    if type(stub) is Entry:
+        return stub.buckets()
+    return [(cka, stub[cka]) for cka in BUCKETED if cka in stub]
 
 
 class Index:
+    """Buckets (attribute, value) -> the handles of the objects that have it, for the
+    INDEXED attributes but CKA_UNIQUE_ID, which has its own map (one object each).
+    A bucket of one object is its handle alone, not a set: with 100,000 objects
+    most labels are one object's, and a set per label would be most of the memory."""
+
     def __init__(self):
         self.objects: dict[int, Obj] = {}
-        self._by: dict[tuple, set[int]] = {}
+        self._by: dict[tuple, int | set] = {}
+        self._uids: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -107,20 +126,31 @@ class Index:
         return self.objects.get(handle)
 
     def add(self, obj: Obj) -> None:
-        self.objects[obj.handle] = obj
-        for cka in INDEXED:
-            if cka in obj.stub:
-                self._by.setdefault((cka, obj.stub[cka]), set()).add(obj.handle)
+        handle, by = obj.handle, self._by
+        self.objects[handle] = obj
+        self._uids[obj.uid] = handle
+        for key in _buckets(obj.stub):
+            bucket = by.get(key)
+            if bucket is None:
+                by[key] = handle
+            elif type(bucket) is int:
+                by[key] = {bucket, handle}
+            else:
+                bucket.add(handle)
 
     def remove(self, obj: Obj) -> None:
-        self.objects.pop(obj.handle, None)
-        for cka in INDEXED:
-            key = (cka, obj.stub.get(cka))
-            handles = self._by.get(key)
-            if handles is not None:
-                handles.discard(obj.handle)
-                if not handles:
-                    del self._by[key]
+        handle, by = obj.handle, self._by
+        self.objects.pop(handle, None)
+        if self._uids.get(obj.uid) == handle:
+            del self._uids[obj.uid]
+        for key in _buckets(obj.stub):
+            bucket = by.get(key)
+            if bucket == handle:
+                del by[key]
+            elif type(bucket) is set:
+                bucket.discard(handle)
+                if len(bucket) == 1:
+                    by[key] = bucket.pop()
 
     def replace(self, obj: Obj, attrs: dict) -> None:
         """Give `obj` new attributes, keeping the index right."""
@@ -130,6 +160,13 @@ class Index:
         obj._secret = None
         self.add(obj)
 
+    def _bucket(self, cka: int, value) -> tuple | set:
+        if cka == C.CKA_UNIQUE_ID:
+            handle = self._uids.get(value.decode("ascii", "replace") if isinstance(value, bytes) else None)
+            return () if handle is None else (handle,)
+        bucket = self._by.get((cka, value), ())
+        return (bucket,) if type(bucket) is int else bucket
+
     def candidates(self, template: dict):
         """The objects that might match: the smallest index bucket the template
         names, or everything when it names no indexed attribute."""
@@ -137,7 +174,7 @@ class Index:
         for cka in INDEXED:
             if cka in template:
                 try:
-                    bucket = self._by.get((cka, template[cka]), ())
+                    bucket = self._bucket(cka, template[cka])
                 except TypeError:   # an unhashable value cannot be in the index
                     return []
                 if best is None or len(bucket) < len(best):

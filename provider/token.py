@@ -12,6 +12,7 @@ private token objects get new handles after a logout, and private session
 objects are destroyed by it (PKCS#11 3.0, C_Logout).
 """
 
+import gc
 import threading
 
 from . import constants as C
@@ -19,8 +20,8 @@ from .errors import PKCS11Error
 from contextlib import contextmanager, nullcontext
 
 from .log import LOG
-from .objects import Index, Obj
-from .store.base import INDEXED, Sealed
+from .objects import BUCKETED, Index, Obj
+from .store.base import Sealed
 
 TOKEN_FLAGS = C.CKF_RNG | C.CKF_LOGIN_REQUIRED | C.CKF_RESTORE_KEY_NOT_NEEDED
 OPENED = "opened"        # obj.cache key: no Sealed value left in obj.attrs
@@ -85,6 +86,7 @@ class Token:
         self._cursor = None
         self._pending: list | None = None   # index changes waiting for the transaction's commit
         self.lock = threading.RLock()       # this token's calls (provider/library.py, "Locks")
+        self._loader = self._load           # one bound method for every object's Obj.loader
         if self.initialized:
             self.refresh()
 
@@ -129,14 +131,25 @@ class Token:
                 obj.version = version
 
     def _read_index(self) -> None:
-        """Know every object from the store's index; records are read when first used."""
+        """Know every object from the store's index; records are read when first used.
+        (No garbage collection meanwhile: 100,000 new objects would start it ~100 times
+        for nothing, as none of them is garbage.)"""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._take_index()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _take_index(self) -> None:
         self._cursor, entries = self.store.index()
         listed = set()
         for uid, version, stub, attrs in entries:
             listed.add(uid)
             obj = self.by_uid.get(uid)
             if obj is None:
-                obj = Obj(self.new_handle(), uid, attrs, version=version, stub=stub, loader=self._load)
+                obj = Obj(self.new_handle(), uid, attrs, version=version, stub=stub, loader=self._loader)
                 self.by_uid[uid] = obj
                 self.index.add(obj)
             elif obj.version != version:
@@ -292,7 +305,7 @@ class Token:
 
 def same_entry(stub: dict, attrs: dict) -> bool:
     """Does the index entry say what the record says?"""
-    return all(stub.get(cka) == attrs.get(cka) for cka in INDEXED) and \
+    return all(stub.get(cka) == attrs.get(cka) for cka in BUCKETED) and \
         bool(stub.get(C.CKA_PRIVATE)) == bool(attrs.get(C.CKA_PRIVATE))
 
 

@@ -24,5 +24,5 @@ def open_catalog(config) -> Catalog:
         return FilesystemCatalog(config.token_dir, **args)
     if kind == "postgres":
         from .postgres import PostgresCatalog      # psycopg is imported only when used
-        return PostgresCatalog(config.store_dsn, **args)
+        return PostgresCatalog(config.store_dsn, head_ttl=config.store_head_cache, **args)
     raise ValueError(kind)      # Config.parse admits only STORE_KINDS

@@ -26,14 +26,54 @@ from .. import constants as C
 
 # What the store's index lists of each object, without reading its record: the
 # attributes searches name most (the engine's Index, provider/objects.py), CKA_PRIVATE
-# (who may see it) and CKA_TOKEN. Not authenticated: checked against the record
-# when that is read (TokenStore.load).
+# (who may see it) and CKA_TOKEN; CKA_UNIQUE_ID is the uid itself and may be left
+# out. Not authenticated: checked against the record when that is read (TokenStore.load).
 INDEXED = (C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID, C.CKA_KEY_TYPE, C.CKA_UNIQUE_ID)
 STUB = INDEXED + (C.CKA_PRIVATE, C.CKA_TOKEN)
 
 
 def stub_of(attrs: dict) -> dict:
     return {cka: attrs[cka] for cka in STUB if cka in attrs}
+
+
+class Entry:
+    """One object's index entry as a store lists it: reads like the dict stub_of
+    gives (get, [], in) for a token object, in a third of a dict's memory (a token
+    of 100,000 objects holds 100,000 of them)."""
+    __slots__ = ("cls", "label", "cka_id", "key_type", "private")
+    _FIELDS = {C.CKA_CLASS: "cls", C.CKA_LABEL: "label", C.CKA_ID: "cka_id", C.CKA_KEY_TYPE: "key_type"}
+
+    def __init__(self, cls: int, label, cka_id, key_type, private: bool):
+        self.cls, self.label, self.cka_id, self.key_type, self.private = cls, label, cka_id, key_type, private
+
+    def get(self, cka: int, default=None):
+        if cka == C.CKA_TOKEN:
+            return True
+        if cka == C.CKA_PRIVATE:
+            return self.private
+        field = self._FIELDS.get(cka)
+        value = None if field is None else getattr(self, field)
+        return default if value is None else value
+
+    def buckets(self) -> list:
+        """(attribute, value) of each INDEXED attribute but CKA_UNIQUE_ID it has."""
+        out = [(C.CKA_CLASS, self.cls)]
+        if self.label is not None:
+            out.append((C.CKA_LABEL, self.label))
+        if self.cka_id is not None:
+            out.append((C.CKA_ID, self.cka_id))
+        if self.key_type is not None:
+            out.append((C.CKA_KEY_TYPE, self.key_type))
+        return out
+
+    def __contains__(self, cka: int) -> bool:
+        return self.get(cka) is not None
+
+    def __getitem__(self, cka: int):
+        value = self.get(cka)
+        if value is None:
+            raise KeyError(cka)
+        return value
 
 
 @dataclass(frozen=True)

@@ -215,8 +215,8 @@ class SealingStore(TokenStore):
         index() then reads every record)."""
 
     def _index_rows(self) -> tuple | None:
-        """(token record, [(uid, version, stub or None)]) from the store's own index in one
-        snapshot (stub None: this row has no index entry), or None: no index kept."""
+        """(token record, [(uid, version, stub or None, None)]) from the store's own index in
+        one snapshot (stub None: this row has no index entry), or None: no index kept."""
         return None
 
     @abstractmethod
@@ -413,18 +413,14 @@ class SealingStore(TokenStore):
             if listed is None:                       # no index of its own: every record
                 got = self.changes(None)
                 return got.cursor, [(uid, v, stub_of(a), a) for uid, v, a in got.upserts]
-            tok, rows = listed
+            tok, entries = listed
             if self._master is not None and self._master_epoch != tok["epoch"]:
                 self.logout()
-            entries = []
-            for uid, version, stub in rows:
+            for i, (uid, _, stub, _) in enumerate(entries):
                 if stub is None:                     # e.g. a row from before the index columns
                     got = self.load(uid)
-                    if got is not None:
-                        entries.append((uid, got[0], stub_of(got[1]), got[1]))
-                else:
-                    entries.append((uid, version, stub, None))
-            return tok["seq"], entries
+                    entries[i] = None if got is None else (uid, got[0], stub_of(got[1]), got[1])
+            return tok["seq"], [e for e in entries if e is not None] if None in entries else entries
 
     def load(self, uid: str) -> tuple | None:
         with self._lock:

@@ -39,7 +39,7 @@ from pathlib import Path
 from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
-from .base import Catalog
+from .base import Catalog, Entry
 from .sealing import KDF_ITERATIONS, LEGACY_PREFIX, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
 
 BUSY_TIMEOUT = 10.0
@@ -55,6 +55,7 @@ CREATE TABLE objects (
     version INTEGER NOT NULL DEFAULT 1, lineage TEXT,
     cls INTEGER, label BLOB, cka_id BLOB, key_type INTEGER, private INTEGER);
 CREATE INDEX objects_seq ON objects (seq);
+CREATE INDEX objects_entry ON objects (uid, version, cls, label, cka_id, key_type, private);
 CREATE TABLE tombstones (uid TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE INDEX tombstones_seq ON tombstones (seq);
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
@@ -72,20 +73,13 @@ ALTER TABLE objects ADD COLUMN label BLOB;
 ALTER TABLE objects ADD COLUMN cka_id BLOB;
 ALTER TABLE objects ADD COLUMN key_type INTEGER;
 ALTER TABLE objects ADD COLUMN private INTEGER;
+CREATE INDEX objects_entry ON objects (uid, version, cls, label, cka_id, key_type, private);
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """,
 }
 LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"
 _FORKED: list = []   # connections inherited across a fork: never used, never closed
-
-
-def _stub(uid, cls, label, cka_id, key_type, private) -> dict:
-    stub = {C.CKA_CLASS: cls, C.CKA_UNIQUE_ID: uid.encode(), C.CKA_TOKEN: True, C.CKA_PRIVATE: bool(private)}
-    for cka, value in ((C.CKA_LABEL, label), (C.CKA_ID, cka_id), (C.CKA_KEY_TYPE, key_type)):
-        if value is not None:
-            stub[cka] = value
-    return stub
 
 
 def _script(db, sql: str) -> None:
@@ -272,7 +266,7 @@ class SqliteStore(SealingStore):
             rows = self._db().execute(
                 "SELECT uid, version, cls, label, cka_id, key_type, private FROM objects").fetchall()
             tok = self._token()
-        return tok, [(uid, version, None if cls is None else _stub(uid, cls, label, cka_id, key_type, private))
+        return tok, [(uid, version, None if cls is None else Entry(cls, label, cka_id, key_type, private == 1), None)
                      for uid, version, cls, label, cka_id, key_type, private in rows]
 
     def _uids(self) -> list:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "scripts" / "peers"
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
+PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
 def missing(programs=(), files=(), modules=()) -> str | None:
@@ -155,6 +157,61 @@ def pcsc(tmp_path_factory):
     finally:
         _resume(peer.dir / "bridge.pid")
         peer.stop()
+
+
+class PostgresPeer(Peer):
+    """A private PostgreSQL server; `dsn` reaches database ferrohsm as role ferrohsm
+    (CREATEDB: `database()` makes a fresh, empty database for one test)."""
+    script = PEERS / "postgres.sh"
+
+    def start(self) -> str:
+        self.dsn = super().start().strip().splitlines()[-1]
+        return self.dsn
+
+    @property
+    def pid(self) -> int:
+        return int((self.dir / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def database(self) -> str:
+        """The DSN of a new empty database (the store creates its tables on first use)."""
+        import psycopg
+        name = f"ferro_{os.urandom(6).hex()}"
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.dsn.replace("dbname=ferrohsm", f"dbname={name}")
+
+
+def _postgres_peer():
+    why = missing(files=(f"{PG_BIN}/initdb", f"{PG_BIN}/pg_ctl", f"{PG_BIN}/postgres"),
+                  modules=("psycopg",))
+    if why:
+        pytest.skip(f"PostgreSQL peer: {why}")
+    # not under pytest's base temp: the server runs as user ferrohsm-pg, which must be able
+    # to reach its directory, and /tmp/pytest-of-root is 0700
+    peer = PostgresPeer(Path(tempfile.mkdtemp(prefix="ferrohsm-pg-")))
+    try:
+        peer.start()
+        yield peer
+    finally:
+        peer.stop()
+        atexit.unregister(peer.stop)
+        shutil.rmtree(peer.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The PostgreSQL server the tests share (each on a token name or database of its own)."""
+    yield from _postgres_peer()
+
+
+@pytest.fixture
+def postgres_private():
+    """A PostgreSQL server for one test, which may stop and start it."""
+    yield from _postgres_peer()
 
 
 def _resume(pidfile: Path) -> None:

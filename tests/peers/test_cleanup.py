@@ -1,7 +1,8 @@
 """No peer process outlives a test run: a child pytest uses the real peer fixtures (swtpm,
-pcscd + vpcd bridge + card, SoftHSM2) in tests that fail, time out, or get SIGTERM (an
+pcscd + vpcd bridge + card, SoftHSM2, PostgreSQL) in tests that fail, time out, or get SIGTERM (an
 outer timeout or a cancelled CI job), and afterwards no process may remain whose command
-line names a path under the child's base temp dir (where every peer keeps its state)."""
+line names a path under the child's base temp dir (where every peer keeps its state, but
+PostgreSQL, which keeps it under /tmp for its own user), and none of the recorded pids."""
 
 import os
 import subprocess
@@ -10,28 +11,28 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFTEST = "from tests.peers.fixtures import pcsc, softhsm, swtpm  # noqa: F401\n"
+CONFTEST = "from tests.peers.fixtures import pcsc, postgres, softhsm, swtpm  # noqa: F401\n"
 USES_PEERS = '''
 import os, signal, time
 from pathlib import Path
 
-def record(swtpm, pcsc, softhsm):
-    pids = [swtpm.pid, pcsc.bridge_pid(), int((pcsc.dir / "pcscd.pid").read_text())]
+def record(swtpm, pcsc, softhsm, postgres):
+    pids = [swtpm.pid, pcsc.bridge_pid(), int((pcsc.dir / "pcscd.pid").read_text()), postgres.pid]
     for p in pids:
         os.kill(p, 0)                       # alive while the test runs
     Path(os.environ["PEER_PIDS"]).write_text(" ".join(map(str, pids)))
 '''
 FAILS_AND_HANGS = USES_PEERS + '''
-def test_fails(swtpm, pcsc, softhsm):
-    record(swtpm, pcsc, softhsm)
+def test_fails(swtpm, pcsc, softhsm, postgres):
+    record(swtpm, pcsc, softhsm, postgres)
     assert False, "a failing test"
 
 def test_times_out(swtpm, pcsc):
     time.sleep(60)
 '''
 TERMINATED = USES_PEERS + '''
-def test_terminated(swtpm, pcsc, softhsm):
-    record(swtpm, pcsc, softhsm)
+def test_terminated(swtpm, pcsc, softhsm, postgres):
+    record(swtpm, pcsc, softhsm, postgres)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(60)
 '''

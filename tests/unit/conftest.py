@@ -15,9 +15,10 @@ RW = C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION
 RO = C.CKF_SERIAL_SESSION
 
 
-def make_library(tmp_path) -> Library:
+def make_library(tmp_path, store: str = "") -> Library:
+    """A Library on tmp_path's token directory; `store`: a [store] table to use instead."""
     conf = tmp_path / "ferrohsm.conf"
-    conf.write_text(f'[tokens]\ndirectory = "{tmp_path / "tokens"}"\n[log]\nlevel = "ERROR"\n')
+    conf.write_text(f'[tokens]\ndirectory = "{tmp_path / "tokens"}"\n[log]\nlevel = "ERROR"\n{store}')
     return Library(Config.parse(conf.read_text(), str(conf)))
 
 

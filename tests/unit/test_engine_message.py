@@ -235,3 +235,44 @@ def test_pin_lock_ends_the_tokens_operations(tmp_path):
     assert rv(lib.encrypt, s, b"x", 100) == C.CKR_OPERATION_NOT_INITIALIZED
     assert dropped == [s]
     lib.finalize()
+
+
+@pytest.mark.parametrize("change", ["destroy", "unencrypt"])
+def test_recheck_sees_another_librarys_change(tmp_path, change):
+    """The native lease's engine side: two libraries on one token directory (two processes).
+    `recheck` takes in the other's write at the store's head: the key's native state is
+    dropped, and a destroyed key is refused; the next init sees it too."""
+    lib = make_library(tmp_path)
+    slot = init_token(lib)
+    s = lib.open_session(slot, RW)
+    lib.login(s, C.CKU_USER, USER_PIN)
+    dropped = []
+
+    class Spy:
+        def drop_session(self, h): pass
+        def drop_key(self, h, code): dropped.append((h, code))
+        def drop_all(self): pass
+    lib.offload = Spy()
+    k = key(lib, s, token=True, LABEL=b"shared")
+    lib.recheck(s, k)                                    # nothing changed: renewed
+    other = make_library(tmp_path)
+    s2 = other.open_session(slot, RW)
+    other.login(s2, C.CKU_USER, USER_PIN)
+    other.find_objects_init(s2, T(LABEL=b"shared"))
+    (k2,) = other.find_objects(s2, 2)
+    other.find_objects_final(s2)
+    if change == "destroy":
+        other.destroy_object(s2, k2)
+    else:
+        other.set_attribute_value(s2, k2, T(ENCRYPT=False))
+    other.finalize()
+    assert not dropped                                   # not seen until the head is checked
+    if change == "destroy":
+        assert rv(lib.recheck, s, k) == C.CKR_KEY_HANDLE_INVALID
+    else:
+        lib.recheck(s, k)                                # still there; its native state went
+    assert dropped == [(k, C.CKR_KEY_HANDLE_INVALID)]
+    want = C.CKR_KEY_HANDLE_INVALID if change == "destroy" else C.CKR_KEY_FUNCTION_NOT_PERMITTED
+    assert rv(lib.message_encrypt_init, s, GCM, k) == want
+    assert rv(lib.recheck, 999, k) == C.CKR_SESSION_HANDLE_INVALID
+    lib.finalize()

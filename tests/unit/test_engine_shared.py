@@ -1,7 +1,7 @@
 """Two Libraries on one token behave like two processes (each has its own store
 connection): no resurrection, no lost update, and a key destroyed or restricted in
-one fails its next use in the other. The same through the built module and real
-processes: tests/e2e/test_two_processes.py."""
+one fails its next use in the other; on each store kind. The same through the built
+module and real processes: tests/e2e/test_two_processes.py."""
 
 import pytest
 
@@ -23,11 +23,18 @@ def rv(fn, *args):
     return C.CKR_OK
 
 
-@pytest.fixture
-def pair(tmp_path):
-    a = make_library(tmp_path)
+def store_table(kind: str, request) -> str:
+    if kind == "postgres":
+        return f'[store]\nkind = "postgres"\ndsn = "{request.getfixturevalue("postgres").database()}"\n'
+    return f'[store]\nkind = "{kind}"\n'
+
+
+@pytest.fixture(params=["sqlite", "filesystem", "postgres"])
+def pair(tmp_path, request):
+    store = store_table(request.param, request)
+    a = make_library(tmp_path, store)
     slot = init_token(a)
-    b = make_library(tmp_path)
+    b = make_library(tmp_path, store)
     sessions = []
     for lib in (a, b):
         s = lib.open_session(slot, RW)
