@@ -58,9 +58,13 @@ class WatchedIndex(Index):
             self._on_change(obj)
 
     def replace(self, obj: Obj, attrs: dict) -> None:
-        secret = obj.secret_types()
-        changed = any(obj.attrs.get(k) != attrs.get(k) for k in obj.attrs.keys() | attrs.keys()
-                      if k not in secret)
+        # An object known by its index entry only has no old attributes to compare (reading
+        # its record here would run its loader, which may be what called us): a change.
+        changed = True
+        if obj.loaded:
+            secret = obj.secret_types()
+            old = obj.attrs
+            changed = any(old.get(k) != attrs.get(k) for k in old.keys() | attrs.keys() if k not in secret)
         self._replacing = True
         try:
             super().replace(obj, attrs)
@@ -218,6 +222,10 @@ class Token:
 
     def visible(self, obj: Obj) -> bool:
         return not obj.private or self.user == C.CKU_USER
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._pending is not None
 
     @contextmanager
     def transaction(self):

@@ -72,3 +72,34 @@ def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
     assert "not what the store's index says" in caplog.text   # the private obj-1 stays unread
     assert len(find(lib, s, LABEL=b"obj-0")) == 1             # and is gone from the index
     lib.finalize()
+
+
+def test_an_object_known_by_its_index_entry_changed_elsewhere(tmp_path):
+    """B knows K by its index entry only (never read) when A changes it: B's next look
+    (a refresh, or the first read of K's record) takes A's version, without reading
+    first the record it is replacing (that recursed: CKR_GENERAL_ERROR at C_Login)."""
+    slot = make_objects(tmp_path, 2)
+    a, b = make_library(tmp_path), make_library(tmp_path)
+    sa, sb = a.open_session(slot, RW), b.open_session(slot, RW)
+    (ka,) = find(a, sa, LABEL=b"obj-0")
+    kb = b.tokens[slot].by_uid[a.tokens[slot].index.get(ka).uid]
+    assert not kb.loaded
+    a.set_attribute_value(sa, ka, T(LABEL=b"renamed"))
+    b.login(sb, C.CKU_USER, USER_PIN)                      # refreshes: K's entry moved on
+    assert b.get_attribute_value(sb, kb.handle, [C.CKA_LABEL, C.CKA_VALUE]) == [b"renamed", b"value 0"]
+    assert find(b, sb, LABEL=b"renamed") == [kb.handle] and find(b, sb, LABEL=b"obj-0") == []
+    a.finalize()
+    b.finalize()
+
+
+def test_a_record_newer_than_its_index_entry_is_taken_on_first_read(tmp_path):
+    slot = make_objects(tmp_path, 2)
+    a, b = make_library(tmp_path), make_library(tmp_path)
+    sa, sb = a.open_session(slot, RW), b.open_session(slot, RW)
+    (ka,) = find(a, sa, LABEL=b"obj-0")
+    kb = b.tokens[slot].by_uid[a.tokens[slot].index.get(ka).uid]
+    a.set_attribute_value(sa, ka, T(LABEL=b"renamed"))
+    assert kb.attrs[C.CKA_LABEL] == b"renamed"                # the loader meets the newer version
+    assert b.get_attribute_value(sb, kb.handle, [C.CKA_LABEL]) == [b"renamed"]
+    a.finalize()
+    b.finalize()

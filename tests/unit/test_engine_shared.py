@@ -161,3 +161,25 @@ def test_running_operation_stops_within_a_lease(pair, monkeypatch):
     monkeypatch.setattr(session, "KEY_LEASE", 0.0)       # the lease is over
     assert rv(a.encrypt_update, sa, b"x" * 16, 100) == C.CKR_KEY_HANDLE_INVALID
     assert rv(a.encrypt_update, sa, b"x" * 16, 100) == C.CKR_OPERATION_NOT_INITIALIZED
+
+
+def test_a_writer_that_keeps_losing_gets_its_turn(pair, monkeypatch):
+    """B writes K just before every one of A's writes that B can come in before: A's
+    last try runs in a store transaction (nobody writes in between) and lands on B's
+    latest version instead of failing with CKR_FUNCTION_FAILED."""
+    (a, sa), (b, sb) = pair
+    ka = key(a, sa)
+    (kb,) = find(b, sb, b"K")
+    token = a.sessions[sa].token
+    real, tries = token.store.save_object, []
+
+    def b_first(*args, **kwargs):
+        tries.append(token.in_transaction)
+        if not token.in_transaction:
+            b.set_attribute_value(sb, kb, T(END_DATE=b"203001%02d" % len(tries)))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(token.store, "save_object", b_first)
+    a.set_attribute_value(sa, ka, T(LABEL=b"mine"))
+    assert tries[-1] is True and tries.count(False) == len(tries) - 1
+    last = b"203001%02d" % (len(tries) - 1)
+    assert b.get_attribute_value(sb, kb, [C.CKA_LABEL, C.CKA_END_DATE]) == [b"mine", last]
