@@ -38,7 +38,7 @@ import pytest
 from provider import constants as C
 from provider.session import KEY_LEASE
 
-from .conftest import REPO, USER_PIN
+from .conftest import USER_PIN
 
 try:        # the PostgreSQL peer (tests/peers/fixtures.py, from h/pg-store)
     from tests.peers.fixtures import postgres  # noqa: F401  (session-scoped fixture)
@@ -54,7 +54,6 @@ REPLY_TIMEOUT = 30
 @dataclass(frozen=True)
 class StoreKind:
     name: str
-    source: str                         # the store's module: the kind runs once it is in the tree
     lines: Callable[[pytest.FixtureRequest], str]    # request -> the configuration's [store] table
 
 
@@ -64,19 +63,13 @@ def _postgres_lines(request) -> str:
 
 
 STORES = [
-    StoreKind("sqlite", "provider/store/sqlite.py", lambda request: ""),
-    StoreKind("filesystem", "provider/store/filesystem.py", lambda request: '[store]\nkind = "filesystem"\n'),
-    StoreKind("postgres", "provider/store/postgres.py", _postgres_lines),
+    StoreKind("sqlite", lambda request: ""),
+    StoreKind("filesystem", lambda request: '[store]\nkind = "filesystem"\n'),
+    StoreKind("postgres", _postgres_lines),
 ]
 
 
-def _param(kind: StoreKind):
-    if (REPO / kind.source).exists():
-        return pytest.param(kind, id=kind.name)
-    return pytest.param(kind, id=kind.name, marks=pytest.mark.skip(reason="store not merged yet"))
-
-
-@pytest.fixture(params=[_param(kind) for kind in STORES])
+@pytest.fixture(params=[pytest.param(kind, id=kind.name) for kind in STORES])
 def shared(request, hsm):
     """An initialized token in the store kind of the parameter; the module logs at DEBUG
     into hsm.log, which must show no traceback when the test is done."""
@@ -277,23 +270,20 @@ USES = {
 K_CLASS = {"aes": "SECRET_KEY", "ec": "PRIVATE_KEY"}
 
 # The native fast path answers a repeat init of a key it holds a cached authorisation for
-# without the engine; with the lease (native/ferro_native.h FERRO_LEASE_NS, 500 ms, the
-# engine's KEY_LEASE) it asks the engine again once the lease ran out. Without the lease
-# (before h/native-lease) the cache never asks again: the key stays usable for ever.
-NATIVE_LEASED = "FERRO_LEASE_NS" in (REPO / "native" / "ferro_native.h").read_text()
+# without the engine; with its lease (native/ferro_native.h FERRO_LEASE_NS, 500 ms, the
+# engine's KEY_LEASE) it asks the engine again once the lease ran out.
 NATIVE_WAIT = KEY_LEASE + 0.3
 
 
 def _paths(spec: Use):
-    """(path, marks): the engine's (FERROHSM_NATIVE=0 in A), and the native one if the use has it."""
-    yield "engine", ()
+    """The engine's path (FERROHSM_NATIVE=0 in A), and the native one if the use has it."""
+    yield "engine"
     if spec.native:
-        yield "native", () if NATIVE_LEASED else pytest.mark.xfail(
-            strict=True, reason="native cached authorisations have no lease yet (h/native-lease)")
+        yield "native"
 
 
-USE_CASES = [pytest.param(use, change, path, id=f"{use}-{change}-{path}", marks=marks)
-             for use, spec in USES.items() for change in ("destroy", "restrict") for path, marks in _paths(spec)]
+USE_CASES = [pytest.param(use, change, path, id=f"{use}-{change}-{path}")
+             for use, spec in USES.items() for change in ("destroy", "restrict") for path in _paths(spec)]
 
 
 @pytest.mark.parametrize("use, change, path", USE_CASES)
