@@ -589,16 +589,7 @@ class FilesystemStore(SealingStore):
             tx = self._tx
             rows, gone = [], []
             if cursor is None:
-                latest = dict.fromkeys(self._object_dirs())     # (destroyed ones: no current.json)
-                if tx:
-                    latest.update({n: e for n, e in tx.objects.items()})
-                for name, entry in latest.items():
-                    try:
-                        entry = entry or self._current(name)
-                    except PKCS11Error:
-                        continue                        # (logged) not served
-                    if entry is None or "deleted" in entry:
-                        continue
+                for name, entry in self._live_entries(tx):
                     row = self._row_of(name, entry)
                     if row is not None:
                         rows.append(row)
@@ -619,23 +610,26 @@ class FilesystemStore(SealingStore):
             rows.sort(key=lambda r: r[4])
         return tok, [r[:4] for r in rows], gone
 
+    def _live_entries(self, tx):
+        """(directory name, pointer) of every object there is, this transaction's own
+        writes included; destroyed ones and unreadable pointers (logged) left out."""
+        latest = dict.fromkeys(self._object_dirs())
+        if tx:
+            latest.update(tx.objects)
+        for name, entry in latest.items():
+            try:
+                entry = entry or self._current(name)
+            except PKCS11Error:
+                continue
+            if entry is not None and "deleted" not in entry:
+                yield name, entry
+
     def _index_rows(self) -> tuple:
         """Every object's pointer, with its index entry: one small file per object."""
         with self._reading():
             tok = self._token()
-            tx = self._tx
-            latest = dict.fromkeys(self._object_dirs())
-            if tx:
-                latest.update(tx.objects)
-            rows = []
-            for name, entry in latest.items():
-                try:
-                    entry = entry or self._current(name)
-                except PKCS11Error:
-                    continue                        # (logged) not served
-                if entry is None or "deleted" in entry:
-                    continue
-                rows.append((entry["seq"], name_of(name), entry["version"], _entry_of(entry.get("entry"))))
+            rows = [(entry["seq"], name_of(name), entry["version"], _entry_of(entry.get("entry")))
+                    for name, entry in self._live_entries(self._tx)]
         rows.sort()
         return tok, [(uid, version, stub, None) for _, uid, version, stub in rows]
 
