@@ -110,9 +110,8 @@ def retry(library, fn, args, kwargs):
         except Conflict as exc:
             conflict = exc
             LOG.info("%s: object %s changed in the store meanwhile; again", fn.__name__, exc)
-            for token in library.tokens.values():
-                if token.initialized:
-                    token.refresh()
+            for token in _holding(library, exc):    # (the token whose lock this call holds)
+                token.refresh()
     try:
         with contextlib.ExitStack() as stack:
             for token in _holding(library, conflict):
@@ -124,7 +123,8 @@ def retry(library, fn, args, kwargs):
 
 
 def _holding(library, conflict) -> list:
-    """The tokens that know the object `conflict` names (in slot order)."""
+    """The tokens that know the object `conflict` names (in slot order): the one the
+    call works on, as a uid is one token's."""
     uid = conflict.args[0] if conflict.args else None
     return [library.tokens[slot] for slot in sorted(library.tokens)
             if library.tokens[slot].initialized and uid in library.tokens[slot].by_uid]
