@@ -91,8 +91,14 @@ def _is_transport(e: TSS2_Exception) -> bool:
 
 
 def _is_stale(e: TSS2_Exception) -> bool:
-    """The TPM no longer has an object we hold a handle to (TPM_RC_REFERENCE_H0..)."""
-    return (e.rc >> 16) == 0 and (e.rc & 0xFF8) == TPM2_RC.REFERENCE_H0
+    """The TPM no longer has an object we hold a handle to (TPM_RC_REFERENCE_H0..), or the
+    handle now names another object (TPM_RC_HANDLE on a parameter or handle: a connection
+    abandoned after a hang, closing late, flushed the transient handles we reloaded under
+    the same numbers)."""
+    rc = e.rc
+    if rc >> 16:
+        return False
+    return (rc & 0xFF8) == TPM2_RC.REFERENCE_H0 or bool(rc & 0x80) and (rc & 0x3F) == (TPM2_RC.HANDLE & 0x3F)
 
 
 class _Conn:
