@@ -82,6 +82,7 @@ class BackendFunctions:
         given.setdefault(C.CKA_KEY_TYPE, C.CKK_GENERIC_SECRET)
         self._precheck(session, cls, given)
         made = engine.derive(self.backends, session.token, base, mech, given)
+        session = self._session(handle)         # still open after the device call?
         return self._add(session, self._new_key(session, cls, given, made, mech.type, "derive", base))
 
     def destroy_object(self, handle: int, obj_handle: int) -> None:

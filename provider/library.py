@@ -10,8 +10,8 @@ Locks: each token has its own (Token.lock); a public method taking a session
 handle or a slot runs under that token's lock, so threads on two tokens never wait
 for each other. The library's own lock guards only the slot table (scan, the free
 slot, C_Finalize). Order: a token's lock before the library's, never the other way.
-Slow work inside a call (PIN key derivation, key pair generation, device key
-generation) runs with the token's lock let go (`outside`); what it decided on is
+Slow work inside a call (PIN key derivation, key pair generation, every device
+call) runs with the token's lock let go (Token.let_go); what it decided on is
 checked again when the lock is back.
 
 Slots: one per token the store's catalog lists (store/base.Catalog), in order of
@@ -76,16 +76,6 @@ def _locked(fn):
         with (getattr(self, pick)(*args[:1]) if pick else self.lock):
             return retry(self, fn, args, kwargs)
     return wrapper
-
-
-@contextlib.contextmanager
-def outside(lock):
-    """Let go of `lock` (an RLock this thread holds, however deeply) for a while."""
-    state = lock._release_save()
-    try:
-        yield
-    finally:
-        lock._acquire_restore(state)
 
 
 CONFLICT_TRIES = 5
@@ -173,12 +163,8 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
             yield
 
     def _outside(self, session):
-        """Slow work of a call on `session`: its token's lock is let go meanwhile - but
-        not inside a store transaction (retry's last try): a call let in then would wait
-        for the transaction's store, which waits for the lock it holds."""
-        if session.token.in_transaction:
-            return contextlib.nullcontext()
-        return outside(session.token.lock)
+        """Slow work of a call on `session`: its token's lock is let go meanwhile."""
+        return session.token.let_go()
 
     def _object_changed(self, obj) -> None:
         """An object left the index or changed: operations using it as their key end."""
@@ -387,7 +373,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         """A PIN that locks (or is locked) ends the token's cryptographic
         operations, offloaded ones included: a locked PIN must stop key use.
         The PIN's key derivation runs with the token's lock let go."""
-        slow = functools.partial(outside, token.lock)
+        slow = token.let_go
         try:
             token.login(user_type, pin, slow) if login else token.store.login(user_type, pin, slow)
         except PKCS11Error as err:

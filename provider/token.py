@@ -228,6 +228,21 @@ class Token:
         return self._pending is not None
 
     @contextmanager
+    def let_go(self):
+        """Slow work (a PIN's key derivation, key generation, a device call) runs with this
+        token's lock let go, if this thread holds it - but not inside a store transaction
+        (Library.retry's last try): a call let in then would wait for the transaction's
+        store, which waits for the lock it holds."""
+        if self.in_transaction or not self.lock._is_owned():
+            yield
+            return
+        state = self.lock._release_save()
+        try:
+            yield
+        finally:
+            self.lock._acquire_restore(state)
+
+    @contextmanager
     def transaction(self):
         """The object writes inside commit together; the index follows only on commit."""
         if self._pending is not None:

@@ -222,10 +222,14 @@ class Backends:
 
     # --- key use -------------------------------------------------------------------------
     def use(self, token, key, fn):
-        """fn(backend, ref) for a backend-held key, after the backend's login."""
+        """fn(backend, ref) for a backend-held key, after the backend's login; the device
+        call runs with the token's lock let go (a 10 s card timeout holds up no other
+        call, on this token or another)."""
         backend = self.get(key.attrs[C.CKA_FERRO_BACKEND].decode())
         self.enter(token, backend)
-        return fn(backend, key_ref(key))
+        ref = key_ref(key)
+        with token.let_go():
+            return fn(backend, ref)
 
     def keygen_backend(self, token, mech: int, pub: dict, priv: dict) -> tuple | None:
         """(backend, kind) that generates this key pair, or None: the engine does."""
