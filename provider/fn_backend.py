@@ -59,7 +59,7 @@ class BackendFunctions:
         label = bytes(priv_given.get(C.CKA_LABEL, b"")).decode("utf-8", "replace")
         self.backends.enter(token, backend)
         extra = {"extractable": True} if priv_given.get(C.CKA_EXTRACTABLE) and backend.exportable else {}
-        with self._outside(session):           # a device call: other calls on the token go on
+        with session.token.let_go():           # a device call: other calls on the token go on
             ref = backend.generate(kind, backend.place(label, in_use), **extra)
         try:
             session = self._session(handle)     # still open? (_new_key checks the login again)

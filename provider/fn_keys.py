@@ -107,7 +107,7 @@ class KeyFunctions:
         _class(priv_given, C.CKO_PRIVATE_KEY)
         self._precheck(session, C.CKO_PUBLIC_KEY, pub_given)
         self._precheck(session, C.CKO_PRIVATE_KEY, priv_given)
-        with self._outside(session):           # RSA takes its time: other calls on the token go on
+        with session.token.let_go():           # RSA takes its time: other calls on the token go on
             pub_made, priv_made = impl.generate_key_pair(mech.param, pub_given, priv_given)
         session = self._session(handle)         # still open? (_new_key checks the login again)
         pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate")

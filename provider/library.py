@@ -162,10 +162,6 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
             stack.enter_context(self.lock)
             yield
 
-    def _outside(self, session):
-        """Slow work of a call on `session`: its token's lock is let go meanwhile."""
-        return session.token.let_go()
-
     def _object_changed(self, obj) -> None:
         """An object left the index or changed: operations using it as their key end."""
         for session in list(self.sessions.values()):

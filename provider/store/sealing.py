@@ -42,7 +42,7 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from . import records
-from .base import STUB, Changes, Conflict, Sealed, TokenStore, stub_of
+from .base import Changes, Conflict, Sealed, TokenStore, stub_of
 
 KDF_ITERATIONS = 600_000
 SCHEMA_VERSION = 2         # 1: the first release (no versions); 2: versions, counters, pruning

@@ -40,11 +40,6 @@ from provider.session import KEY_LEASE
 
 from .conftest import USER_PIN
 
-try:        # the PostgreSQL peer (tests/peers/fixtures.py, from h/pg-store)
-    from tests.peers.fixtures import postgres  # noqa: F401  (session-scoped fixture)
-except ImportError:
-    pass
-
 HERE = Path(__file__).resolve().parent
 OK = "CKR_OK"
 REPLY_TIMEOUT = 30

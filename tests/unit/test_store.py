@@ -12,7 +12,7 @@ from provider.errors import PKCS11Error
 from provider.store import records, sealing
 from provider.store.base import Conflict, Sealed
 
-from .stores import ITER, KINDS
+from .stores import KINDS
 
 SO, USER = b"so-pin-1", b"user-pin-1"
 LABEL = b"store test".ljust(32)

@@ -17,7 +17,6 @@ from provider.errors import PKCS11Error
 from provider.library import Library
 from provider.store import filesystem as fs
 from provider.store import sealing
-from provider.store.base import Conflict
 
 from .conftest import RW, SO_PIN, USER_PIN, init_token, make_library
 from .stores import ITER

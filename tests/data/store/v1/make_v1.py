@@ -1,7 +1,7 @@
 """Make a token directory with the first release's code (run with PYTHONPATH at commit 284cf07)."""
 import os, sys, pathlib
 sys.path.insert(0, "/work/main/tests/unit")
-from provider import constants as C, attrtypes
+from provider import constants as C
 from provider.config import Config
 from provider.library import Library
 from provider.mechanisms.params import Mechanism, GcmMessageParams
