@@ -189,11 +189,12 @@ def _attack_files(deployment, user: str, files: list) -> dict:
 
 def test_client_cannot_read_copy_write_or_list_the_token_files(deployment):
     """The attacks of the at-rest findings start from a process that reads or writes the
-    token files; ferrohsm-client signs (test above) but gets EACCES on every file operation,
-    by path and by copy, and cannot list, plant, delete or rename.  `cp` fails the same way."""
+    token files; ferrohsm-client signs (test above) but gets EACCES on every file operation on
+    the token files, the config and the log: read, copy, open for writing, stat, unlink,
+    rename, list, plant a file.  `cp` fails the same way."""
     deployment.client_tool("--list-objects")          # the server has opened the token
-    files = sorted(p for p in deployment.tokens.rglob("*") if p.is_file())
-    assert files and all(p.stat().st_size > 0 for p in files if p.suffix == ".sqlite"), files
+    files = sorted(p for p in (deployment.root / "service").rglob("*") if p.is_file())  # tokens, config, log
+    assert any(p.suffix == ".sqlite" and p.stat().st_size > 0 for p in files), files
     before = {p: p.read_bytes() for p in files}      # control: root reads them
     got = _attack_files(deployment, CLIENT, files)
     assert got == {k: "EACCES" for k in got}, got
@@ -210,7 +211,7 @@ def test_client_cannot_read_copy_write_or_list_the_token_files(deployment):
                                        " + [len(os.listdir(a['tokens']))]))",
                                        json.dumps({"tokens": str(deployment.tokens),
                                                    "files": [str(f) for f in files]})).stdout)
-    assert svc[:-1] == [len(before[p]) for p in files] and svc[-1] >= len(files), svc
+    assert svc == [len(before[p]) for p in files] + [len(os.listdir(deployment.tokens))], svc
 
 
 CONNECT = r"""
@@ -277,3 +278,16 @@ def _ppid(proc: Path) -> int:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return -1
+
+
+def test_the_socket_passes_every_call_so_the_group_is_trusted_as_a_client(deployment):
+    """What privilege separation does not take away: a member of the group is a PKCS#11 client
+    like any other.  The PIN still gates every private object, wrong PINs count toward the
+    lockout, and C_InitToken reaches the module: one wrong SO PIN from ferrohsm-client, with
+    no PIN known, is counted (CKR_PIN_INCORRECT, then CKF_SO_PIN_COUNT_LOW)."""
+    init = deployment.run_as(CLIENT, "env", "SO=not-the-so-pin", "pkcs11-tool", "--module", CLIENT_LIB,
+                             "--init-token", "--token-label", LABEL, "--label", "taken over",
+                             "--so-pin", "env:SO", check=False)
+    assert init.returncode != 0 and "CKR_PIN_INCORRECT" in init.stdout + init.stderr, init.stdout + init.stderr
+    flags = deployment.client_tool("--list-token-slots").stdout
+    assert "SO PIN count low" in flags and f"token label        : {LABEL}" in flags, flags
