@@ -11,6 +11,7 @@ control (root or the service user doing the same succeeds), so a failure is the 
 and not a missing file.  The deployment is started once for the module and stopped by the
 fixture whatever the tests did."""
 
+import grp
 import json
 import os
 import pwd
@@ -110,14 +111,14 @@ def deployment(module):
 
 
 def test_layout_admits_only_the_service_user_to_the_files_and_the_group_to_the_socket(deployment):
-    svc, grp = pwd.getpwnam(SVC), subprocess.run(["getent", "group", GROUP], capture_output=True,
-                                                  text=True, check=True).stdout.split(":")
-    for path, mode, gid in [(deployment.root / "service", 0o700, svc.pw_gid), (deployment.tokens, 0o700, svc.pw_gid),
-                            (deployment.root / "run", 0o750, int(grp[2])),
-                            (Path(deployment.socket), 0o660, int(grp[2]))]:
+    svc, clients = pwd.getpwnam(SVC), grp.getgrnam(GROUP)
+    for path, mode, gid in [(deployment.root / "service", 0o700, svc.pw_gid),
+                            (deployment.tokens, 0o700, svc.pw_gid),
+                            (deployment.root / "run", 0o750, clients.gr_gid),
+                            (Path(deployment.socket), 0o660, clients.gr_gid)]:
         st = path.lstat()
         assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, svc.pw_uid, gid), path
-    assert CLIENT in grp[3].strip().split(","), grp
+    assert CLIENT in clients.gr_mem and SVC not in clients.gr_mem, clients
     # the server, and so the module, runs as the service user
     pid = int((deployment.root / "server.pid").read_text())
     assert os.stat(f"/proc/{pid}").st_uid == svc.pw_uid
@@ -244,6 +245,18 @@ print("connected", flush=True)
 sys.stdin.read()
 """
 
+PROBE = r"""
+import errno, sys
+for name in ("mem", "environ", "maps"):
+    try:
+        with open(f"/proc/{sys.argv[1]}/{name}", "rb") as f:
+            f.read(1)
+        print(name, "ok")
+    except OSError as exc:
+        print(name, errno.errorcode.get(exc.errno, str(exc.errno)))
+"""
+
+
 
 def test_client_cannot_read_the_service_process(deployment):
     """The process that loads the module (p11-kit-remote, forked per connection, running as
@@ -263,10 +276,7 @@ def test_client_cannot_read_the_service_process(deployment):
             time.sleep(0.05)
         assert remote, "no per-connection process appeared"
         assert os.stat(f"/proc/{remote}").st_uid == pwd.getpwnam(SVC).pw_uid
-        probe = ("import errno, sys\nfor name in ('mem', 'environ', 'maps'):\n"
-                 "    try:\n        f = open(f'/proc/{sys.argv[1]}/' + name, 'rb'); f.read(1); print(name, 'ok')\n"
-                 "    except OSError as exc:\n        print(name, errno.errorcode[exc.errno])\n")
-        got = deployment.run_as(CLIENT, SYS_PY, "-c", probe, remote).stdout.split("\n")
+        got = deployment.run_as(CLIENT, SYS_PY, "-c", PROBE, remote).stdout.split("\n")
         assert [line for line in got if line] == ["mem EACCES", "environ EACCES", "maps EACCES"], got
     finally:
         holder.stdin.close()
