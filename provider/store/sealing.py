@@ -297,6 +297,10 @@ class SealingStore(TokenStore):
         one snapshot (stub None: this row has no index entry), or None: no index kept."""
         return None
 
+    def _scrub(self) -> None:
+        """After records were sealed anew: make the store drop the old bytes it still
+        holds where it can (a store that keeps none, or cannot, does nothing)."""
+
     @abstractmethod
     def _counter(self, name: str) -> int | None: ...
 
@@ -584,6 +588,7 @@ class SealingStore(TokenStore):
             _, items = self._private_items()
             lkey = self._keys_held(tok).listing
             self._update({"manifest": seal_listing(lkey, serial, tok["epoch"], listing_of(lkey, items))})
+        self._scrub()
         LOG.info("token %s: records sealed whole under the master key (schema 3)", serial)
 
     def check_object(self, uid: str, expect: int) -> str:

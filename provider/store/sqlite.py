@@ -114,6 +114,7 @@ class SqliteStore(SealingStore):
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")   # a freed record's bytes are overwritten
             self._conn, self._pid = conn, os.getpid()
             self._upgrade(conn)
         return self._conn
@@ -238,6 +239,11 @@ class SqliteStore(SealingStore):
         assert not unknown, unknown
         self._db().execute(f"UPDATE token SET {', '.join(f + ' = ?' for f in fields)} WHERE id = 1",
                            tuple(fields.values()))
+
+    def _scrub(self) -> None:
+        """Copy the WAL into the database and truncate it, so the pages the records
+        had before (zeroed there by secure_delete) leave both files now."""
+        self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _next_seq(self) -> int:
         return self._db().execute("UPDATE token SET seq = seq + 1 WHERE id = 1 RETURNING seq").fetchone()[0]
