@@ -127,7 +127,7 @@ template = [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA
 out["unwrap"] = rv(anon.unwrapKey, t, blob, template, P.Mechanism(P.CKM_AES_KEY_WRAP_PAD))
 """)
     assert got == {"unwrap": "CKR_USER_NOT_LOGGED_IN"}
-    fresh = run(token, f"""
+    fresh = run(token, """
 anon = session(None)
 template = [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, False)]
 out["unwrap"] = rv(anon.unwrapKey, find(anon, LABEL="trusted-Q7")[0], b"x" * 24, template,
