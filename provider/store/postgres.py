@@ -527,6 +527,14 @@ class PostgresStore(SealingStore):
         return tok, [(uid, version, None if cls is None else Entry(cls, label, cka_id, key_type, private), None)
                      for uid, version, cls, label, cka_id, key_type, private in rows]
 
+    def _private_rows(self) -> tuple:
+        with self._read():
+            tok = self._token()
+            private = self._run("SELECT uid, version FROM ferro_objects WHERE token = %s AND cls IS NOT NULL "
+                                "AND private").fetchall()
+            unlisted = [uid for (uid,) in self._run("SELECT uid FROM ferro_objects WHERE token = %s AND cls IS NULL")]
+        return tok, private, unlisted
+
     def _uids(self) -> list:
         return [uid for (uid,) in self._run("SELECT uid FROM ferro_objects WHERE token = %s")]
 

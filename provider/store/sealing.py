@@ -165,15 +165,17 @@ def header_of(record: bytes) -> dict:
 
 
 def listing_item(lkey: bytes, uid: str, version: int) -> int:
-    return int.from_bytes(hmac.new(lkey, _lp(uid.encode(), _ULONG.pack(version)), hashlib.sha256).digest(), "big")
+    """A keyed hash (BLAKE2b keyed with the list key: a PRF) of one (uid, version)."""
+    return int.from_bytes(hashlib.blake2b(_ULONG.pack(version) + uid.encode(), key=lkey, digest_size=32).digest(),
+                          "big")
 
 
 def listing_of(lkey: bytes, items) -> int:
     """The object list's digest: XOR of a keyed hash of each (uid, version). Kept sealed
     (seal_listing), so a file reader learns nothing of it and cannot fit it to a list."""
-    digest = 0
-    for uid, version in items:
-        digest ^= listing_item(lkey, uid, version)
+    digest, pack, mac, of = 0, _ULONG.pack, hashlib.blake2b, int.from_bytes
+    for uid, version in items:              # (listing_item, inlined: a login reads every private object)
+        digest ^= of(mac(pack(version) + uid.encode(), key=lkey, digest_size=32).digest(), "big")
     return digest
 
 
@@ -530,20 +532,28 @@ class SealingStore(TokenStore):
         digest ^= listing_of(lkey, out + into)
         self._update({"manifest": seal_listing(lkey, tok["serial"], tok["epoch"], digest)})
 
+    def _private_rows(self) -> tuple | None:
+        """(token record, [(uid, version)] of the rows the store's index marks private,
+        [uid of rows with no index entry]) in one snapshot, or None: no index kept.
+        (The index is not trusted: a row it misrepresents makes the list check fail.)"""
+        listed = self._index_rows()
+        if listed is None:
+            return None
+        tok, entries = listed
+        return (tok, [(uid, v) for uid, v, stub, _ in entries if stub is not None and stub.get(C.CKA_PRIVATE)],
+                [uid for uid, _, stub, _ in entries if stub is None])
+
     def _private_items(self) -> tuple:
         """(token record, [(uid, version)] of every stored private object), one snapshot."""
-        listed = self._index_rows()
+        listed = self._private_rows()
         if listed is None:
             tok, rows, _ = self._since(None)
             return tok, [(uid, v) for uid, v, record, _ in rows if self._private_record(record)]
-        tok, entries = listed
-        items = []
-        for uid, version, stub, _ in entries:
-            if stub is None:             # a row from before the index columns: read it
-                got = self._get(uid)
-                stub = {C.CKA_PRIVATE: got is not None and self._private_record(got[1])}
-            if stub.get(C.CKA_PRIVATE):
-                items.append((uid, version))
+        tok, items, unlisted = listed
+        for uid in unlisted:                    # rows from before the index columns: read them
+            got = self._get(uid)
+            if got is not None and self._private_record(got[1]):
+                items.append((uid, got[0]))
         return tok, items
 
     @staticmethod

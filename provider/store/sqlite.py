@@ -280,6 +280,13 @@ class SqliteStore(SealingStore):
         return tok, [(uid, version, None if cls is None else Entry(cls, label, cka_id, key_type, private == 1), None)
                      for uid, version, cls, label, cka_id, key_type, private in rows]
 
+    def _private_rows(self) -> tuple:
+        with self._transaction("BEGIN"):
+            db = self._db()
+            private = db.execute("SELECT uid, version FROM objects WHERE cls IS NOT NULL AND private = 1").fetchall()
+            unlisted = [uid for (uid,) in db.execute("SELECT uid FROM objects WHERE cls IS NULL")]
+            return self._token(), private, unlisted
+
     def _uids(self) -> list:
         return [uid for (uid,) in self._db().execute("SELECT uid FROM objects")]
 
