@@ -172,8 +172,11 @@ s.createObject([(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES), (P
     with db(token) as conn:
         ((uid, record),) = conn.execute("SELECT uid, record FROM objects").fetchall()
     loosened = {C.CKA_SENSITIVE: False, C.CKA_EXTRACTABLE: True}
-    if record[:1] == bytes([records.FORMAT]):           # the previous release's record
-        attacks = [records.pack({**records.unpack(record), **loosened}, frozenset(), None)]
+    if record[:1] == bytes([records.FORMAT]):           # the previous release's record: flags in clear
+        attrs = records.unpack(record)
+        blobs = {cka: v.blob for cka, v in attrs.items() if isinstance(v, Sealed)}    # kept as they are
+        attrs = {**{cka: b"" if cka in blobs else v for cka, v in attrs.items()}, **loosened}
+        attacks = [records.pack(attrs, frozenset(blobs), lambda cka, raw: blobs[cka])]
     else:
         attacks = [records.pack({C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: C.CKK_AES, C.CKA_TOKEN: True,
                                  C.CKA_PRIVATE: True, C.CKA_LABEL: b"victim", C.CKA_ENCRYPT: True,
