@@ -85,6 +85,7 @@ class Binding:
         self.owner, self.label, self.policy = owner, label, policy
         self.active: Backend | None = None
         self.reason = ""                  # why the token is absent, or fell back
+        self._logged = ""                 # the absence reason last logged
         self.secrets: dict[str, bytes] = {}
 
     def _probe(self, name: str) -> tuple[Backend | None, Health]:
@@ -118,7 +119,9 @@ class Binding:
             LOG.warning("token %r: %s; fallback = software: serving from the engine's keys",
                         self.label, self.reason)
             return self.owner.get("soft")
-        LOG.warning("token %r: %s; fallback = none: token not present", self.label, self.reason)
+        if self.reason != self._logged:          # probed again on each look: said once
+            LOG.warning("token %r: %s; fallback = none: token not present", self.label, self.reason)
+            self._logged = self.reason
         return None
 
     def slot_flags(self) -> int:
@@ -134,19 +137,28 @@ class Backends:
     def __init__(self, config):
         self.config = config
         self._made: dict[str, Backend] = {}
+        self._broken: dict[str, PKCS11Error] = {}   # backend name -> its configuration error
         self._bindings: dict[str, Binding] = {}
         self._owner: dict[str, tuple] = {}      # backend name -> (token serial, secret)
 
     def get(self, name: str) -> Backend:
+        """The backend `name`, built at its first use.  A backend whose settings are wrong
+        (a PIN source others can read, a missing package) fails with CKR_DEVICE_ERROR,
+        logged once at ERROR; the same error answers every later use in this process."""
         backend = self._made.get(name)
         if backend is None:
+            if name in self._broken:
+                raise self._broken[name]
             settings = self.config.backends.get(name)
             if settings is None:
                 raise _fail(C.CKR_DEVICE_ERROR, f"backend {name!r} is not configured")
             try:
                 backend = FACTORIES[settings["type"]][0](name, settings)
-            except (ImportError, KeyError, ValueError) as e:
-                raise _fail(C.CKR_DEVICE_ERROR, f"backend {name!r}: {type(e).__name__}: {e}") from None
+            except (ImportError, KeyError, ValueError, PKCS11Error) as e:
+                why = e.reason if isinstance(e, PKCS11Error) else f"{type(e).__name__}: {e}"
+                err = self._broken[name] = _fail(C.CKR_DEVICE_ERROR, f"backend {name!r}: {why}")
+                LOG.error("%s", err.reason)
+                raise err from None
             self._made[name] = backend
         return backend
 
