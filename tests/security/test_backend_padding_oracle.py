@@ -24,7 +24,6 @@ from provider.config import Config
 from provider.library import Library
 from tests.backends.engine_env import PIN, backend_settings, init_token
 from tests.e2e.conftest import clean_env
-from tests.peers.fixtures import pcsc, softhsm, swtpm  # noqa: F401  (peer fixtures)
 
 PEER_OF = {"softhsm": "softhsm", "tpm2": "swtpm", "piv": "pcsc"}
 

@@ -26,7 +26,6 @@ from provider.library import Library
 from provider.migrate import LOG_NAME
 from tests.backends.engine_env import PIN, backend_settings, init_token
 from tests.e2e.conftest import clean_env
-from tests.peers.fixtures import softhsm  # noqa: F401  (peer fixture)
 
 FERROHSM = str(Path(sys.executable).parent / "ferrohsm")
 # what is read back from both keys and must be equal (CKA_WRAP/UNWRAP_TEMPLATE: PyKCS11

@@ -19,7 +19,6 @@ from provider.config import Config
 from provider.library import Library
 from tests.backends.engine_env import backend_settings, init_token
 from tests.e2e.conftest import clean_env
-from tests.peers.fixtures import softhsm  # noqa: F401  (peer fixture)
 
 CLIENT = r"""
 import json, sys
