@@ -116,3 +116,13 @@ def test_shared_config_and_token_dir_are_warned_about_once(module, tmp_path):
     log.write_text("")
     _tool(module, conf, "--list-slots")
     assert "writable by" not in log.read_text()
+
+
+def test_a_log_file_an_older_release_left_0644_is_narrowed(module, tmp_path):
+    conf = _conf(tmp_path, "sqlite")
+    log = tmp_path / "logs" / "ferrohsm.log"
+    log.write_text("an older release's lines\n")
+    log.chmod(0o644)
+    _tool(module, conf, "--list-slots")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert log.read_text().startswith("an older release's lines\n")     # appended to, not replaced
