@@ -13,7 +13,6 @@ move is the `ferrohsm` command; destinations: a SoftHSM2-held token and an engin
 import json
 import os
 import stat
-import struct
 import subprocess
 import sys
 from pathlib import Path
