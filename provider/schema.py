@@ -211,8 +211,10 @@ def check_template(table: dict, template: dict, allowed: F) -> None:
             raise PKCS11Error(refused, C.name_of("CKA_", cka))
 
 
-def with_defaults(table: dict, attrs: dict) -> dict:
+def with_defaults(table: dict, attrs: dict, usages: dict | None = None) -> dict:
+    """`attrs` completed by the table's defaults, `usages` (usage_defaults) before those."""
     out = {cka: default for cka, (_, default) in table.items() if default is not None}
+    out.update(usages or {})
     out.update(attrs)
     return out
 
@@ -236,3 +238,93 @@ def check_change(table: dict, old: dict, cka: int, value) -> None:
         raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka) + " can only become true")
     if flags & F.TO_FALSE and not current and value:
         raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka) + " can only become false")
+
+
+# --- Key separation (issue 11; Clulow, "On the Security of PKCS #11", CHES 2003) ---------
+# With [policy] key_separation = true (the default, config.py) a key that wraps never
+# decrypts and one that unwraps never encrypts: else C_WrapKey(K, S) then C_Decrypt(K, blob)
+# reads S, and C_Encrypt(K, chosen key) forges a blob that C_UnwrapKey(K, ...) takes.
+#   - a template (C_CreateObject, C_GenerateKey(Pair), C_UnwrapKey, C_DeriveKey) or the
+#     result of C_SetAttributeValue / C_CopyObject holding both of a pair in CONFLICTS is
+#     CKR_TEMPLATE_INCONSISTENT (the spec's code for attributes that conflict; SoftHSM2
+#     answers it for C_CopyObject and C_SetAttributeValue templates too);
+#   - a key pair whose public key wraps and whose private key decrypts (PAIR_CONFLICTS) is
+#     CKR_TEMPLATE_INCONSISTENT at C_GenerateKeyPair;
+#   - the usages a template does not give default by the key's role (ROLE_DEFAULTS): a key
+#     asked to wrap or unwrap (WRAPPING) is a key-encryption key, any other a data key;
+#     a default never makes a pair of CONFLICTS with a usage the template asks;
+#   - after creation the usages in USAGES only turn off (C_SetAttributeValue, C_CopyObject:
+#     CKR_ATTRIBUTE_READ_ONLY to turn one on): copies share the value, so a copy that
+#     decrypts beside an original that wraps would be the same attack in two objects;
+#   - at use (fn_keys, fn_crypto): C_WrapKey / C_UnwrapKey refuse a key that also holds
+#     the conflicting usage (a key made under the legacy rules), and a mechanism that wraps
+#     does not C_Encrypt/C_Decrypt with a secret key that wraps or unwraps
+#     (CKR_KEY_FUNCTION_NOT_PERMITTED both).
+# Not covered (SECURITY.md): two objects of one value made by unwrapping one blob twice or by
+# one deterministic derivation twice, with different usages (the unwrapping or base key's
+# CKA_UNWRAP_TEMPLATE / CKA_DERIVE_TEMPLATE fixes what it makes); an RSA public key made
+# apart from its private key (C_CreateObject) with CKA_WRAP while the private key decrypts;
+# and any extractable key can always be wrapped under a key the caller made itself
+# (CKA_WRAP_WITH_TRUSTED is the defence there).
+# With key_separation = false every usage defaults true as in the class tables above.
+USAGES = (C.CKA_ENCRYPT, C.CKA_DECRYPT, C.CKA_WRAP, C.CKA_UNWRAP)
+WRAPPING = (C.CKA_WRAP, C.CKA_UNWRAP)
+CONFLICTS = {
+    C.CKO_SECRET_KEY: ((C.CKA_WRAP, C.CKA_DECRYPT), (C.CKA_UNWRAP, C.CKA_ENCRYPT)),
+    C.CKO_PRIVATE_KEY: ((C.CKA_UNWRAP, C.CKA_DECRYPT),),
+    C.CKO_PUBLIC_KEY: (),
+}
+PAIR_CONFLICTS = ((C.CKA_WRAP, C.CKA_DECRYPT),)      # (public key usage, private key usage)
+DATA_KEY, KEY_KEY = 0, 1
+ROLE_DEFAULTS = {     # class -> (data key defaults, key-encryption key defaults)
+    C.CKO_SECRET_KEY: ({C.CKA_ENCRYPT: True, C.CKA_DECRYPT: True, C.CKA_WRAP: False, C.CKA_UNWRAP: False},
+                       {C.CKA_ENCRYPT: False, C.CKA_DECRYPT: False, C.CKA_WRAP: True, C.CKA_UNWRAP: True}),
+    C.CKO_PRIVATE_KEY: ({C.CKA_DECRYPT: True, C.CKA_UNWRAP: False},
+                        {C.CKA_DECRYPT: False, C.CKA_UNWRAP: True}),
+    C.CKO_PUBLIC_KEY: ({C.CKA_ENCRYPT: True, C.CKA_WRAP: False},
+                       {C.CKA_ENCRYPT: True, C.CKA_WRAP: True}),
+}
+
+
+def conflicting(cls: int, usage: int) -> tuple:
+    """The usages a key of class `cls` holding `usage` may not also hold."""
+    return tuple(b if a == usage else a for a, b in CONFLICTS.get(cls, ()) if usage in (a, b))
+
+
+def role(*templates: dict) -> int:
+    """KEY_KEY if any template asks a wrapping usage, else DATA_KEY."""
+    return KEY_KEY if any(t.get(u) for t in templates for u in WRAPPING) else DATA_KEY
+
+
+def usage_defaults(cls: int, given: dict, key_role: int | None = None) -> dict:
+    """The usages `given` leaves out, for a key of class `cls` (none for other classes)."""
+    if cls not in ROLE_DEFAULTS:
+        return {}
+    defaults = dict(ROLE_DEFAULTS[cls][role(given) if key_role is None else key_role])
+    for a, b in CONFLICTS[cls]:
+        for asked, other in ((a, b), (b, a)):
+            if given.get(asked):
+                defaults[other] = False
+    return {cka: value for cka, value in defaults.items() if cka not in given}
+
+
+def check_separation(cls: int, attrs: dict) -> None:
+    for a, b in CONFLICTS.get(cls, ()):
+        if attrs.get(a) and attrs.get(b):
+            raise PKCS11Error(C.CKR_TEMPLATE_INCONSISTENT, f"key separation: {C.name_of('CKA_', a)} and "
+                                                           f"{C.name_of('CKA_', b)} on one key")
+
+
+def check_pair(pub: dict, priv: dict) -> None:
+    for a, b in PAIR_CONFLICTS:
+        if pub.get(a) and priv.get(b):
+            raise PKCS11Error(C.CKR_TEMPLATE_INCONSISTENT, f"key separation: public {C.name_of('CKA_', a)} "
+                                                           f"with private {C.name_of('CKA_', b)}")
+
+
+def check_usage_change(old: dict, changes: dict) -> None:
+    """Usages only turn off after creation (see above)."""
+    for cka in USAGES:
+        if changes.get(cka) and not old.get(cka):
+            raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, "key separation: " + C.name_of("CKA_", cka)
+                              + " can only become false")
