@@ -23,6 +23,7 @@ which checks the store's head as every key use does (native/README.md).
 import hashlib
 
 from . import constants as C
+from . import schema
 from .log import LOG
 from .errors import PKCS11Error
 from .mechanisms import registry
@@ -49,7 +50,7 @@ KEYED = {
 # Key separation (schema.py): a mechanism that wraps (CKM_AES_KEY_WRAP*, RSA) does not
 # C_Encrypt / C_Decrypt with a secret key that wraps or unwraps: its ciphertext would be a
 # wrapped key (a forged blob, or a wrapped key read back). An RSA public key's encryption is
-# no secret, and a private key that unwraps does not decrypt (schema.CONFLICTS).
+# no secret, and RSA pairs are kept apart by their defaults only (schema.py says why).
 WRAPS = C.CKF_WRAP | C.CKF_UNWRAP
 KEPT_APART = ("encrypt", "decrypt")
 
@@ -109,7 +110,8 @@ class CryptoFunctions:
         if not entry.supports(method):
             raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {kind}")
         key = self._key(session, key_handle, usage, mech.type)
-        if entry.flags & WRAPS and kind in KEPT_APART and key.cls == C.CKO_SECRET_KEY and self._separated:
+        if entry.flags & WRAPS and kind in KEPT_APART and key.cls == C.CKO_SECRET_KEY and self._separated \
+                and not schema.readable(key.attrs):
             require(not (key.flag(C.CKA_WRAP) or key.flag(C.CKA_UNWRAP)), C.CKR_KEY_FUNCTION_NOT_PERMITTED,
                     "key separation: a wrapping key does not encrypt or decrypt with a key-wrap mechanism")
         ctx = getattr(entry.impl, method)(key, mech.param)

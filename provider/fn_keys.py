@@ -121,8 +121,6 @@ class KeyFunctions:
                             key_role=key_role)
         priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type, "generate",
                              key_role=key_role)
-        if self._separated:
-            schema.check_pair(pub, priv)
         return self._add_pair(session, pub, priv)
 
     def _add_pair(self, session, pub: dict, priv: dict) -> tuple[int, int]:
@@ -134,7 +132,7 @@ class KeyFunctions:
     def _kept_apart(self, key, usage: int) -> None:
         """Under key separation a key made under the legacy rules, holding `usage` and a
         usage that conflicts with it, does not wrap / unwrap (its data use goes on)."""
-        if self._separated:
+        if self._separated and not schema.readable(key.attrs):
             for other in schema.conflicting(key.cls, usage):
                 require(not key.flag(other), C.CKR_KEY_FUNCTION_NOT_PERMITTED,
                         f"key separation: the key also has {C.name_of('CKA_', other)}")
