@@ -158,6 +158,11 @@ class KeyFunctions:
             return impl.wrap(wrapping, mech.param, material)
 
     def unwrap_key(self, handle, mech, unwrapping_handle, wrapped, template) -> int:
+        """A wrapped key is its value only: every attribute of the new key, CKA_ALWAYS_AUTHENTICATE
+        too, comes from the template and the unwrapping key's CKA_UNWRAP_TEMPLATE (as PKCS#11
+        says). A key-encryption key that must give back what it wrapped says so in its
+        CKA_UNWRAP_TEMPLATE (and admits only such keys by CKA_WRAP_TEMPLATE):
+        tests/security/test_always_authenticate.py."""
         session = self._session(handle)
         impl = self._mechanism(mech, "unwrap")
         unwrapping = self._key(session, unwrapping_handle, C.CKA_UNWRAP, mech.type,
