@@ -1,27 +1,22 @@
-"""A PyKCS11 client run in a child Python (the built module loaded in-process, as a
-client would), for attacks that need raw templates. `attack(token, body)` runs `body`
-after PRELUDE and returns the JSON object the body left in `out`.
+"""Helpers for the key-usage attacks (tests/security/test_key_separation.py and
+test_always_authenticate.py), on top of client.py's PyKCS11 client process:
+`attack(token, body)` runs `body` there and returns the dict it left in `out`.
 
-In the body: `s` is a logged-in R/W user session on token "e2e"; `call(fn, *args)` returns
-the CK_RV the call ended with (0 for CKR_OK) and keeps the result in `last`;
-`handle(obj)` is a PyKCS11 object handle's number; `copy(obj, template)` is C_CopyObject (PyKCS11 has none) through ctypes on the same
-module; `T(...)` turns keyword attributes into a PyKCS11 template."""
+Besides client.py's names the body sees PyKCS11's names unqualified (`CKA_WRAP`,
+`Mechanism`, ...), `s` (a logged-in R/W user session), `call(fn, *args)` (the CK_RV the
+call ended with as a number, 0 for CKR_OK; its result kept in `last`), `T(...)` (keyword
+attributes as a PyKCS11 template), `secret(...)` (a session secret key's template),
+`aes(...)` (a generated session AES-256 key with the token's defaults for what the
+template leaves out), `flag(key, name)`, `handle(obj)` (a handle's number) and
+`copy(obj, template)` (C_CopyObject through ctypes on the same module: PyKCS11 has none)."""
 
-import json
+from .client import run
 
-PRELUDE = r'''
-import ctypes, json, os, struct
-import PyKCS11
+HELPERS = r'''
+import ctypes, struct
 from PyKCS11 import *
-from PyKCS11 import LowLevel
 
-MODULE, PIN = {module!r}, {pin!r}
-p11 = PyKCS11.PyKCS11Lib()
-p11.load(MODULE)
-slot = [x for x in p11.getSlotList(tokenPresent=True) if p11.getTokenInfo(x).label.strip() == "e2e"][0]
-s = p11.openSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)
-s.login(PIN)
-out = {{}}
+s = session("user")
 last = None
 
 
@@ -36,7 +31,7 @@ def call(fn, *args, **kw):
 
 
 def T(**attrs):
-    return [(getattr(PyKCS11, "CKA_" + name), value) for name, value in attrs.items()]
+    return [(getattr(P, "CKA_" + name), value) for name, value in attrs.items()]
 
 
 def secret(**attrs):
@@ -44,12 +39,11 @@ def secret(**attrs):
 
 
 def aes(**attrs):
-    """A generated session AES-256 key; usages as the template asks, else the token's defaults."""
     return s.generateKey(secret(VALUE_LEN=32, **attrs), Mechanism(CKM_AES_KEY_GEN))
 
 
 def flag(key, name):
-    return bool(s.getAttributeValue(key, [getattr(PyKCS11, "CKA_" + name)])[0])
+    return bool(s.getAttributeValue(key, [getattr(P, "CKA_" + name)])[0])
 
 
 def handle(obj):
@@ -78,7 +72,4 @@ def copy(obj, template):
 
 
 def attack(token, body: str) -> dict:
-    from tests.e2e.conftest import USER_PIN
-    code = PRELUDE.format(module=token.module, pin=USER_PIN) + body + "\nprint(json.dumps(out))\n"
-    proc = token.python(code)
-    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    return run(token, HELPERS + body)

@@ -160,8 +160,8 @@ data_key = aes()
 out["set"] = call(s.setAttributeValue, data_key, T(WRAP=True))
 out["copy"] = copy(data_key, T(WRAP=True))[0]
 # a copy shares the value: usages only turn off, so no copy decrypts beside a wrapping original
-rv, twin = copy(kek, T(WRAP=False))
-out["copy_off"] = rv
+code, twin = copy(kek, T(WRAP=False))
+out["copy_off"] = code
 out["set_on"] = call(s.setAttributeValue, twin, T(DECRYPT=True))
 out["set_off"] = call(s.setAttributeValue, data_key, T(DECRYPT=False))
 ''')
@@ -251,8 +251,7 @@ def test_copy_cannot_make_a_private_key_public(token):
     out = attack(token, r'''
 k = aes()
 out["private"] = flag(k, "PRIVATE")
-rv, h = copy(k, T(PRIVATE=False))
-out["copy_public"] = rv
+out["copy_public"] = copy(k, T(PRIVATE=False))[0]
 out["copy_private"] = copy(k, T(PRIVATE=True))[0]
 ''')
     assert out == {"private": True, "copy_public": INCONSISTENT, "copy_private": OK}
@@ -282,7 +281,6 @@ def test_digest_key_refuses_weak_digests_and_honours_allowed_mechanisms(token):
     the spec lists for C_DigestKey). Before: CKR_OK for all three."""
     out = attack(token, r'''
 def digest_key(key, mech):
-    h = LowLevel.CK_SESSION_HANDLE()
     m = Mechanism(mech).to_native()
     rv = s.lib.C_DigestInit(s.session, m)
     if rv:
