@@ -253,9 +253,9 @@ def check_change(table: dict, old: dict, cka: int, value) -> None:
 #     asked to wrap or unwrap (WRAPPING) is a key-encryption key, any other a data key; a
 #     key pair takes one role for both halves (a pair asked to wrap does not decrypt);
 #     a default never makes a pair of CONFLICTS with a usage the template asks;
-#   - after creation the usages in USAGES only turn off (C_SetAttributeValue, C_CopyObject: CKR_ATTRIBUTE_READ_ONLY to turn one
-#     on): a copy shares the value, so a copy that decrypts beside an original that wraps
-#     would be the same attack in two objects;
+#   - after creation the usages in USAGES only turn off (C_SetAttributeValue, C_CopyObject:
+#     CKR_ATTRIBUTE_READ_ONLY to turn one on): a copy shares the value, so a copy that
+#     decrypts beside an original that wraps would be the same attack in two objects;
 #   - at use (fn_keys, fn_crypto): C_WrapKey / C_UnwrapKey refuse a key that also holds
 #     the conflicting usage (a key made under the legacy rules), and a mechanism that wraps
 #     does not C_Encrypt / C_Decrypt with a secret key that wraps or unwraps
@@ -269,7 +269,7 @@ def check_change(table: dict, old: dict, cka: int, value) -> None:
 # private key no WRAP/ENCRYPT), but a public key that wraps and its private key that decrypts
 # are the attack in two objects. Only the defaults keep them apart, not a refusal: anyone can
 # C_CreateObject a public key of any modulus with CKA_WRAP, so refusing the generated pair
-# would stop no one and would stop NSS, which asks for every usage on its RSA pairs.
+# would stop no one, and it stops NSS (certutil -S -k rsa: SEC_ERROR_BAD_DATA).
 # Not covered (SECURITY.md): two objects of one value made by unwrapping one blob twice or by
 # one deterministic derivation twice, with different usages (the unwrapping or base key's
 # CKA_UNWRAP_TEMPLATE / CKA_DERIVE_TEMPLATE fixes what it makes); the RSA pair above; and an
