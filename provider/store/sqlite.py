@@ -11,11 +11,12 @@ The file does not exist until initialize(): a free slot's path is only a name.
 It is created 0600 (its WAL and shared-memory files inherit that mode), its
 directory 0700 when we create it.
 
-Tables (schema 2, in PRAGMA user_version; older files are upgraded in place
+Tables (schema 3, in PRAGMA user_version; older files are upgraded in place
 when first opened, see MIGRATIONS):
   token       one row: label, serial, epoch, seq (last change number), pruned
               (tombstones up to it are gone), public sealing key, per PIN salt /
-              KDF iterations / wrapped master key / failure counter
+              KDF iterations (PBKDF2, before schema 3) / wrapped master key / failure
+              counter / KDF parameters (schema 3) / recorded tries (schema 3)
   objects     uid, version, lineage (whose IV counter it shares; NULL: its own),
               seq of its last write, record (records.py), tag (sealing.py), and the
               index entry (base.STUB: cls, label, cka_id, key_type, private; cls NULL:
@@ -40,7 +41,7 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from .base import Catalog, Entry
-from .sealing import KDF_ITERATIONS, LEGACY_PREFIX, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
+from .sealing import LEGACY_PREFIX, SCHEMA_VERSION, TOKEN_FIELDS, PinPolicy, SealingStore
 
 BUSY_TIMEOUT = 10.0
 SCHEMA = """
@@ -49,7 +50,8 @@ CREATE TABLE token (
     label BLOB NOT NULL, serial TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
     pruned INTEGER NOT NULL DEFAULT 0, pub_key BLOB NOT NULL,
     so_salt BLOB, so_iters INTEGER, so_wrap BLOB, so_fail INTEGER NOT NULL,
-    user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL);
+    user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL,
+    so_kdf TEXT, so_tries BLOB, user_kdf TEXT, user_tries BLOB);
 CREATE TABLE objects (
     uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL,
     version INTEGER NOT NULL DEFAULT 1, lineage TEXT,
@@ -76,6 +78,12 @@ ALTER TABLE objects ADD COLUMN private INTEGER;
 CREATE INDEX objects_entry ON objects (uid, version, cls, label, cka_id, key_type, private);
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """,
+    2: """
+ALTER TABLE token ADD COLUMN so_kdf TEXT;
+ALTER TABLE token ADD COLUMN so_tries BLOB;
+ALTER TABLE token ADD COLUMN user_kdf TEXT;
+ALTER TABLE token ADD COLUMN user_tries BLOB;
+""",
 }
 LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"
@@ -89,8 +97,8 @@ def _script(db, sql: str) -> None:
 
 
 class SqliteStore(SealingStore):
-    def __init__(self, path: str, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
-        super().__init__(max_pin_failures, kdf_iterations)
+    def __init__(self, path: str, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
+        super().__init__(max_pin_failures, pin_policy)
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
@@ -304,9 +312,9 @@ class SqliteCatalog(Catalog):
 
     PATTERN = "token-*.sqlite"
 
-    def __init__(self, directory, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
+    def __init__(self, directory, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
         self.directory = Path(directory)
-        self._args = (max_pin_failures, kdf_iterations)
+        self._args = (max_pin_failures, pin_policy)
         self._known: set[str] = set()      # names seen initialized (a token stays so)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 

@@ -19,7 +19,7 @@ from provider.store import filesystem as fs
 from provider.store import sealing
 
 from .conftest import RW, SO_PIN, USER_PIN, init_token, make_library
-from .stores import ITER
+from .stores import FAST
 from .tmpl import T
 from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, rv_conflict
 
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def open_store(path):
-    return fs.FilesystemStore(path, max_pin_failures=MAX, kdf_iterations=ITER)
+    return fs.FilesystemStore(path, max_pin_failures=MAX, pin_policy=FAST)
 
 
 def new_token(path):
@@ -108,14 +108,14 @@ def test_layout_and_modes(tmp_path):
 
 
 def test_newer_schema_not_served(tmp_path):
-    cat = fs.FilesystemCatalog(tmp_path, kdf_iterations=ITER)
+    cat = fs.FilesystemCatalog(tmp_path, pin_policy=FAST)
     name, s = cat.new()
     s.initialize(LABEL, SO)
     assert cat.names() == [name]
     path = tmp_path / name / "token.json"
     token = json.loads(path.read_text())
     path.write_text(json.dumps({**token, "schema": sealing.SCHEMA_VERSION + 1}))
-    assert fs.FilesystemCatalog(tmp_path, kdf_iterations=ITER).names() == []
+    assert fs.FilesystemCatalog(tmp_path, pin_policy=FAST).names() == []
     with pytest.raises(PKCS11Error) as err:
         open_store(tmp_path / name).label
     assert err.value.rv == C.CKR_TOKEN_NOT_RECOGNIZED
@@ -144,7 +144,7 @@ def test_damaged_files(tmp_path):
 
 
 def test_catalog_order_and_discard(tmp_path):
-    cat = fs.FilesystemCatalog(tmp_path, kdf_iterations=ITER)
+    cat = fs.FilesystemCatalog(tmp_path, pin_policy=FAST)
     made = []
     for _ in range(3):
         name, s = cat.new()
@@ -373,7 +373,8 @@ WRITER = """
     from provider import constants as C
     from provider.store.base import Conflict
     from provider.store.filesystem import FilesystemStore
-    store = FilesystemStore({path!r}, kdf_iterations=1000)
+    from provider.store.sealing import Argon2id, PinPolicy
+    store = FilesystemStore({path!r}, pin_policy=PinPolicy(Argon2id(64, 1, 1), 0.0))
     mode, tag = sys.argv[1], sys.argv[2]
     conflicts = done = 0
     print("ready", flush=True)

@@ -10,14 +10,14 @@ import textwrap
 from provider import constants as C
 from provider.store.sqlite import SqliteStore
 
-from .stores import ITER
+from .stores import FAST
 from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, feed, load, rv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def open_store(path):
-    return SqliteStore(str(path), max_pin_failures=MAX, kdf_iterations=ITER)
+    return SqliteStore(str(path), max_pin_failures=MAX, pin_policy=FAST)
 
 
 def new_token(path):
@@ -37,7 +37,8 @@ def run_child(path, body, check=True):
         from provider import constants as C
         from provider.store import sealing
         from provider.store.sqlite import SqliteStore
-        store = SqliteStore({str(path)!r}, max_pin_failures={MAX}, kdf_iterations={ITER})
+        from provider.store.sealing import Argon2id, PinPolicy
+        store = SqliteStore({str(path)!r}, max_pin_failures={MAX}, pin_policy={FAST!r})
     """) + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=check, timeout=60)
 
@@ -162,7 +163,8 @@ def test_concurrent_writers_take_turns(tmp_path):
             sys.path.insert(0, {ROOT!r})
             from provider import constants as C
             from provider.store.sqlite import SqliteStore
-            store = SqliteStore({str(path)!r}, kdf_iterations={ITER})
+            from provider.store.sealing import Argon2id, PinPolicy
+            store = SqliteStore({str(path)!r}, pin_policy={FAST!r})
             for i in range(40):
                 store.save_object(f"{tag}-{{i}}", {{C.CKA_CLASS: C.CKO_DATA}}, frozenset())
                 if i % 10 == 0:
