@@ -187,6 +187,9 @@ def show_config():
                         ("log level", conf.log_level), ("log file", conf.log_file or "(standard error)"),
                         ("PIN length", f"{conf.pin_min}..{conf.pin_max}"),
                         ("PIN tries before lock", str(conf.pin_max_failures)),
+                        ("PIN KDF (new wraps)", conf.pin_policy.kdf.text()),
+                        ("wait after a failed PIN", f"{conf.pin_policy.failure_delay:g} s, doubling, at most "
+                                                    f"{conf.pin_policy.delay(5):g} s"),
                         ("store", conf.store_kind + (f" ({_dsn_shown(conf.store_dsn)})" if conf.store_dsn else ""))):
         table.add_row(name, value)
     out.print(table)

@@ -546,3 +546,29 @@ def test_library_on_postgres(postgres, tmp_path):
             assert raw.execute("SELECT count(*) FROM ferro_tombstones").fetchone()[0] >= 1
     finally:
         lib.finalize()
+
+
+def test_schema_2_database_gains_the_pin_columns_and_wraps_are_replaced_at_login(postgres):
+    """A database of schema 2 (the previous release: PBKDF2 wraps, no KDF or tries columns)
+    is brought to schema 3 when opened; the user's login wraps the user PIN again with Argon2id."""
+    from .test_store import legacy_wrap
+    dsn = postgres.database()
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
+    name, store = cat.new()
+    store.initialize(LABEL, SO)
+    store.login(C.CKU_SO, SO)
+    store.init_pin(USER)
+    store.logout()
+    legacy_wrap(store, "user", USER)
+    cat.close()
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        raw.execute("ALTER TABLE ferro_tokens DROP COLUMN so_kdf, DROP COLUMN so_tries, "
+                    "DROP COLUMN user_kdf, DROP COLUMN user_tries")
+        raw.execute("UPDATE ferro_schema SET version = 2")
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
+    cat.open(name).login(C.CKU_USER, USER)
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        assert raw.execute("SELECT version FROM ferro_schema").fetchall() == [(pg.SCHEMA_VERSION,)]
+        assert raw.execute("SELECT user_kdf, user_iters, so_kdf FROM ferro_tokens").fetchall() == [
+            (FAST.kdf.text(), None, None)]
+    cat.close()
