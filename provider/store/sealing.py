@@ -355,66 +355,77 @@ class SealingStore(TokenStore):
                    rewrap: bool = True) -> tuple:
         """(master key, token record) if `pin` is `who`'s PIN.
 
-        A try is counted before its answer is known, and a try whose answer nobody
-        computed is not an attempt:
-          1. after failures, wait PinPolicy.delay(failures); derive the KEK from the PIN
-             (slow: in `slow()`, outside the store's lock; nothing written, nothing known);
-          2. one write transaction: refuse a locked PIN (CKR_PIN_LOCKED; `locked_too`
-             skips this, for the file owner's unlock-pin); unless the try's tag
-             (try_tag(KEK)) is already recorded in `{who}_tries`, record it and count it
-             in `{who}_fail`; commit;
-          3. only then the GCM unwrap: a success clears count and tags (and wraps the
-             master key again if the stored KDF is below the policy's, unless `rewrap` is
-             false: the caller wraps it anew anyway); a failure keeps
-             the count and removes the tag, so the same wrong PIN counts again next time.
-        A process killed before 2 learned nothing and counted nothing; killed after 2, its
-        try stays counted, once: its tag stays, and a retry of the same PIN (an honest
-        service restarting) is not counted again - it gets the answer it was owed.  So
-        kill-to-guess still pays one count per PIN it learns about, and a service killed
-        in its logins over and over does not lock itself out.  A wrong PIN that reaches
-        the limit answers CKR_PIN_INCORRECT; every try after that CKR_PIN_LOCKED.
-        Concurrent tries of one PIN may count once: they are one guess."""
+        A try counts before anyone knows its answer, and once, however often its process dies:
+          1. wait PinPolicy.delay(failures so far), then derive the KEK (slow: in `slow()`,
+             outside the store's lock; nothing written, nothing known yet);
+          2. one write transaction: a locked PIN is refused (CKR_PIN_LOCKED; not with
+             `locked_too`: the file owner's unlock-pin); the try's tag, try_tag(KEK), is
+             recorded in `{who}_tries` and counted in `{who}_fail` unless it is recorded
+             already; committed;
+          3. only then the GCM unwrap.  Right: count and tags cleared (and the master key
+             wrapped again if the stored KDF is below the policy's, unless `rewrap` is false:
+             the caller wraps it anew).  Wrong: the count stays and the tag goes, so the same
+             wrong PIN counts again next time.
+        Killed before 2, a process counted nothing and learned nothing; killed after 2, its
+        try stays counted and its tag stays, so a retry of the same PIN (a service that
+        restarts) is not counted again: it gets the answer its first try paid for.  So
+        kill-to-guess still pays one count per PIN it learns about, and a service killed in
+        its logins again and again does not lock itself out.  A wrong PIN that reaches the
+        limit answers CKR_PIN_INCORRECT; every try after that CKR_PIN_LOCKED.  Tries of one
+        PIN at the same time may count once: they are one guess."""
+        kek, tag, tok = self._count_try(who, pin, slow, locked_too)
+        master = unwrap_master(tok, kek, who)
+        if master is None:
+            self._settle(who, tok, drop=tag)
+            raise PKCS11Error(C.CKR_PIN_INCORRECT)
+        fields = {f"{who}_fail": 0, f"{who}_tries": None}
+        if rewrap and (tok[f"{who}_kdf"] is None or Argon2id.parse(tok[f"{who}_kdf"]).below(self.pins.kdf)):
+            with slow():                   # an older wrap: Argon2id with today's cost
+                fields.update(wrap_master(master, pin, tok["serial"], who, self.pins.kdf))
+        self._settle(who, tok, fields)
+        return master, tok
+
+    def _count_try(self, who: str, pin: bytes, slow, locked_too: bool) -> tuple:
+        """Steps 1 and 2 of _check_pin: (KEK, its tag, token record) once the try is committed."""
         tok = self._token()
         for _ in range(3):                 # again if the wrap changed during the derivation
             if tok[f"{who}_wrap"] is None:
                 raise PKCS11Error(C.CKR_USER_PIN_NOT_INITIALIZED)
-            fails = tok[f"{who}_fail"]
-            if fails >= self.max_failures and not locked_too:
-                raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
+            self._refuse_locked(tok, who, locked_too)
             with slow():
-                time.sleep(0 if locked_too else self.pins.delay(fails))
+                time.sleep(0 if locked_too else self.pins.delay(tok[f"{who}_fail"]))
                 kek = pin_kek(tok, who, pin)
             tag = try_tag(kek)
             with self._write():
                 now = self._token()
                 if _same_wrap(now, tok, who):
-                    tags, fails = _tags(now[f"{who}_tries"]), now[f"{who}_fail"]
-                    if fails >= self.max_failures and not locked_too:
-                        raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
+                    self._refuse_locked(now, who, locked_too)
+                    tags = _tags(now[f"{who}_tries"])
                     if tag not in tags:
-                        tags = (tags + [tag])[-self.max_failures:]
-                        self._update({f"{who}_fail": fails + 1, f"{who}_tries": b"".join(tags)})
-                    break
+                        self._update({f"{who}_fail": now[f"{who}_fail"] + 1,
+                                      f"{who}_tries": b"".join((tags + [tag])[-self.max_failures:])})
+                    return kek, tag, now
             tok = now
-        else:
-            raise PKCS11Error(C.CKR_FUNCTION_FAILED, f"the {who} PIN changed during every try")
-        master = unwrap_master(now, kek, who)
-        if master is None:
-            with self._write():
-                cur = self._token()
-                tags = _tags(cur[f"{who}_tries"])
-                if _same_wrap(cur, now, who) and tag in tags:
-                    tags.remove(tag)
-                    self._update({f"{who}_tries": b"".join(tags) or None})
-            raise PKCS11Error(C.CKR_PIN_INCORRECT)
-        fields = {f"{who}_fail": 0, f"{who}_tries": None}
-        if rewrap and (now[f"{who}_kdf"] is None or Argon2id.parse(now[f"{who}_kdf"]).below(self.pins.kdf)):
-            with slow():                   # an older wrap: Argon2id with today's cost
-                fields.update(wrap_master(master, pin, now["serial"], who, self.pins.kdf))
+        raise PKCS11Error(C.CKR_FUNCTION_FAILED, f"the {who} PIN changed during every try")
+
+    def _refuse_locked(self, tok: dict, who: str, locked_too: bool) -> None:
+        if tok[f"{who}_fail"] >= self.max_failures and not locked_too:
+            raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
+
+    def _settle(self, who: str, tok: dict, fields: dict | None = None, drop: bytes | None = None) -> None:
+        """Step 3's write, if `who`'s wrap is still the one checked: `fields`, or the try
+        tagged `drop` removed from the recorded ones (its count stays)."""
         with self._write():
-            if _same_wrap(self._token(), now, who):
-                self._update(fields)
-        return master, now
+            cur = self._token()
+            if not _same_wrap(cur, tok, who):
+                return
+            if drop is not None:
+                tags = _tags(cur[f"{who}_tries"])
+                if drop not in tags:
+                    return
+                tags.remove(drop)
+                fields = {f"{who}_tries": b"".join(tags) or None}
+            self._update(fields)
 
     def unlock_pin(self, user_type: int, pin: bytes) -> None:
         """The token owner's recovery of a locked PIN (`ferrohsm unlock-pin`): the PIN is
