@@ -12,6 +12,8 @@ the dearest login there is. Target: every C_Login under 1 s.  About 20 s.
 """
 
 import argparse
+import datetime
+import os
 import re
 import shutil
 import sys
@@ -43,7 +45,7 @@ def measure(rounds: int) -> dict:
     return {**figures, "login_upgrade": (first, "ms")}
 
 
-def section(figures: dict, rounds: int) -> str:
+def section(figures: dict, rounds: int, load: float) -> str:
     kdf = PinPolicy().kdf
     p50, worst, upgrade = (figures[k][0] for k in ("login_p50", "login_max", "login_upgrade"))
     met = max(p50, worst, upgrade) < TARGET_MS
@@ -52,7 +54,9 @@ def section(figures: dict, rounds: int) -> str:
         "## C_Login (issue 11)", "",
         f"`benchmarks/login.py`, {rounds} rounds: C_Login + C_Logout through the C ABI (benchmarks/bench.c "
         f"`login`), the PIN KEK Argon2id `{kdf.text()}` ({kdf.memory_kib // 1024} MiB), plus two "
-        "durable token-record writes per login (the try recorded, then cleared).", "",
+        "durable token-record writes per login (the try recorded, then cleared). "
+        f"Measured {datetime.date.today()} on {os.cpu_count()} cores at a load average of {load:.1f} "
+        "(other work on the machine slows the derivation first).", "",
         "| figure | ms | target | met |", "|---|---|---|---|",
         f"| C_Login, median | {p50:.0f} | < {TARGET_MS} | {'yes' if p50 < TARGET_MS else '**no**'} |",
         f"| C_Login, slowest of {rounds} | {worst:.0f} | < {TARGET_MS} | {'yes' if worst < TARGET_MS else '**no**'} |",
@@ -68,7 +72,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = ap.parse_args()
-    text = section(measure(args.rounds), args.rounds)
+    load = os.getloadavg()[0]
+    text = section(measure(args.rounds), args.rounds, load)
     out = Path(args.out)
     old = out.read_text() if out.exists() else ""
     if START in old and END in old:
