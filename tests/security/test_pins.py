@@ -223,3 +223,15 @@ def test_locked_so_pin_is_recovered_by_the_owner_with_the_pin(hsm):
     right = hsm.run(cli, "unlock-pin", "--token", "e2e", "--so", "--pin", SO_PIN)
     assert b"unlocked" in right.stdout
     assert rv_of(client(hsm, "init-token", SO_PIN)) == C.CKR_OK
+
+
+def test_locked_user_pin_is_recovered_by_the_owner_with_the_pin(hsm):
+    """The same for the user PIN (which the SO can also replace with C_InitPIN)."""
+    write_conf(hsm.root, failure_delay=0, max_failures=3)
+    hsm.init_token()
+    for n in range(3):
+        assert rv_of(client(hsm, "login", f"{n:06d}-wrong")) == C.CKR_PIN_INCORRECT
+    assert rv_of(client(hsm, "login", USER_PIN)) == C.CKR_PIN_LOCKED
+    cli = Path(sys.executable).parent / "ferrohsm"
+    hsm.run(cli, "unlock-pin", "--token", "e2e", "--pin", USER_PIN)
+    assert rv_of(client(hsm, "login", USER_PIN)) == C.CKR_OK
