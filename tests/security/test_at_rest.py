@@ -235,3 +235,18 @@ s.setAttributeValue(find(s, LABEL="restricted")[0], [(P.CKA_ENCRYPT, False)])
                      (*old, uid))
     got = run(token, 'out["login"] = rv(session, "user")')
     assert got == {"login": "CKR_DEVICE_ERROR"}
+
+
+def test_only_the_so_marks_keys_trusted_and_sees_no_private_object(token):
+    """The SO: the only one who sets CKA_TRUSTED, and no private object is visible to it."""
+    got = run(token, """
+user = session("user")
+out["user_trusted"] = rv(user.createObject, [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES),
+    (P.CKA_TOKEN, True), (P.CKA_TRUSTED, True), (P.CKA_VALUE, b"k" * 16)])
+user.createObject([(P.CKA_CLASS, P.CKO_DATA), (P.CKA_TOKEN, True), (P.CKA_PRIVATE, True),
+                   (P.CKA_LABEL, "users-own"), (P.CKA_VALUE, b"v")])
+user.logout()
+so = session("so")
+out["so_sees"] = len(find(so, LABEL="users-own")) + len(find(so, CLASS=P.CKO_DATA))
+""")
+    assert got == {"user_trusted": "CKR_ATTRIBUTE_READ_ONLY", "so_sees": 0}
