@@ -3,17 +3,22 @@
 One TokenStore per token.  The store owns the token record (label, serial, PIN
 verifiers, retry counters), the token master key, and the token objects.
 
-Sealing: attribute values whose types the engine marks sensitive (CKA_VALUE of a
-secret or EC private key, the RSA private components, ...) are never written in
-clear.  They are sealed with AES-256-GCM, the additional data binding each value
-to its token, object and attribute type:
-  - objects with CKA_PRIVATE true: under the token master key, a random 256-bit key
-    that the SO PIN and the user PIN each unwrap through a slow KDF; so such values
-    can be written and opened only while someone is logged in;
-  - public objects (CKA_PRIVATE false): under the token's public sealing key, kept
-    in the store itself.  This binds and integrity-checks the value, but gives no
-    secrecy beyond the file's permissions, exactly as a public object promises
-    nobody secrecy (SoftHSM2 keeps public objects unencrypted too).
+Sealing (sealing.py): attribute values whose types the engine marks sensitive (CKA_VALUE
+of a secret or EC private key, the RSA private components, ...) are never written in
+clear. They are sealed with AES-256-GCM, the additional data binding each value to its
+token, object and attribute type:
+  - objects kept under the master key (`under_master`: private objects, and keys that are
+    sensitive, never extractable or trusted) use the token master key, a random 256-bit
+    key that the SO PIN and the user PIN each unwrap through a slow KDF; their whole
+    record is sealed too (an envelope binding token, object and version), so such objects
+    can be written, and their keys used, only while someone is logged in. A private
+    object's record shows in clear only its index entry (class, key type, CKA_TOKEN,
+    CKA_PRIVATE, and its label and ID as keyed hashes: `blind`), and a sealed list of the
+    private objects (uid, version) is checked at each login;
+  - other public objects use the token's public sealing key, kept in the store itself.
+    This binds and integrity-checks the value, but gives no secrecy beyond the file's
+    permissions, exactly as such an object promises nobody secrecy (SoftHSM2 keeps
+    public objects unencrypted too).
 Loaded records carry a `Sealed` placeholder for each sealed value; the engine opens
 it with `unseal` when a key is used, and a record that fails its check is refused.
 """
@@ -237,6 +242,16 @@ class TokenStore(ABC):
         token object uid must be stored (else Conflict). Durable before it returns; never hands out a value twice, whatever
         happens to any file beside the store. `legacy`: the identifier a release
         before schema 2 kept this key's counter under (imported at the upgrade)."""
+
+    @abstractmethod
+    def blind(self, cka: int, value) -> bytes | None:
+        """The keyed hash a private object's index entry holds for this label or ID
+        (BLINDED); None while no one is logged in."""
+
+    @abstractmethod
+    def entry_of(self, attrs: dict) -> dict:
+        """The index entry the store lists for an object of these attributes (stub_of,
+        with a private object's label and ID blinded)."""
 
     @abstractmethod
     def unseal(self, uid: str, cka: int, value: Sealed) -> bytes:

@@ -8,8 +8,12 @@ Keys of one token:
                an older release, and is wrapped again with Argon2id at that PIN's next
                successful login, as is one whose stored cost is below the configured).
                The wrap is also the PIN verifier: a wrong PIN fails the GCM unwrap.
+  master keys  derived from the master key (master_keys): the record key seals whole
+               records, the index key blinds private labels and IDs, the list key keeps
+               the sealed list of private objects (the token field `manifest`).
   public key   random 256 bits, kept in clear in the token record; seals the sensitive
-               values of public objects, and (through HMAC) keys the record tags.
+               values of the public objects not kept under the master key, and
+               (through HMAC) keys the record tags.
 
 A sealed value is   key id (1 byte: M master, P public) | nonce (12) | ciphertext+tag,
 with AAD = serial | uid | CKA type | key id, so a value moved to another token,
@@ -20,6 +24,15 @@ when the record is loaded, and the record is not served.  The record tag gives
 integrity against accidents and against anyone who cannot read the token file;
 whoever can read it has the public key too (see base.py: public objects promise no
 more than the file's permissions).
+
+A record kept under the master key (base.under_master) is an envelope: ENVELOPE |
+header length | header | AES-GCM(record key, the record as above, AAD = serial | uid |
+version | header). The header is the index entry of a private object (its label and ID
+blinded), or every attribute but the sealed values of a public one. A record in clear
+where an envelope belongs is not served (once the token is of schema 3). The list of
+private objects is the XOR of BLAKE2b(list key, version | uid) over them, sealed under
+the list key with AAD serial | epoch; every write of a private object updates it in the
+same transaction, and every login checks it against the stored rows (_check_listing).
 
 `SealingStore` is the TokenStore contract on top of a few persistence primitives
 (read / update the token record, read / put / delete object rows, read changes,
