@@ -69,7 +69,10 @@ from .sealing import KDF_ITERATIONS, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
 TOKEN_FILE, LOCK_FILE, JOURNAL_FILE, LOG_FILE = "token.json", "lock", "journal.json", "changes.log"
 KEYS_DIR, COUNTERS_DIR = "keys", "counters"
 CURRENT_FILE, TOMBSTONE_FILE = "current.json", "tombstone.json"
-BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap"})
+BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap", "anchor"})
+# schema -> the token fields a token.json of that schema lacks, with their values
+# (read as if present; the next write of token.json writes today's schema)
+MIGRATIONS = {2: {"anchor": None}}
 POINTER_FIELDS = ("version", "lineage", "seq", "entry")
 MAX_NAME = 200
 _VERSION_FILE = re.compile(r"v(\d{8,})\.json")
@@ -179,10 +182,13 @@ def encode_token(tok: dict) -> bytes:
 
 def decode_token(data: dict) -> dict:
     schema = data.get("schema")
-    if schema != SCHEMA_VERSION:
+    if schema != SCHEMA_VERSION and schema not in MIGRATIONS:
         raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, f"token schema {schema!r} is not this release's "
                                                       f"({SCHEMA_VERSION})")
-    fields = data["token"]
+    fields = dict(data["token"])
+    while schema != SCHEMA_VERSION:
+        fields.update(MIGRATIONS[schema])
+        schema += 1
     if set(fields) != set(TOKEN_FIELDS):
         raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, "token record fields do not match")
     return {k: _unb64(v) if k in BYTES_FIELDS and v is not None else v for k, v in fields.items()}
@@ -576,7 +582,7 @@ class FilesystemStore(SealingStore):
                         pass
                 try:                                    # (no need to decode the whole record)
                     data = _read_json(self._token_path)
-                    if data["schema"] == SCHEMA_VERSION:
+                    if data["schema"] == SCHEMA_VERSION or data["schema"] in MIGRATIONS:
                         return data["token"]["seq"], data["token"]["epoch"]
                 except (ValueError, KeyError, TypeError):
                     pass

@@ -74,7 +74,8 @@ CREATE TABLE ferro_tokens (
     label bytea NOT NULL, serial text NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL,
     pruned bigint NOT NULL DEFAULT 0, pub_key bytea NOT NULL,
     so_salt bytea, so_iters integer, so_wrap bytea, so_fail integer NOT NULL,
-    user_salt bytea, user_iters integer, user_wrap bytea, user_fail integer NOT NULL);
+    user_salt bytea, user_iters integer, user_wrap bytea, user_fail integer NOT NULL,
+    anchor bytea);
 CREATE TABLE ferro_objects (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     uid text NOT NULL, version bigint NOT NULL, lineage text NOT NULL, seq bigint NOT NULL,
@@ -92,7 +93,9 @@ CREATE TABLE ferro_counters (
 """
 # schema version -> the statements that bring a database at that version to the next.
 # The PostgreSQL store began at schema 2; a later schema adds its step here.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    2: "ALTER TABLE ferro_tokens ADD COLUMN anchor bytea;",
+}
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1e9)::bigint"   # the server's clock: one for every client
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM ferro_tokens WHERE name = %s"
 _DATABASES: "weakref.WeakSet[Database]" = weakref.WeakSet()

@@ -42,10 +42,12 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from . import records
+from .anchor import NO_ANCHOR, guard
 from .base import Changes, Conflict, Sealed, TokenStore, stub_of
 
 KDF_ITERATIONS = 600_000
-SCHEMA_VERSION = 2         # 1: the first release (no versions); 2: versions, counters, pruning
+SCHEMA_VERSION = 3         # 1: the first release (no versions); 2: versions, counters, pruning;
+#                            3: the TPM anchor (anchor.py: field `anchor`)
 TOMBSTONE_WINDOW = 1000    # tombstones kept for the last this-many changes; older readers resync
 IV_PREFIX, LEGACY_PREFIX = "iv:", "legacy:"
 KEY_LEN, SALT_LEN, NONCE_LEN = 32, 16, 12
@@ -121,7 +123,8 @@ PIN_FLAGS = {
 }
 TOKEN_FIELDS = ("label", "serial", "epoch", "seq", "pruned", "pub_key",
                 "so_salt", "so_iters", "so_wrap", "so_fail",
-                "user_salt", "user_iters", "user_wrap", "user_fail")
+                "user_salt", "user_iters", "user_wrap", "user_fail",
+                "anchor")                                         # (schema 3)
 NO_USER_PIN = {"user_salt": None, "user_iters": None, "user_wrap": None, "user_fail": 0}
 
 
@@ -143,7 +146,10 @@ def _who(user_type: int) -> str:
 class SealingStore(TokenStore):
     """TokenStore semantics; subclasses provide the persistence primitives below.
     `epoch` counts initializations: a master key held from an older epoch (the token
-    was re-initialized, perhaps by another process) is dropped."""
+    was re-initialized, perhaps by another process) is dropped.
+    `anchor` (anchor.py; set by the Library from `[store] anchor`) checks and advances
+    the token record around every write transaction: `_write` is wrapped here."""
+    anchor = NO_ANCHOR
 
     def __init__(self, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
         self.max_failures = max_pin_failures
@@ -152,6 +158,9 @@ class SealingStore(TokenStore):
         self._master: bytes | None = None
         self._master_epoch: int | None = None
         self._keys: tuple | None = None     # (epoch, serial, public key, tag key)
+        self._anchor_seen = None            # (state digest, MAC) last checked or written
+        self._anchor_dirty = False          # this transaction must advance the anchor
+        self._write = guard(self, self._write)
 
     # persistence primitives -------------------------------------------------------
     @abstractmethod
@@ -247,13 +256,14 @@ class SealingStore(TokenStore):
     def initialize(self, label: bytes, so_pin: bytes) -> None:
         with self._lock:
             fresh = not self._exists()
-            serial = os.urandom(8).hex() if fresh else self._check_pin("so", so_pin)[1]["serial"]
+            serial = self.anchor.fresh_serial() if fresh else self._check_pin("so", so_pin)[1]["serial"]
             master = os.urandom(KEY_LEN)
             fields = {"label": bytes(label), "serial": serial, "pub_key": os.urandom(KEY_LEN),
                       "so_fail": 0, **NO_USER_PIN,
                       **wrap_master(master, so_pin, serial, "so", self.kdf_iterations)}
             if fresh:
-                self._create({**fields, "epoch": 1, "seq": 0, "pruned": 0})
+                self._create({**fields, "epoch": 1, "seq": 0, "pruned": 0, "anchor": None})
+                self.verify_anchor()            # anchors the new record
             else:
                 with self._write():
                     epoch = self._token()["epoch"]
@@ -262,6 +272,13 @@ class SealingStore(TokenStore):
                     self._update({**fields, "epoch": epoch + 1})
             self.logout()
             self._keys = None
+
+    def verify_anchor(self) -> None:
+        """Refuse a token record its TPM anchor does not vouch for (CKR_DEVICE_ERROR);
+        adopt a record made without one.  In a write transaction: writers take turns."""
+        if self.anchor.on:
+            with self._write():
+                pass
 
     # PINs -----------------------------------------------------------------------------
     def _check_pin(self, who: str, pin: bytes, slow=nullcontext) -> tuple:
@@ -393,6 +410,7 @@ class SealingStore(TokenStore):
                 self.logout()
             if cursor is not None and seq == cursor:
                 return Changes(cursor, [], [], False)
+            self.verify_anchor()
             tok, rows, deleted = self._since(cursor)
             full = cursor is None or cursor < tok["pruned"]
             if full and cursor is not None:
@@ -409,6 +427,7 @@ class SealingStore(TokenStore):
 
     def index(self) -> tuple:
         with self._lock:
+            self.verify_anchor()
             listed = self._index_rows()
             if listed is None:                       # no index of its own: every record
                 got = self.changes(None)
@@ -452,6 +471,7 @@ class SealingStore(TokenStore):
                 name = LEGACY_PREFIX + legacy     # the key's counter from before schema 2
             start = self._counter(name) or 0
             self._set_counter(name, start + count)
+            self._anchor_dirty = True        # with the anchor on: a restored copy is refused
             return start
 
     def unseal(self, uid: str, cka: int, value: Sealed) -> bytes:

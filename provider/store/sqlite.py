@@ -49,7 +49,8 @@ CREATE TABLE token (
     label BLOB NOT NULL, serial TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
     pruned INTEGER NOT NULL DEFAULT 0, pub_key BLOB NOT NULL,
     so_salt BLOB, so_iters INTEGER, so_wrap BLOB, so_fail INTEGER NOT NULL,
-    user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL);
+    user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL,
+    anchor BLOB);
 CREATE TABLE objects (
     uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL,
     version INTEGER NOT NULL DEFAULT 1, lineage TEXT,
@@ -76,6 +77,7 @@ ALTER TABLE objects ADD COLUMN private INTEGER;
 CREATE INDEX objects_entry ON objects (uid, version, cls, label, cka_id, key_type, private);
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """,
+    2: "ALTER TABLE token ADD COLUMN anchor BLOB;",
 }
 LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"
