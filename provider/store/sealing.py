@@ -160,6 +160,9 @@ class SealingStore(TokenStore):
         self._keys: tuple | None = None     # (epoch, serial, public key, tag key)
         self._anchor_seen = None            # (state digest, MAC) last checked or written
         self._anchor_dirty = False          # this transaction must advance the anchor
+        self._iv_high: dict = {}            # counter name -> end of the last block reserved here
+        self._iv_head = None                # (serial, (epoch, seq)): the highest head reserved at
+        self._iv_rewound = False            # the store went backwards: counter IVs refused
         self._write = guard(self, self._write)
 
     # persistence primitives -------------------------------------------------------
@@ -470,9 +473,28 @@ class SealingStore(TokenStore):
             if legacy is not None and self._counter(LEGACY_PREFIX + legacy) is not None:
                 name = LEGACY_PREFIX + legacy     # the key's counter from before schema 2
             start = self._counter(name) or 0
+            self._forward(name, start, self._token())
             self._set_counter(name, start + count)
             self._anchor_dirty = True        # with the anchor on: a restored copy is refused
+            self._iv_high[name] = start + count
             return start
+
+    def _forward(self, name: str, start: int, tok: dict) -> None:
+        """Refuse counter IVs (CKR_DEVICE_ERROR, for good in this process) once it saw the
+        store go backwards - a counter below what it reserved before, or the head (epoch,
+        seq) below one it saw: the token files were put back from an older copy, whose
+        counters hand out values again."""
+        head, seen = (tok["epoch"], tok["seq"]), self._iv_head
+        if seen is not None and seen[0] != tok["serial"]:
+            self._iv_high, seen = {}, None          # another token in this file now
+        back = start < self._iv_high.get(name, 0) or (seen is not None and head < seen[1])
+        if back and not self._iv_rewound:
+            LOG.error("token %s: the store went backwards (restored from an older copy?); "
+                      "counter IVs refused in this process", tok["serial"])
+        self._iv_rewound |= back
+        if self._iv_rewound:
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, "the token store went backwards: no counter IVs")
+        self._iv_head = (tok["serial"], max(head, seen[1]) if seen else head)
 
     def unseal(self, uid: str, cka: int, value: Sealed) -> bytes:
         with self._lock:
