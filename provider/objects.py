@@ -14,7 +14,7 @@ among thousands of objects touches only the objects with that label.
 
 from . import constants as C
 from . import schema
-from .store.base import INDEXED, STUB, Entry, Sealed
+from .store.base import BLINDED, INDEXED, STUB, Entry, Sealed
 
 
 class Obj:
@@ -44,6 +44,10 @@ class Obj:
     @attrs.setter
     def attrs(self, attrs: dict) -> None:
         self._attrs = self.stub = attrs
+
+    def forget(self, stub: dict) -> None:
+        """Drop the attributes: the object is known by its index entry until `loader` reads it."""
+        self._attrs, self.stub, self._cache, self._secret = None, stub, None, None
 
     @property
     def cache(self) -> dict:
@@ -87,12 +91,15 @@ class Obj:
     def sealed(self) -> bool:
         return any(isinstance(v, Sealed) for v in self.attrs.values())
 
-    def matches(self, template: dict) -> bool:
+    def matches(self, template: dict, blind=None) -> bool:
         """Does the object have these values? An object known by its index entry only
         is matched on the entry when the template names nothing else (its record is
-        read, and checked, when the object is used)."""
+        read, and checked, when the object is used); a private object's entry holds
+        keyed hashes of its label and ID, which `blind(cka, value)` computes."""
         if self._attrs is None and all(cka in STUB for cka in template):
-            return all(self._entry_value(cka) == value for cka, value in template.items())
+            return all(self._entry_value(cka) == (blind(cka, value) if self.private and cka in BLINDED
+                                                  and blind else value)
+                       for cka, value in template.items())
         attrs = self.attrs
         for cka, value in template.items():
             if attrs.get(cka, _MISSING) != value or self.hidden(cka):
@@ -130,6 +137,9 @@ class Index:
         self.objects: dict[int, Obj] = {}
         self._by: dict[tuple, int | set] = {}
         self._uids: dict[str, int] = {}
+        # (cka, value) -> the keyed hash a private object's index entry holds for a
+        # BLINDED value, or None (no one logged in): set by the token (TokenStore.blind)
+        self.blind = lambda cka, value: None
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -183,7 +193,12 @@ class Index:
             handle = self._uids.get(value.decode("ascii", "replace") if isinstance(value, bytes) else None)
             return () if handle is None else (handle,)
         bucket = self._by.get((cka, value), ())
-        return (bucket,) if type(bucket) is int else bucket
+        bucket = (bucket,) if type(bucket) is int else bucket
+        if cka in BLINDED:
+            hidden = self._by.get((cka, self.blind(cka, value)), ())
+            if hidden:
+                bucket = {*bucket, *((hidden,) if type(hidden) is int else hidden)}
+        return bucket
 
     def candidates(self, template: dict):
         """The objects that might match: the smallest index bucket the template

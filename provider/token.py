@@ -20,7 +20,7 @@ from . import constants as C
 from .errors import PKCS11Error
 from .log import LOG
 from .objects import BUCKETED, Index, Obj
-from .store.base import Sealed
+from .store.base import Locked, Sealed, under_master
 
 TOKEN_FLAGS = C.CKF_RNG | C.CKF_LOGIN_REQUIRED | C.CKF_RESTORE_KEY_NOT_NEEDED
 OPENED = "opened"        # obj.cache key: no Sealed value left in obj.attrs
@@ -73,6 +73,15 @@ class WatchedIndex(Index):
         if changed:
             self._on_change(obj)
 
+    def forget(self, obj: Obj, stub: dict) -> None:
+        """Know `obj` by its index entry only again (its record is read when used)."""
+        self.remove(obj)
+        obj.forget(stub)
+        self.add(obj)
+
+    def changed(self, obj: Obj) -> None:
+        self._on_change(obj)
+
 
 class Token:
     def __init__(self, slot_id: int, store, handles, on_change=lambda obj: None):
@@ -80,6 +89,7 @@ class Token:
         self.store = store                 # a TokenStore; None for the free slot
         self.user: int | None = None       # CKU_SO or CKU_USER while logged in
         self.index = WatchedIndex(on_change)
+        self.index.blind = self.blind
         self.by_uid: dict[str, Obj] = {}
         self._handles = handles
         self._cursor = None
@@ -125,12 +135,25 @@ class Token:
         for uid, version, attrs in changes.upserts:
             obj = self.by_uid.get(uid)
             if obj is None:
-                obj = Obj(self.new_handle(), uid, attrs, version=version)
+                obj = self._known(uid, version, attrs)
                 self.by_uid[uid] = obj
                 self.index.add(obj)
             elif obj.version != version:        # (the same version: our own write, applied already)
-                self.index.replace(obj, attrs)
-                obj.version = version
+                self._take(obj, version, attrs)
+
+    def _known(self, uid: str, version: int, attrs) -> Obj:
+        """A new Obj for a record as the store gave it: its attributes, or (Locked: a
+        private object while no one is logged in) its index entry, read when used."""
+        if isinstance(attrs, Locked):
+            return Obj(self.new_handle(), uid, None, version=version, stub=attrs.stub, loader=self._loader)
+        return Obj(self.new_handle(), uid, attrs, version=version)
+
+    def _take(self, obj: Obj, version: int, attrs) -> None:
+        if isinstance(attrs, Locked):
+            self.index.forget(obj, attrs.stub)
+        else:
+            self.index.replace(obj, attrs)
+        obj.version = version
 
     def _read_index(self) -> None:
         """Know every object from the store's index; records are read when first used.
@@ -168,8 +191,7 @@ class Token:
                 if attrs is None:
                     self._drop(obj)
                 else:
-                    self.index.replace(obj, attrs)
-                    obj.version = version
+                    self._take(obj, version, attrs)
         for uid in [uid for uid in self.by_uid if uid not in listed]:
             self._drop(self.by_uid[uid])
 
@@ -182,7 +204,10 @@ class Token:
         not what the index says at the same version (someone edited the index), it
         leaves the index: CKR_OBJECT_HANDLE_INVALID."""
         got = self.store.load(obj.uid)
-        if got is not None and got[0] == obj.version and not same_entry(obj.stub, got[1]):
+        if got is not None and isinstance(got[1], Locked) and obj.private:
+            raise PKCS11Error(C.CKR_USER_NOT_LOGGED_IN, "a private object needs a login")
+        if got is not None and got[0] == obj.version and not same_entry(
+                obj.stub, got[1].stub if isinstance(got[1], Locked) else self.store.entry_of(got[1])):
             LOG.warning("token %s: object %s is not what the store's index says; not served",
                         self.slot_id, obj.uid)
             got = None
@@ -195,10 +220,14 @@ class Token:
             obj.version = version
         return attrs
 
+    def blind(self, cka: int, value) -> bytes | None:
+        """How a private object's index entry holds this label or ID (None: no login)."""
+        return None if self.store is None else self.store.blind(cka, value)
+
     def matches(self, obj: Obj, template: dict) -> bool:
         """Obj.matches, False for an object whose record turns out gone or lying."""
         try:
-            return obj.matches(template)
+            return obj.matches(template, self.blind)
         except PKCS11Error:
             return False
 
@@ -318,6 +347,7 @@ class Token:
                               else C.CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "logged in meanwhile")
         self.user = user_type
         self.refresh()
+        self._reread_guarded()
 
     def logout(self) -> None:
         self.store.logout()
@@ -326,6 +356,21 @@ class Token:
             if obj.owner is not None and obj.private:
                 self.index.remove(obj)
         self.reload(private_only=True)
+        self._reread_guarded()
+
+    def _reread_guarded(self) -> None:
+        """Public token objects kept under the master key (base.under_master: sensitive,
+        never extractable or trusted keys) are read again at login and logout: after
+        a login their whole record is checked under the master key; after a logout
+        their opened key values are forgotten (they need a login again)."""
+        for obj in [o for o in self.by_uid.values() if o.loaded and not o.private and under_master(o.attrs)]:
+            got = self.store.load(obj.uid)
+            if got is None:
+                self._drop(obj)
+            else:
+                self.index.replace(obj, got[1])
+                obj.version = got[0]
+                self.index.changed(obj)
 
     def close(self) -> None:
         if self.store is None:

@@ -32,8 +32,29 @@ INDEXED = (C.CKA_CLASS, C.CKA_LABEL, C.CKA_ID, C.CKA_KEY_TYPE, C.CKA_UNIQUE_ID)
 STUB = INDEXED + (C.CKA_PRIVATE, C.CKA_TOKEN)
 
 
+# What the index lists of a private object in clear; its label and ID only as keyed
+# hashes (TokenStore.blind), which a search computes from the value it looks for.
+BLINDED = (C.CKA_LABEL, C.CKA_ID)
+
+
 def stub_of(attrs: dict) -> dict:
     return {cka: attrs[cka] for cka in STUB if cka in attrs}
+
+
+def under_master(attrs: dict) -> bool:
+    """Is this object kept sealed under the token master key (which only a PIN unwraps)?
+    Private objects (every attribute), and public keys a file reader must not open:
+    sensitive, never extractable, or trusted (their key values, and the binding of
+    every attribute). Such an object can be written, and its key used, only while
+    someone is logged in."""
+    return bool(attrs.get(C.CKA_PRIVATE) or attrs.get(C.CKA_SENSITIVE) or attrs.get(C.CKA_TRUSTED)
+                or attrs.get(C.CKA_EXTRACTABLE) is False)
+
+
+class Locked(NamedTuple):
+    """What changes() and load() give for a private object while no one is logged in:
+    its record is sealed whole, so only its index entry is known."""
+    stub: dict
 
 
 class Entry:
@@ -90,7 +111,8 @@ class Conflict(Exception):
 
 class Changes(NamedTuple):
     """What changes(cursor) answers. `upserts`: (uid, version, attrs) with Sealed
-    placeholders; `deleted`: uids. `full`: the answer is the whole token (the cursor
+    placeholders (a Locked entry for a private object while no one is logged in);
+    `deleted`: uids. `full`: the answer is the whole token (the cursor
     was None, or older than the pruned tombstones): anything the reader holds that
     is not in `upserts` is gone."""
     cursor: int

@@ -1,7 +1,7 @@
 """A token as one directory of small files, shared by every process that opens it.
 
 Layout of a token directory (files 0600, directories 0700):
-  token.json          {"schema": 2, "token": TOKEN_FIELDS (bytes as base64)}; it exists
+  token.json          {"schema": 4, "token": TOKEN_FIELDS (bytes as base64)}; it exists
                       once the token is initialized; seq / epoch in it answer head()
   lock                flock(2): exclusive for a write transaction, shared for a read
   journal.json        only between the commit point of a transaction and its end (below)
@@ -69,10 +69,12 @@ from .sealing import KDF_ITERATIONS, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
 TOKEN_FILE, LOCK_FILE, JOURNAL_FILE, LOG_FILE = "token.json", "lock", "journal.json", "changes.log"
 KEYS_DIR, COUNTERS_DIR = "keys", "counters"
 CURRENT_FILE, TOMBSTONE_FILE = "current.json", "tombstone.json"
-BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap", "anchor"})
-# schema -> the token fields a token.json of that schema lacks, with their values
-# (read as if present; the next write of token.json writes today's schema)
-MIGRATIONS = {2: {"anchor": None}}
+BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap", "manifest",
+                          "anchor"})
+# schema -> the token fields a file of that schema lacks (read as None; written at the
+# next token write as this release's schema): schema 2 had no object list yet, and
+# schemas 2 and 3 no TPM anchor
+ADDED_SINCE = {2: {"manifest", "anchor"}, 3: {"anchor"}}
 POINTER_FIELDS = ("version", "lineage", "seq", "entry")
 MAX_NAME = 200
 _VERSION_FILE = re.compile(r"v(\d{8,})\.json")
@@ -182,13 +184,12 @@ def encode_token(tok: dict) -> bytes:
 
 def decode_token(data: dict) -> dict:
     schema = data.get("schema")
-    if schema != SCHEMA_VERSION and schema not in MIGRATIONS:
+    if schema != SCHEMA_VERSION and schema not in ADDED_SINCE:
         raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, f"token schema {schema!r} is not this release's "
                                                       f"({SCHEMA_VERSION})")
     fields = dict(data["token"])
-    while schema != SCHEMA_VERSION:
-        fields.update(MIGRATIONS[schema])
-        schema += 1
+    for missing in ADDED_SINCE.get(schema, ()):
+        fields.setdefault(missing, None)
     if set(fields) != set(TOKEN_FIELDS):
         raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, "token record fields do not match")
     return {k: _unb64(v) if k in BYTES_FIELDS and v is not None else v for k, v in fields.items()}
@@ -582,7 +583,7 @@ class FilesystemStore(SealingStore):
                         pass
                 try:                                    # (no need to decode the whole record)
                     data = _read_json(self._token_path)
-                    if data["schema"] == SCHEMA_VERSION or data["schema"] in MIGRATIONS:
+                    if data["schema"] == SCHEMA_VERSION:
                         return data["token"]["seq"], data["token"]["epoch"]
                 except (ValueError, KeyError, TypeError):
                     pass

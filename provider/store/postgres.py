@@ -75,7 +75,7 @@ CREATE TABLE ferro_tokens (
     pruned bigint NOT NULL DEFAULT 0, pub_key bytea NOT NULL,
     so_salt bytea, so_iters integer, so_wrap bytea, so_fail integer NOT NULL,
     user_salt bytea, user_iters integer, user_wrap bytea, user_fail integer NOT NULL,
-    anchor bytea);
+    manifest bytea, anchor bytea);
 CREATE TABLE ferro_objects (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     uid text NOT NULL, version bigint NOT NULL, lineage text NOT NULL, seq bigint NOT NULL,
@@ -94,7 +94,8 @@ CREATE TABLE ferro_counters (
 # schema version -> the statements that bring a database at that version to the next.
 # The PostgreSQL store began at schema 2; a later schema adds its step here.
 MIGRATIONS: dict[int, str] = {
-    2: "ALTER TABLE ferro_tokens ADD COLUMN anchor bytea;",
+    2: "ALTER TABLE ferro_tokens ADD COLUMN manifest bytea",
+    3: "ALTER TABLE ferro_tokens ADD COLUMN anchor bytea",
 }
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1e9)::bigint"   # the server's clock: one for every client
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM ferro_tokens WHERE name = %s"
@@ -526,6 +527,14 @@ class PostgresStore(SealingStore):
                              "WHERE token = %s").fetchall()
         return tok, [(uid, version, None if cls is None else Entry(cls, label, cka_id, key_type, private), None)
                      for uid, version, cls, label, cka_id, key_type, private in rows]
+
+    def _private_rows(self) -> tuple:
+        with self._read():
+            tok = self._token()
+            private = self._run("SELECT uid, version FROM ferro_objects WHERE token = %s AND cls IS NOT NULL "
+                                "AND private").fetchall()
+            unlisted = [uid for (uid,) in self._run("SELECT uid FROM ferro_objects WHERE token = %s AND cls IS NULL")]
+        return tok, private, unlisted
 
     def _uids(self) -> list:
         return [uid for (uid,) in self._run("SELECT uid FROM ferro_objects WHERE token = %s")]

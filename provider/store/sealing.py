@@ -33,6 +33,7 @@ import struct
 import threading
 from abc import abstractmethod
 from contextlib import nullcontext
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -43,16 +44,21 @@ from ..errors import PKCS11Error
 from ..log import LOG
 from . import records
 from .anchor import NO_ANCHOR, guard
-from .base import Changes, Conflict, Sealed, TokenStore, stub_of
+from .base import BLINDED, Changes, Conflict, Locked, Sealed, TokenStore, stub_of, under_master
 
 KDF_ITERATIONS = 600_000
-SCHEMA_VERSION = 3         # 1: the first release (no versions); 2: versions, counters, pruning;
-#                            3: the TPM anchor (anchor.py: field `anchor`)
+SCHEMA_VERSION = 4         # 1: the first release (no versions); 2: versions, counters, pruning;
+                           # 3: records sealed whole under the master key, the object list;
+                           # 4: the TPM anchor (anchor.py: token field `anchor`)
 TOMBSTONE_WINDOW = 1000    # tombstones kept for the last this-many changes; older readers resync
 IV_PREFIX, LEGACY_PREFIX = "iv:", "legacy:"
 KEY_LEN, SALT_LEN, NONCE_LEN = 32, 16, 12
 MASTER, PUBLIC = b"M", b"P"
+ENVELOPE = 2               # first byte of a record sealed whole (records.FORMAT is 1)
+ENVELOPED = b"E"           # in an envelope's clear header: this value is in the sealed body
+BLIND_MARK = b"\x00ferrohsm-blind\x00"   # prefixes a keyed hash standing for a label or ID
 _ULONG = struct.Struct(">Q")
+_LEN = struct.Struct(">I")
 
 
 # --- primitives -----------------------------------------------------------------
@@ -114,6 +120,79 @@ def record_tag(tkey: bytes, serial: str, uid: str, record: bytes) -> bytes:
     return hmac.new(tkey, _lp(serial.encode(), uid.encode(), record), hashlib.sha256).digest()
 
 
+# --- keys from the master key, records sealed whole, the object list ------------
+class MasterKeys(NamedTuple):
+    """Keys derived from the master key (so only a PIN holder has them), one per use."""
+    record: bytes      # seals an object's record whole (the envelope)
+    blind: bytes       # keyed hashes of private objects' labels and IDs in the index
+    listing: bytes     # the authenticated list of private objects (the manifest)
+
+
+def master_keys(master: bytes) -> MasterKeys:
+    return MasterKeys(*(hmac.new(master, b"ferrohsm " + use + b" v1", hashlib.sha256).digest()
+                        for use in (b"record", b"index", b"manifest")))
+
+
+def _envelope_aad(serial: str, uid: str, version: int, header: bytes) -> bytes:
+    return _lp(b"record", serial.encode(), uid.encode(), _ULONG.pack(version), header)
+
+
+def envelope(rkey: bytes, serial: str, uid: str, version: int, header: bytes, inner: bytes) -> bytes:
+    """ENVELOPE | len(header) | header | AES-GCM(record key, inner), the additional data
+    binding token, object, version and header: no byte of it changes, and it opens as
+    no other object or version, without the master key."""
+    sealed = _gcm_seal(rkey, inner, _envelope_aad(serial, uid, version, header))
+    return bytes([ENVELOPE]) + _LEN.pack(len(header)) + header + sealed
+
+
+def split_envelope(record: bytes) -> tuple:
+    """(header, sealed body); ValueError if malformed."""
+    if len(record) < 1 + _LEN.size:
+        raise ValueError("record truncated")
+    n = _LEN.unpack_from(record, 1)[0]
+    if 1 + _LEN.size + n > len(record):
+        raise ValueError("record truncated")
+    return record[1 + _LEN.size:1 + _LEN.size + n], record[1 + _LEN.size + n:]
+
+
+def open_envelope(rkey: bytes, serial: str, uid: str, version: int, record: bytes) -> bytes:
+    """The inner record; InvalidTag or ValueError if it is not what was sealed."""
+    header, body = split_envelope(record)
+    return _gcm_open(rkey, body, _envelope_aad(serial, uid, version, header))
+
+
+def header_of(record: bytes) -> dict:
+    """What a record says in clear: an envelope's header, or a plain record whole."""
+    return records.unpack(split_envelope(record)[0] if record[:1] == bytes([ENVELOPE]) else record)
+
+
+def listing_item(lkey: bytes, uid: str, version: int) -> int:
+    """A keyed hash (BLAKE2b keyed with the list key: a PRF) of one (uid, version)."""
+    return int.from_bytes(hashlib.blake2b(_ULONG.pack(version) + uid.encode(), key=lkey, digest_size=32).digest(),
+                          "big")
+
+
+def listing_of(lkey: bytes, items) -> int:
+    """The object list's digest: XOR of a keyed hash of each (uid, version). Kept sealed
+    (seal_listing), so a file reader learns nothing of it and cannot fit it to a list."""
+    digest, pack, mac, of = 0, _ULONG.pack, hashlib.blake2b, int.from_bytes
+    for uid, version in items:              # (listing_item, inlined: a login reads every private object)
+        digest ^= of(mac(pack(version) + uid.encode(), key=lkey, digest_size=32).digest(), "big")
+    return digest
+
+
+def _listing_aad(serial: str, epoch: int) -> bytes:
+    return _lp(b"manifest", serial.encode(), _ULONG.pack(epoch))
+
+
+def seal_listing(lkey: bytes, serial: str, epoch: int, digest: int) -> bytes:
+    return _gcm_seal(lkey, digest.to_bytes(32, "big"), _listing_aad(serial, epoch))
+
+
+def open_listing(lkey: bytes, serial: str, epoch: int, blob: bytes) -> int:
+    return int.from_bytes(_gcm_open(lkey, blob, _listing_aad(serial, epoch)), "big")
+
+
 # --- PIN policy tables ----------------------------------------------------------
 WHO = {C.CKU_SO: "so", C.CKU_USER: "user"}
 # who -> (COUNT_LOW, FINAL_TRY, LOCKED)
@@ -123,8 +202,8 @@ PIN_FLAGS = {
 }
 TOKEN_FIELDS = ("label", "serial", "epoch", "seq", "pruned", "pub_key",
                 "so_salt", "so_iters", "so_wrap", "so_fail",
-                "user_salt", "user_iters", "user_wrap", "user_fail",
-                "anchor")                                         # (schema 3)
+                "user_salt", "user_iters", "user_wrap", "user_fail", "manifest",
+                "anchor")                                         # (schema 4)
 NO_USER_PIN = {"user_salt": None, "user_iters": None, "user_wrap": None, "user_fail": 0}
 
 
@@ -157,6 +236,7 @@ class SealingStore(TokenStore):
         self._lock = threading.RLock()
         self._master: bytes | None = None
         self._master_epoch: int | None = None
+        self._mkeys: MasterKeys | None = None
         self._keys: tuple | None = None     # (epoch, serial, public key, tag key)
         self._anchor_seen = None            # (state digest, MAC) last checked or written
         self._anchor_dirty = False          # this transaction must advance the anchor
@@ -231,6 +311,10 @@ class SealingStore(TokenStore):
         one snapshot (stub None: this row has no index entry), or None: no index kept."""
         return None
 
+    def _scrub(self) -> None:
+        """After records were sealed anew: make the store drop the old bytes it still
+        holds where it can (a store that keeps none, or cannot, does nothing)."""
+
     @abstractmethod
     def _counter(self, name: str) -> int | None: ...
 
@@ -264,15 +348,18 @@ class SealingStore(TokenStore):
             fields = {"label": bytes(label), "serial": serial, "pub_key": os.urandom(KEY_LEN),
                       "so_fail": 0, **NO_USER_PIN,
                       **wrap_master(master, so_pin, serial, "so", self.kdf_iterations)}
+            epoch = self._token()["epoch"] + 1 if not fresh else 1
+            fields["manifest"] = seal_listing(master_keys(master).listing, serial, epoch, 0)
             if fresh:
                 self._create({**fields, "epoch": 1, "seq": 0, "pruned": 0, "anchor": None})
                 self.verify_anchor()            # anchors the new record
             else:
                 with self._write():
-                    epoch = self._token()["epoch"]
+                    if self._token()["epoch"] + 1 != epoch:
+                        raise PKCS11Error(C.CKR_DEVICE_ERROR, "token re-initialized meanwhile")
                     for uid in self._uids():
                         self._delete(uid)
-                    self._update({**fields, "epoch": epoch + 1})
+                    self._update({**fields, "epoch": epoch})
             self.logout()
             self._keys = None
 
@@ -304,13 +391,21 @@ class SealingStore(TokenStore):
         return master, tok
 
     def login(self, user_type: int, pin: bytes, slow=nullcontext) -> None:
+        """Also checks the token's list of private objects (or, on a token from before
+        schema 3, seals its records whole and makes the list): a failure logs out."""
         master, tok = self._check_pin(_who(user_type), pin, slow)
         with self._lock:
             self._master, self._master_epoch = master, tok["epoch"]
+            self._mkeys = master_keys(master)
+            try:
+                self._check_listing()
+            except BaseException:
+                self.logout()
+                raise
 
     def logout(self) -> None:
         with self._lock:
-            self._master = self._master_epoch = None
+            self._master = self._master_epoch = self._mkeys = None
 
     def backend_secret(self, name: str) -> bytes:
         """A secret for device backend `name` (e.g. TPM object auth) that only a logged-in
@@ -362,39 +457,169 @@ class SealingStore(TokenStore):
             raise Conflict(uid)
         return row
 
+    def _sealer(self, tok: dict, uid: str, guarded: bool):
+        """seal(cka, raw) for the object's secret values: under the master key if the
+        object is kept under it (base.under_master), else the public key."""
+        serial, pub, _ = self._public(tok)
+        key_id = MASTER if guarded else PUBLIC
+        key = None
+
+        def seal(cka: int, raw: bytes) -> bytes:
+            nonlocal key
+            if key is None:
+                key = self._held(tok["epoch"]) if guarded else pub
+            return seal_value(key_id, key, serial, uid, cka, raw)
+        return seal
+
     def save_object(self, uid: str, attrs: dict, sensitive: frozenset, expect: int = 0,
                     lineage: str | None = None) -> int:
         with self._lock, self._write():
             row = self._at(uid, expect)
             tok = self._token()
-            serial, pub, tkey = self._public(tok)
-            key_id = MASTER if attrs.get(C.CKA_PRIVATE) else PUBLIC
-            key = None
-
-            def seal(cka: int, raw: bytes) -> bytes:
-                nonlocal key
-                if key is None:
-                    key = self._held(tok["epoch"]) if key_id == MASTER else pub
-                return seal_value(key_id, key, serial, uid, cka, raw)
-
+            serial, _, tkey = self._public(tok)
             plain = {cka: attrtypes.decode(cka, self.unseal(uid, cka, v)) if isinstance(v, Sealed) else v
                      for cka, v in attrs.items()}
-            record = records.pack(plain, sensitive, seal)
-            self._put(uid, expect + 1, record, record_tag(tkey, serial, uid, record),
+            version, guarded, private = expect + 1, under_master(plain), bool(plain.get(C.CKA_PRIVATE))
+            record = records.pack(plain, sensitive, self._sealer(tok, uid, guarded))
+            entry = self.entry_of(plain)
+            if guarded:             # sealed whole; in clear: the index entry, or a public object's attributes
+                header = records.pack(entry if private else plain, frozenset() if private else sensitive,
+                                      lambda cka, raw: ENVELOPED)
+                record = envelope(self._keys_held(tok).record, serial, uid, version, header, record)
+            was_private = expect > 0 and self._stored_private(uid)
+            if private or was_private:
+                self._relist(tok, [(uid, expect)] if was_private else [], [(uid, version)] if private else [])
+            self._put(uid, version, record, record_tag(tkey, serial, uid, record),
                       row[1] if row else (lineage or uid))
-            self._put_index(uid, stub_of(plain))
-            return expect + 1
+            self._put_index(uid, entry)
+            return version
 
     def delete_object(self, uid: str, expect: int) -> None:
         with self._lock, self._write():
             if expect == 0:
                 raise Conflict(uid)
             self._at(uid, expect)
+            tok = self._token()
+            if self._stored_private(uid):
+                self._relist(tok, [(uid, expect)], [])
             self._delete(uid)
             tok = self._token()
             if tok["seq"] - tok["pruned"] > 2 * TOMBSTONE_WINDOW:
                 self._prune(tok["seq"] - TOMBSTONE_WINDOW)
                 self._update({"pruned": tok["seq"] - TOMBSTONE_WINDOW})
+
+    # keys held, the index entry, the object list ------------------------------------------
+    def _keys_held(self, tok: dict) -> MasterKeys:
+        self._held(tok["epoch"])
+        return self._mkeys
+
+    def blind(self, cka: int, value) -> bytes | None:
+        with self._lock:
+            keys = self._mkeys
+            if keys is None or type(value) is not bytes:
+                return None
+            return BLIND_MARK + hmac.new(keys.blind, _lp(_ULONG.pack(cka), value), hashlib.sha256).digest()[:16]
+
+    def entry_of(self, attrs: dict) -> dict:
+        entry = stub_of(attrs)
+        if entry.get(C.CKA_PRIVATE):
+            for cka in BLINDED:
+                if cka in entry:
+                    entry[cka] = self.blind(cka, entry[cka])
+                    if entry[cka] is None:
+                        raise PKCS11Error(C.CKR_USER_NOT_LOGGED_IN, "a private object needs a login")
+        return entry
+
+    def _stored_private(self, uid: str) -> bool:
+        got = self._get(uid)
+        try:
+            return got is not None and bool(header_of(got[1]).get(C.CKA_PRIVATE))
+        except (ValueError, PKCS11Error):
+            return False
+
+    def _relist(self, tok: dict, out: list, into: list) -> None:
+        """Take (uid, version) items out of the sealed list of private objects and put
+        others in (in the caller's write transaction). A token from before schema 3
+        has no list until its first login makes one (_check_listing)."""
+        if tok["manifest"] is None:
+            return
+        lkey = self._keys_held(tok).listing
+        try:
+            digest = open_listing(lkey, tok["serial"], tok["epoch"], tok["manifest"])
+        except InvalidTag:
+            LOG.error("token %s: its object list fails its integrity check", tok["serial"])
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, "the token's object list fails its integrity check") from None
+        digest ^= listing_of(lkey, out + into)
+        self._update({"manifest": seal_listing(lkey, tok["serial"], tok["epoch"], digest)})
+
+    def _private_rows(self) -> tuple | None:
+        """(token record, [(uid, version)] of the rows the store's index marks private,
+        [uid of rows with no index entry]) in one snapshot, or None: no index kept.
+        (The index is not trusted: a row it misrepresents makes the list check fail.)"""
+        listed = self._index_rows()
+        if listed is None:
+            return None
+        tok, entries = listed
+        return (tok, [(uid, v) for uid, v, stub, _ in entries if stub is not None and stub.get(C.CKA_PRIVATE)],
+                [uid for uid, _, stub, _ in entries if stub is None])
+
+    def _private_items(self) -> tuple:
+        """(token record, [(uid, version)] of every stored private object), one snapshot."""
+        listed = self._private_rows()
+        if listed is None:
+            tok, rows, _ = self._since(None)
+            return tok, [(uid, v) for uid, v, record, _ in rows if self._private_record(record)]
+        tok, items, unlisted = listed
+        for uid in unlisted:                    # rows from before the index columns: read them
+            got = self._get(uid)
+            if got is not None and self._private_record(got[1]):
+                items.append((uid, got[0]))
+        return tok, items
+
+    @staticmethod
+    def _private_record(record: bytes) -> bool:
+        try:
+            return bool(header_of(record).get(C.CKA_PRIVATE))
+        except (ValueError, PKCS11Error):
+            return True          # unreadable: counted, so the list check fails on it
+
+    def _check_listing(self) -> None:
+        """At login: the private objects stored are exactly those the sealed list names,
+        each at its version - none deleted, added, or put back from an older copy."""
+        tok, items = self._private_items()
+        if tok["manifest"] is None:
+            self._seal_whole()
+            return
+        lkey = self._keys_held(tok).listing
+        try:
+            ok = open_listing(lkey, tok["serial"], tok["epoch"], tok["manifest"]) == listing_of(lkey, items)
+        except InvalidTag:
+            ok = False
+        if not ok:
+            LOG.error("token %s: its private objects are not those it wrote (one deleted, added or "
+                      "put back from an older copy); not served", tok["serial"])
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, "the token's object list fails its integrity check")
+
+    def _seal_whole(self) -> None:
+        """A token from before schema 3, at its first login: every record that belongs
+        under the master key is written again sealed whole, and the list is made."""
+        with self._write():
+            tok = self._token()
+            if tok["manifest"] is not None:
+                return
+            serial, _, tkey = self._public(tok)
+            for uid in self._uids():
+                got = self._get(uid)
+                attrs = None if got is None else self._verified(tok, uid, got[0], got[1], got[2])
+                if attrs is not None and not isinstance(attrs, Locked) and under_master(attrs):
+                    sealed = frozenset(cka for cka, v in attrs.items() if isinstance(v, Sealed))
+                    self.save_object(uid, attrs, sealed, got[0])
+            tok = self._token()
+            _, items = self._private_items()
+            lkey = self._keys_held(tok).listing
+            self._update({"manifest": seal_listing(lkey, serial, tok["epoch"], listing_of(lkey, items))})
+        self._scrub()
+        LOG.info("token %s: records sealed whole under the master key (schema 3)", serial)
 
     def check_object(self, uid: str, expect: int) -> str:
         with self._lock, self._write():
@@ -418,10 +643,9 @@ class SealingStore(TokenStore):
             full = cursor is None or cursor < tok["pruned"]
             if full and cursor is not None:
                 tok, rows, deleted = self._since(None)
-            serial, _, tkey = self._public(tok)
             upserts = []
             for uid, version, record, tag in rows:
-                attrs = self._verified(tkey, serial, uid, record, tag)
+                attrs = self._verified(tok, uid, version, record, tag)
                 if attrs is None:
                     deleted.append(uid)   # drop any older copy the caller holds too
                 else:
@@ -434,14 +658,20 @@ class SealingStore(TokenStore):
             listed = self._index_rows()
             if listed is None:                       # no index of its own: every record
                 got = self.changes(None)
-                return got.cursor, [(uid, v, stub_of(a), a) for uid, v, a in got.upserts]
+                return got.cursor, [(uid, v, a.stub, None) if isinstance(a, Locked) else (uid, v, stub_of(a), a)
+                                    for uid, v, a in got.upserts]
             tok, entries = listed
             if self._master is not None and self._master_epoch != tok["epoch"]:
                 self.logout()
             for i, (uid, _, stub, _) in enumerate(entries):
                 if stub is None:                     # e.g. a row from before the index columns
                     got = self.load(uid)
-                    entries[i] = None if got is None else (uid, got[0], stub_of(got[1]), got[1])
+                    if got is None:
+                        entries[i] = None
+                    else:
+                        attrs = got[1]
+                        entries[i] = (uid, got[0], attrs.stub, None) if isinstance(attrs, Locked) else \
+                            (uid, got[0], stub_of(attrs), attrs)
             return tok["seq"], [e for e in entries if e is not None] if None in entries else entries
 
     def load(self, uid: str) -> tuple | None:
@@ -449,19 +679,36 @@ class SealingStore(TokenStore):
             row = self._get(uid)
             if row is None:
                 return None
-            serial, _, tkey = self._public(self._token())
-            attrs = self._verified(tkey, serial, uid, row[1], row[2])
+            attrs = self._verified(self._token(), uid, row[0], row[1], row[2])
             return None if attrs is None else (row[0], attrs)
 
-    @staticmethod
-    def _verified(tkey: bytes, serial: str, uid: str, record: bytes, tag: bytes) -> dict | None:
+    def _verified(self, tok: dict, uid: str, version: int, record: bytes, tag: bytes):
+        """The record's attributes (Sealed placeholders for sealed values); Locked for a
+        private object while no one is logged in; None (logged) if it fails a check:
+        its tag, its envelope, or a record in clear that belongs sealed whole."""
+        serial, _, tkey = self._public(tok)
         if hmac.compare_digest(record_tag(tkey, serial, uid, record), tag):
             try:
-                return records.unpack(record)
-            except (ValueError, PKCS11Error):
+                return self._opened(tok, uid, version, record)
+            except (ValueError, PKCS11Error, InvalidTag):
                 pass
         LOG.warning("token %s: object %s fails its integrity check; not served", serial, uid)
         return None
+
+    def _opened(self, tok: dict, uid: str, version: int, record: bytes):
+        if record[:1] != bytes([ENVELOPE]):
+            attrs = records.unpack(record)
+            if tok["manifest"] is not None and under_master(attrs):
+                raise ValueError("a record in clear that belongs sealed whole")
+            return attrs
+        header = records.unpack(split_envelope(record)[0])
+        keys = self._mkeys if self._master is not None and self._master_epoch == tok["epoch"] else None
+        if keys is None:
+            return Locked(header) if header.get(C.CKA_PRIVATE) else header
+        attrs = records.unpack(open_envelope(keys.record, tok["serial"], uid, version, record))
+        if bool(attrs.get(C.CKA_PRIVATE)) != bool(header.get(C.CKA_PRIVATE)):
+            raise ValueError("header and record disagree")
+        return attrs
 
     def reserve_counter(self, uid: str, count: int, legacy: str | None = None,
                         lineage: str | None = None) -> int:
@@ -502,6 +749,13 @@ class SealingStore(TokenStore):
                 self._public(self._token())
             epoch, serial, pub, _ = self._keys
             blob = value.blob
+            if blob == ENVELOPED:            # loaded before a login: its record is read again
+                self._held(epoch)
+                got = self.load(uid)
+                inner = None if got is None or isinstance(got[1], Locked) else got[1].get(cka)
+                if not isinstance(inner, Sealed) or inner.blob == ENVELOPED:
+                    raise PKCS11Error(C.CKR_DEVICE_ERROR, "sealed value fails its integrity check")
+                blob = inner.blob
             key = self._held(epoch) if blob[:1] == MASTER else pub
             try:
                 if blob[:1] not in (MASTER, PUBLIC):

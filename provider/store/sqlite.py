@@ -11,11 +11,13 @@ The file does not exist until initialize(): a free slot's path is only a name.
 It is created 0600 (its WAL and shared-memory files inherit that mode), its
 directory 0700 when we create it.
 
-Tables (schema 2, in PRAGMA user_version; older files are upgraded in place
+Tables (schema 4, in PRAGMA user_version; older files are upgraded in place
 when first opened, see MIGRATIONS):
   token       one row: label, serial, epoch, seq (last change number), pruned
               (tombstones up to it are gone), public sealing key, per PIN salt /
-              KDF iterations / wrapped master key / failure counter
+              KDF iterations / wrapped master key / failure counter, the sealed
+              list of private objects (manifest; NULL until a schema-2 file's first login),
+              the TPM anchor (anchor.py; NULL: none)
   objects     uid, version, lineage (whose IV counter it shares; NULL: its own),
               seq of its last write, record (records.py), tag (sealing.py), and the
               index entry (base.STUB: cls, label, cka_id, key_type, private; cls NULL:
@@ -50,7 +52,7 @@ CREATE TABLE token (
     pruned INTEGER NOT NULL DEFAULT 0, pub_key BLOB NOT NULL,
     so_salt BLOB, so_iters INTEGER, so_wrap BLOB, so_fail INTEGER NOT NULL,
     user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL,
-    anchor BLOB);
+    manifest BLOB, anchor BLOB);
 CREATE TABLE objects (
     uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL,
     version INTEGER NOT NULL DEFAULT 1, lineage TEXT,
@@ -77,7 +79,10 @@ ALTER TABLE objects ADD COLUMN private INTEGER;
 CREATE INDEX objects_entry ON objects (uid, version, cls, label, cka_id, key_type, private);
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """,
-    2: "ALTER TABLE token ADD COLUMN anchor BLOB;",
+    2: """
+ALTER TABLE token ADD COLUMN manifest BLOB;
+""",
+    3: "ALTER TABLE token ADD COLUMN anchor BLOB;",
 }
 LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"
@@ -111,6 +116,7 @@ class SqliteStore(SealingStore):
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")   # a freed record's bytes are overwritten
             self._conn, self._pid = conn, os.getpid()
             self._upgrade(conn)
         return self._conn
@@ -236,6 +242,11 @@ class SqliteStore(SealingStore):
         self._db().execute(f"UPDATE token SET {', '.join(f + ' = ?' for f in fields)} WHERE id = 1",
                            tuple(fields.values()))
 
+    def _scrub(self) -> None:
+        """Copy the WAL into the database and truncate it, so the pages the records
+        had before (zeroed there by secure_delete) leave both files now."""
+        self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _next_seq(self) -> int:
         return self._db().execute("UPDATE token SET seq = seq + 1 WHERE id = 1 RETURNING seq").fetchone()[0]
 
@@ -270,6 +281,13 @@ class SqliteStore(SealingStore):
             tok = self._token()
         return tok, [(uid, version, None if cls is None else Entry(cls, label, cka_id, key_type, private == 1), None)
                      for uid, version, cls, label, cka_id, key_type, private in rows]
+
+    def _private_rows(self) -> tuple:
+        with self._transaction("BEGIN"):
+            db = self._db()
+            private = db.execute("SELECT uid, version FROM objects WHERE cls IS NOT NULL AND private = 1").fetchall()
+            unlisted = [uid for (uid,) in db.execute("SELECT uid FROM objects WHERE cls IS NULL")]
+            return self._token(), private, unlisted
 
     def _uids(self) -> list:
         return [uid for (uid,) in self._db().execute("SELECT uid FROM objects")]

@@ -61,7 +61,7 @@ def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
     slot = make_objects(tmp_path, 3)
     (path,) = (tmp_path / "tokens").glob("token-*.sqlite")
     with sqlite3.connect(path) as db:                      # someone with the file edits the index only
-        db.execute("UPDATE objects SET label = ?, private = 0 WHERE label = ?", (b"obj-0", b"obj-1"))
+        db.execute("UPDATE objects SET label = ?, private = 0 WHERE private = 1", (b"obj-0",))   # obj-1
     lib = make_library(tmp_path)
     s = lib.open_session(slot, RW)                          # not logged in: public objects only
     found = find(lib, s, LABEL=b"obj-0")                    # the index answers: two handles

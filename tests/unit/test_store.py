@@ -6,11 +6,12 @@ test_store_sqlite.py."""
 import logging
 
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from provider import constants as C
 from provider.errors import PKCS11Error
 from provider.store import records, sealing
-from provider.store.base import Conflict, Sealed
+from provider.store.base import Conflict, Locked, Sealed
 
 from .stores import KINDS
 
@@ -63,9 +64,11 @@ def store(backend):
 
 
 def aes_key(label=b"k", private=True, value=SECRET):
+    """A private key is sensitive; a public one not (a sensitive one is kept under the
+    master key like a private one: test_sensitive_public_key_needs_the_master_key)."""
     return {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: C.CKK_AES, C.CKA_TOKEN: True,
             C.CKA_PRIVATE: private, C.CKA_LABEL: label, C.CKA_VALUE: value,
-            C.CKA_SENSITIVE: True, C.CKA_SIGN: False}
+            C.CKA_SENSITIVE: private, C.CKA_SIGN: False}
 
 
 def feed(store, cursor):
@@ -186,13 +189,91 @@ def test_round_trip_every_kind(store, backend):
     store.save_object("every", EVERY_KIND, frozenset({C.CKA_VALUE}))
     store.logout()
     other = backend.open()
+    locked = load(other)["every"]               # no login: the index entry only, label and ID blinded
+    assert isinstance(locked, Locked) and locked.stub[C.CKA_CLASS] == C.CKO_PRIVATE_KEY
+    assert locked.stub[C.CKA_LABEL] != EVERY_KIND[C.CKA_LABEL] and locked.stub[C.CKA_ID] != b""
+    other.login(C.CKU_USER, USER)
     got = load(other)["every"]
     assert isinstance(got[C.CKA_VALUE], Sealed)
     assert {k: v for k, v in got.items() if k != C.CKA_VALUE} == \
         {k: v for k, v in EVERY_KIND.items() if k != C.CKA_VALUE}
-    assert rv(other.unseal, "every", C.CKA_VALUE, got[C.CKA_VALUE]) == C.CKR_USER_NOT_LOGGED_IN
-    other.login(C.CKU_USER, USER)
+    assert locked.stub == other.entry_of(got)
     assert other.unseal("every", C.CKA_VALUE, got[C.CKA_VALUE]) == SECRET
+    other.logout()
+    assert rv(other.unseal, "every", C.CKA_VALUE, got[C.CKA_VALUE]) == C.CKR_USER_NOT_LOGGED_IN
+
+
+def test_private_record_shows_nothing_in_clear(store, backend):
+    """Every attribute of a private object is sealed; the index holds its label and ID
+    as keyed hashes, which a logged-in reader computes to search."""
+    store.login(C.CKU_USER, USER)
+    data = {C.CKA_CLASS: C.CKO_DATA, C.CKA_TOKEN: True, C.CKA_PRIVATE: True, C.CKA_LABEL: b"LABEL-IN-CLEAR?",
+            C.CKA_APPLICATION: b"APP-IN-CLEAR?", C.CKA_VALUE: b"VALUE-IN-CLEAR?", C.CKA_OBJECT_ID: b"\x06\x03OID?"}
+    store.save_object("d", data, frozenset())
+    record, _ = backend.row("d")
+    for value in data.values():
+        if isinstance(value, bytes):
+            assert value not in record
+    entry = store.entry_of(data)
+    assert entry[C.CKA_LABEL] == store.blind(C.CKA_LABEL, b"LABEL-IN-CLEAR?") != b"LABEL-IN-CLEAR?"
+    store.logout()
+    assert store.blind(C.CKA_LABEL, b"LABEL-IN-CLEAR?") is None
+
+
+def test_sensitive_public_key_needs_the_master_key(store, backend):
+    """A public key that is sensitive, never extractable or trusted is sealed under the
+    master key (never under the public key kept in the file) and used only after a login."""
+    for uid, flags in (("s", {C.CKA_SENSITIVE: True}), ("x", {C.CKA_EXTRACTABLE: False}), ("t", {C.CKA_TRUSTED: True})):
+        key = {**aes_key(b"pub", private=False), **flags}
+        assert rv(store.save_object, uid, key, AES_SECRET) == C.CKR_USER_NOT_LOGGED_IN
+        store.login(C.CKU_SO, SO)                        # the SO makes trusted keys
+        store.save_object(uid, key, AES_SECRET)
+        store.logout()
+        other = backend.open()
+        got = load(other)[uid]                         # public: visible without a login
+        assert got[C.CKA_LABEL] == b"pub" and isinstance(got[C.CKA_VALUE], Sealed)
+        assert rv(other.unseal, uid, C.CKA_VALUE, got[C.CKA_VALUE]) == C.CKR_USER_NOT_LOGGED_IN
+        tok = other._token()                            # a file reader has the public key: no use
+        record, _ = backend.row(uid)
+        assert record[:1] == bytes([sealing.ENVELOPE]) and SECRET not in record
+        with pytest.raises(InvalidTag):
+            sealing.open_envelope(tok["pub_key"], tok["serial"], uid, 1, record)
+        other.login(C.CKU_USER, USER)
+        assert other.unseal(uid, C.CKA_VALUE, got[C.CKA_VALUE]) == SECRET
+        assert other.unseal(uid, C.CKA_VALUE, load(other)[uid][C.CKA_VALUE]) == SECRET
+        other.delete_object(uid, 1)
+        other.close()
+
+
+def test_envelope_tampered_or_replaced_in_clear_not_served(store, backend, caplog):
+    """Whoever can write the file cannot change a private object (flip CKA_SENSITIVE,
+    CKA_EXTRACTABLE ...) even re-tagging the record, nor put a record in clear in its place."""
+    store.login(C.CKU_USER, USER)
+    store.save_object("k", aes_key(), AES_SECRET)
+    record, _ = backend.row("k")
+    tok = store._token()
+    tkey = sealing.tag_key(tok["pub_key"])
+    clear = records.pack({**aes_key(), C.CKA_SENSITIVE: False, C.CKA_EXTRACTABLE: True}, frozenset(), None)
+    for bad in (_flip(record, len(record) - 20), _flip(record, 8), clear):
+        backend.set_row("k", bad, sealing.record_tag(tkey, tok["serial"], "k", bad))
+        with caplog.at_level(logging.WARNING, logger="ferrohsm"):
+            assert "k" not in load(store)               # read by a logged-in process: refused
+        assert rv(backend.open().login, C.CKU_USER, USER) == C.CKR_DEVICE_ERROR   # and the list
+    assert "not served" in caplog.text
+
+
+def test_rolled_back_private_object_refused_at_login(store, backend, caplog):
+    """The sealed list of private objects (uid, version) catches a record put back from
+    an older copy, even one that opens: the next login is refused."""
+    store.login(C.CKU_USER, USER)
+    store.save_object("k", aes_key(b"v1"), AES_SECRET)
+    old = backend.row("k")
+    store.save_object("k", {**aes_key(b"v2"), C.CKA_SIGN: False}, AES_SECRET, expect=1)
+    store.logout()
+    backend.set_row("k", *old)                 # (set_row moves the version on: it is 3 now)
+    with caplog.at_level(logging.ERROR, logger="ferrohsm"):
+        assert rv(backend.open().login, C.CKU_USER, USER) == C.CKR_DEVICE_ERROR
+    assert "not those it wrote" in caplog.text
 
 
 def test_public_object_readable_without_login(store, backend):
@@ -203,8 +284,10 @@ def test_public_object_readable_without_login(store, backend):
 
 def test_private_object_needs_login_to_save(store):
     assert rv(store.save_object, "p", aes_key(), AES_SECRET) == C.CKR_USER_NOT_LOGGED_IN
+    assert rv(store.save_object, "d", {C.CKA_CLASS: C.CKO_DATA, C.CKA_PRIVATE: True}, frozenset()) == \
+        C.CKR_USER_NOT_LOGGED_IN                  # sealed whole, even with no secret value
     assert load(store) == {}
-    store.save_object("cert", {C.CKA_CLASS: C.CKO_DATA, C.CKA_PRIVATE: True}, frozenset())
+    store.save_object("d", {C.CKA_CLASS: C.CKO_DATA, C.CKA_PRIVATE: False}, frozenset())
 
 
 def test_resave_with_sealed_placeholder(store):
@@ -223,6 +306,7 @@ def test_resave_with_sealed_placeholder(store):
 def test_changes_seen_by_second_store(store, backend):
     store.login(C.CKU_USER, USER)
     other = backend.open()
+    other.login(C.CKU_USER, USER)
     cursor, upserts, deleted = feed(other, None)
     assert upserts == [] and deleted == []
     assert feed(other, cursor) == (cursor, [], [])

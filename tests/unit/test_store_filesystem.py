@@ -93,7 +93,7 @@ def test_layout_and_modes(tmp_path):
     assert set(token["token"]) == set(sealing.TOKEN_FIELDS)
     assert json.loads((root / "keys/k1/current.json").read_text()) == {     # pointer and index entry
         "version": 2, "lineage": "k1", "seq": 2,
-        "entry": [C.CKO_SECRET_KEY, fs._b64(b"one again"), None, C.CKK_AES, True]}
+        "entry": [C.CKO_SECRET_KEY, fs._b64(s.blind(C.CKA_LABEL, b"one again")), None, C.CKK_AES, True]}
     v2 = json.loads((root / "keys/k1/v00000002.json").read_text())
     assert (v2["uid"], v2["version"], v2["lineage"], v2["seq"]) == ("k1", 2, "k1", 2)
     assert json.loads((root / "keys/gone/tombstone.json").read_text()) == {"seq": 5}
@@ -588,7 +588,7 @@ def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
     (token_dir,) = (tmp_path / "tokens").iterdir()
     for pointer in (token_dir / fs.KEYS_DIR).glob("*/current.json"):    # edit the index entry only
         current = json.loads(pointer.read_text())
-        if current["entry"][1] == fs._b64(b"obj-1"):
+        if current["entry"][4]:                                          # obj-1, the private one
             current["entry"][1:] = [fs._b64(b"obj-0"), None, None, False]
             pointer.write_text(json.dumps(current))
     lib = fs_library(tmp_path)

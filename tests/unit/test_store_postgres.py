@@ -247,9 +247,11 @@ def test_index_lists_entries_without_records_and_load_reads_one(postgres, token)
         assert cursor == a.head()[0]
         got = {uid: (version, stub, attrs) for uid, version, stub, attrs in entries}
         assert set(got) == {"key", "pub"} and all(attrs is None for _, _, attrs in got.values())
-        version, stub, _ = got["key"]
-        assert version == 1 and stub[C.CKA_CLASS] == C.CKO_SECRET_KEY and stub[C.CKA_LABEL] == b"idx"
-        assert stub[C.CKA_ID] == b"\x01" and stub[C.CKA_KEY_TYPE] == C.CKK_AES and stub[C.CKA_PRIVATE]
+        version, stub, _ = got["key"]                # private: label and ID as keyed hashes
+        assert version == 1 and stub[C.CKA_CLASS] == C.CKO_SECRET_KEY
+        assert stub[C.CKA_LABEL] == a.blind(C.CKA_LABEL, b"idx") and stub[C.CKA_ID] == a.blind(C.CKA_ID, b"\x01")
+        assert stub[C.CKA_KEY_TYPE] == C.CKK_AES and stub[C.CKA_PRIVATE]
+        b.login(C.CKU_USER, USER)
         assert got["pub"][1][C.CKA_LABEL] == b"public" and not got["pub"][1][C.CKA_PRIVATE]
         version, attrs = b.load("key")
         assert version == 1 and attrs[C.CKA_LABEL] == b"idx" and C.CKA_VALUE in attrs

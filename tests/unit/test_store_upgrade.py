@@ -68,6 +68,13 @@ def test_v1_token_opens_upgrades_and_keeps_everything(tmp_path):
     lib = library(tokens)
     s = user_session(lib)
     assert schema_of(tokens) == sealing.SCHEMA_VERSION
+    (path,) = tokens.glob("token-*.sqlite")           # the first login sealed private records whole
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT record, private FROM objects").fetchall()
+        assert {bool(p) for _, p in rows} == {True, False}
+        assert all(r[:1] == bytes([sealing.ENVELOPE]) for r, p in rows if p)
+        assert db.execute("SELECT manifest FROM token").fetchone()[0] is not None
+    assert b"v1-aes" not in path.read_bytes() + Path(f"{path}-wal").read_bytes()   # a private label
     found = labels(lib, s)
     assert set(found) == {b"v1-aes", b"v1-ec", b"v1-data"}      # v1-gone stays destroyed
     assert lib.get_attribute_value(s, found[b"v1-data"], [C.CKA_VALUE]) == [b"hello v1"]
