@@ -38,6 +38,14 @@ by its first write transaction once the anchor is on.  Its NV index then exists,
 a record whose `anchor` field was removed is refused, as is an anchored record whose
 NV index is missing (the TPM was cleared, or the file was copied to another machine).
 
+Recovery (the owner's): the refusal's log line names the token's NV index.  If the current
+files are at hand, putting them back is all it takes.  Otherwise (only an older backup,
+or the token moved to another machine): `tpm2_nvundefine -C o INDEX` on that TPM and
+`UPDATE token SET anchor = NULL` in the token file (SQLite; the `anchor` field of
+token.json, or the ferro_tokens row, elsewhere) - the token is adopted again by its next
+write, as it is now.  With the anchor turned off in the configuration it is served too
+(unchecked) for as long as it stays off.
+
 What it does not stop (SECURITY.md): a process that can use the same TPM can make the
 same primary and MAC any record (the owner hierarchy's auth is empty, and there is no
 secret our process has before a PIN that such a process has not): the anchor holds
@@ -62,7 +70,8 @@ FIELD = "anchor"                       # the token-record field: c (8 bytes) | M
 NV_BASE, NV_SPAN = 0x01800000, 1 << 22  # the TCG owner range 0x01800000..0x01BFFFFF
 # Token-record fields whose last change may be undone by a file writer (one behind is
 # accepted): a wrong PIN's failure count.  A write changing anything else is confirmed.
-UNDOABLE = frozenset({"so_fail", "user_fail"})
+UNDOABLE = frozenset({"so_fail", "user_fail",
+                      "so_tries", "user_tries"})    # (the recorded tries of a PIN, where kept)
 
 
 def nv_index(serial: str) -> int:
@@ -102,7 +111,8 @@ def _state(tok: dict | None) -> dict | None:
 
 
 def _refuse(serial: str, why: str):
-    LOG.error("token %s: refused, the token record does not match the TPM anchor (%s)", serial, why)
+    LOG.error("token %s: refused, the token record does not match the TPM anchor (%s; NV index %#x)",
+              serial, why, nv_index(serial))
     return PKCS11Error(C.CKR_DEVICE_ERROR, f"token record does not match the TPM anchor: {why}")
 
 
