@@ -14,6 +14,7 @@ from provider.backends.tpm2 import Tpm2Backend
 from provider.errors import PKCS11Error
 from provider.store import anchor as A
 from provider.store.memory import MemoryStore
+from tests.unit.stores import KINDS
 
 SO, OLD, NEW, WRONG = b"so-pin-1", b"user-pin-1", b"user-pin-2", b"wrong-pin"
 
@@ -127,3 +128,26 @@ def test_unanchored_token_adopted(tpm):
     assert rv(store.login, C.CKU_SO, SO) == C.CKR_OK
     count = int.from_bytes(store.data["token"]["anchor"][:8], "big")
     assert tpm.read(store.serial) == count
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request, tmp_path):
+    return KINDS[request.param](tmp_path, request)
+
+
+def test_every_store_kind(tpm, kind):
+    """Each store kind, two store objects on one token (two processes): the writes of one
+    keep the other's checks passing; a failure count set back by a raw write (as someone
+    with the storage would: no anchor advance) is refused to both."""
+    a, b = kind.open(3), kind.open(3)
+    a.anchor = b.anchor = tpm
+    a.initialize(b"kinds", SO)
+    assert rv(a.login, C.CKU_SO, SO) == C.CKR_OK
+    assert rv(b.login, C.CKU_SO, WRONG) == C.CKR_PIN_INCORRECT
+    assert rv(a.login, C.CKU_SO, WRONG) == C.CKR_PIN_INCORRECT
+    assert a.pin_flags() & C.CKF_SO_PIN_COUNT_LOW
+    with type(b)._write(b):
+        b._update({"so_fail": 0})
+    for store in (a, b):
+        assert rv(store.login, C.CKU_SO, SO) == C.CKR_DEVICE_ERROR
+        store.close()
