@@ -13,7 +13,6 @@ from provider import constants as C
 from provider.backends.tpm2 import Tpm2Backend
 from provider.errors import PKCS11Error
 from provider.store import anchor as A
-from provider.store.memory import MemoryStore
 from tests.unit.stores import KINDS
 
 SO, OLD, NEW, WRONG = b"so-pin-1", b"user-pin-1", b"user-pin-2", b"wrong-pin"
@@ -36,7 +35,7 @@ def tpm(swtpm):
 
 def spied(tpm):
     """A MemoryStore with the anchor, and the list of its committed token records."""
-    store = MemoryStore(max_pin_failures=3, kdf_iterations=1000)
+    store = KINDS["memory"](None, None).open(3)
     store.anchor = tpm
     raw, records = type(store)._write.__get__(store), []
 
@@ -121,7 +120,7 @@ def test_removed_anchor_and_foreign_tpm_refused(tpm):
 
 def test_unanchored_token_adopted(tpm):
     """A token made without the anchor is anchored by its first write once it is on."""
-    store = MemoryStore(max_pin_failures=3, kdf_iterations=1000)
+    store = KINDS["memory"](None, None).open(3)
     store.initialize(b"plain", SO)
     assert store.data["token"]["anchor"] is None and tpm.read(store.serial) is None
     store.anchor = tpm
