@@ -34,6 +34,9 @@
 #define FERRO_GCM_MAX (((size_t)1 << 36) - 32)
 #define FERRO_GCM_AAD_MAX (((size_t)1 << 61) - 1)
 #define FERRO_MAX_INPUT ((size_t)PTRDIFF_MAX)
+/* ... and the engine's own cap on one buffer a caller hands in ([limits] max_data_len),
+ * set by pkcs11_shim/native.py before anything is armed: a stated length above it is
+ * answered as the engine answers it (its *_LEN_RANGE, or the engine decides), unread */
 
 /* a + b into *sum; 0 when it does not fit a size_t. Every sum of lengths goes through it. */
 static inline int ferro_add(size_t a, size_t b, size_t *sum)
@@ -122,6 +125,7 @@ CK_RV ferro_gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char *body, size_t n, c
  * cffi declarations: the one place they are written. */
 /* NATIVE_API begin */
 extern int ferro_native_enabled;
+extern size_t ferro_max_data_len;
 int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const unsigned char *key_bytes,
                      size_t key_len, const unsigned char *iv, size_t iv_len, const unsigned char *aad,
                      size_t aad_len, size_t tag_len);

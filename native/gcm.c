@@ -70,7 +70,7 @@ CK_RV ferro_gcm_fits(const struct ferro_op *op, int kind, size_t n)
 {
     int dec = kind == FERRO_DEC || kind == FERRO_MDEC;
     size_t held = !op->started ? 0 : dec ? op->buf_len : op->taken, total;
-    if (ferro_add(held, n, &total) && total <= FERRO_GCM_MAX + (kind == FERRO_DEC ? op->tag_len : 0))
+    if (n <= ferro_max_data_len && ferro_add(held, n, &total) && total <= FERRO_GCM_MAX + (kind == FERRO_DEC ? op->tag_len : 0))
         return CKR_OK;
     return dec ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
 }

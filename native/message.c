@@ -151,7 +151,8 @@ static CK_RV message_start(int kind, int whole, CK_SESSION_HANDLE s, CK_VOID_PTR
     struct ferro_cache *c;
     if (!sl)
         return rv;
-    if ((whole && (!pul || (!in && n))) || (!aad && aad_len) || aad_len > FERRO_GCM_AAD_MAX)
+    if ((whole && (!pul || (!in && n))) || (!aad && aad_len) || aad_len > FERRO_GCM_AAD_MAX
+        || aad_len > ferro_max_data_len)                     /* as the engine: unread */
         return leave(sl, CKR_ARGUMENTS_BAD);
     if (sl->op[kind].started)
         return leave(sl, CKR_OPERATION_ACTIVE);

@@ -15,6 +15,7 @@
 #pragma GCC visibility push(hidden)      /* only the C_* entry points are exported */
 
 int ferro_native_enabled = 0;                  /* set by pkcs11_shim/native.py */
+size_t ferro_max_data_len = 0;                 /* [limits] max_data_len, set there too */
 static struct ferro_slot slots[FERRO_SLOTS];
 
 static void init_locks(void)
@@ -325,7 +326,8 @@ static int gcm_params(CK_MECHANISM_PTR m, const unsigned char **iv, size_t *iv_l
     } else {
         return 0;
     }
-    if (!*iv || *iv_len < 8 || *iv_len > 128 || (*aad_len && !*aad) || *aad_len > FERRO_GCM_AAD_MAX)
+    if (!*iv || *iv_len < 8 || *iv_len > 128 || (*aad_len && !*aad) || *aad_len > FERRO_GCM_AAD_MAX
+        || *aad_len > ferro_max_data_len)
         return 0;                               /* the engine answers for these */
     if (tag_bits < 96 || tag_bits > 128 || tag_bits % 8)
         return 0;

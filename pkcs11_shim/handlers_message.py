@@ -37,12 +37,21 @@ def _params(p, n: int, with_tag: bool):
     return s, P.GcmMessageParams(iv, s.ulIvFixedBits, s.ivGenerator, s.ulTagBits, tag)
 
 
-def _input(p, n: int) -> Chunk:
+def _input(library, p, n: int, too_long: int) -> Chunk:
     """An input buffer, copied by the engine only once it checked the call; a NULL
-    one with a nonzero length is CKR_ARGUMENTS_BAD at once, as on the native path."""
+    one with a nonzero length is CKR_ARGUMENTS_BAD at once, as on the native path; a
+    length above [limits] max_data_len is `too_long`, unread (native/ answers the same)."""
     if p == F.NULL and n:
         raise bad("NULL buffer")
-    return Chunk(p, n)
+    return Chunk(p, n, library.config.limits.max_data_len, too_long)
+
+
+def _aad(library, p, n: int) -> Chunk:
+    return _input(library, p, n, C.CKR_ARGUMENTS_BAD)
+
+
+def _text(library, p, n: int, enc: bool) -> Chunk:
+    return _input(library, p, n, C.CKR_DATA_LEN_RANGE if enc else C.CKR_ENCRYPTED_DATA_LEN_RANGE)
 
 
 def _cap(p_out, pul_out):
@@ -78,7 +87,7 @@ handler("C_MessageDecryptInit")(_init("message_decrypt_init", "message_decrypt")
 @handler("C_EncryptMessage")
 def encrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, in_len, p_out, pul_out):
     need(pul_out)
-    aad, text = _input(p_aad, aad_len), _input(p_in, in_len)
+    aad, text = _aad(library, p_aad, aad_len), _text(library, p_in, in_len, True)
     s, param = _params(p_param, param_len, with_tag=False)
     result = library.encrypt_message(session, param, aad, text, _cap(p_out, pul_out))
     if isinstance(result, int):
@@ -94,7 +103,7 @@ def encrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, 
 @handler("C_DecryptMessage")
 def decrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, in_len, p_out, pul_out):
     need(pul_out)
-    aad, text = _input(p_aad, aad_len), _input(p_in, in_len)
+    aad, text = _aad(library, p_aad, aad_len), _text(library, p_in, in_len, False)
     _, param = _params(p_param, param_len, with_tag=True)
     result = library.decrypt_message(session, param, aad, text, _cap(p_out, pul_out))
     if isinstance(result, int):
@@ -106,14 +115,14 @@ def decrypt_message(library, session, p_param, param_len, p_aad, aad_len, p_in, 
 
 @handler("C_EncryptMessageBegin")
 def encrypt_message_begin(library, session, p_param, param_len, p_aad, aad_len):
-    aad = _input(p_aad, aad_len)
+    aad = _aad(library, p_aad, aad_len)
     s, param = _params(p_param, param_len, with_tag=False)
     _put(s.pIv, library.encrypt_message_begin(session, param, aad))
 
 
 @handler("C_DecryptMessageBegin")
 def decrypt_message_begin(library, session, p_param, param_len, p_aad, aad_len):
-    aad = _input(p_aad, aad_len)
+    aad = _aad(library, p_aad, aad_len)
     _, param = _params(p_param, param_len, with_tag=False)
     library.decrypt_message_begin(session, param, aad)
 
@@ -121,7 +130,7 @@ def decrypt_message_begin(library, session, p_param, param_len, p_aad, aad_len):
 def _next(method: str, with_tag: bool):
     def fn(library, session, p_param, param_len, p_in, in_len, p_out, pul_out, flags):
         need(pul_out)
-        text = _input(p_in, in_len)
+        text = _text(library, p_in, in_len, method.startswith("encrypt"))
         s, param = _params(p_param, param_len, with_tag)
         last = bool(flags & C.CKF_END_OF_MESSAGE)
         result = getattr(library, method)(session, param, text, _cap(p_out, pul_out), last)

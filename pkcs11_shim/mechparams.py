@@ -24,9 +24,12 @@ CK_PKCS5_PBKD2_PARAMS (2.x, ulPasswordLen is a CK_ULONG_PTR) and
 CK_PKCS5_PBKD2_PARAMS2 (3.0, a CK_ULONG) have the same size on LP64, so the
 size cannot tell them apart, and guessing from the value crashed the host (a
 65,536-byte password read as a pointer). This is a 3.0 module: the field is a
-length (CK_PKCS5_PBKD2_PARAMS2). A 2.x caller's pointer is a number far above
-any password this token takes (max_data_len), so it is refused with
-CKR_MECHANISM_PARAM_INVALID, never dereferenced. pPrfData is not read: the
+length (CK_PKCS5_PBKD2_PARAMS2), and at most PBKDF2_PASSWORD_MAX (65,535): no
+process maps anything below 64 KiB (Linux vm.mmap_min_addr, 65,536 by default),
+so every value that could be a 2.x caller's pointer is 65,536 or more and is
+refused with CKR_MECHANISM_PARAM_INVALID, never dereferenced, never read as a
+length (a non-PIE 2.x program's pointer, ~4 MiB, was below max_data_len and
+was read as one: a wild read of that many bytes). pPrfData is not read: the
 PRFs offered take no data.
 """
 
@@ -40,6 +43,7 @@ from .marshal import F, need
 EDDSA_CONTEXT_MAX = 255          # RFC 8032: a context is at most 255 bytes
 GCM_IV_MAX = 128                 # bytes; the family takes 8..128 (aes.GCM_IV_LEN)
 BYTES_PARAM_MAX = 64             # a plain byte-string parameter (an IV) is short
+PBKDF2_PASSWORD_MAX = 0xFFFF     # below the lowest address a pointer can have (see above)
 
 
 def _invalid(reason: str) -> PKCS11Error:
@@ -118,7 +122,8 @@ def parse_pbkdf2(p, n, limits):
     if not 1 <= s.iterations <= limits.pbkdf2_max_iterations:
         raise _invalid(f"PBKDF2 iterations must be 1..{limits.pbkdf2_max_iterations} ([limits])")
     return P.Pbkdf2Params(s.saltSource, _bytes(s.pSaltSourceData, s.ulSaltSourceDataLen, limits.max_data_len),
-                          s.iterations, s.prf, b"", _bytes(s.pPassword, s.ulPasswordLen, limits.max_data_len))
+                          s.iterations, s.prf, b"",
+                          _bytes(s.pPassword, s.ulPasswordLen, min(PBKDF2_PASSWORD_MAX, limits.max_data_len)))
 
 
 def parse_string_data(p, n, limits):

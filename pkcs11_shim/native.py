@@ -92,6 +92,7 @@ def hand_over(library, session: int, kind: str) -> None:
     if grant is None:
         return
     ffi, lib = binding.ffi, binding.lib
+    lib.ferro_max_data_len = library.config.limits.max_data_len   # the engine's cap, natively too
     if kind == "sign":
         key, value, params = grant
         armed = lib.ferro_native_arm_sign(session, key, ffi.from_buffer(value), len(value),

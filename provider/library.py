@@ -27,7 +27,7 @@ import os
 import threading
 
 from . import constants as C
-from . import log
+from . import files, log
 from .backends.engine import Backends
 from .config import Config
 from .errors import PKCS11Error
@@ -137,6 +137,8 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         self.sessions: dict[int, Session] = {}
         self.catalog = open_catalog(self.config)
         self.anchor = make_anchor(self.config, self.backends)   # [store] anchor, or none
+        files.warn_if_shared(self.config.source, "configuration file")
+        files.warn_if_shared(self.config.token_dir, "token directory")
         self._scan()
         self.free_slot = next(self._slot_ids)
         self.tokens[self.free_slot] = self._new_token(self.free_slot, None)

@@ -1,5 +1,8 @@
-"""Fixtures for every test directory: the PostgreSQL peer (tests/peers/fixtures.py), one
-server per session (and one per test for tests that stop it) whichever of tests/unit (the store contract, the engine) and tests/e2e
-(the built module) use it."""
+"""Fixtures for every test directory: the real peers (tests/peers/fixtures.py), each
+registered here once so one session has one of each whichever directories use it (a
+peer fixture imported in two places is two fixtures: two pcscd's, while libpcsclite and
+SoftHSM2 bind a process to the first one they saw): PostgreSQL (one server per session,
+and one per test for tests that stop it), SoftHSM2, swtpm and pcscd + card, for
+tests/unit, tests/e2e, tests/backends and tests/security."""
 
-from tests.peers.fixtures import postgres, postgres_private  # noqa: F401
+from tests.peers.fixtures import pcsc, postgres, postgres_private, softhsm, swtpm  # noqa: F401

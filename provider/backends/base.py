@@ -14,7 +14,11 @@ a bounded wait and gives a PKCS11Error, never a hang:
 Mechanisms are `provider.mechanisms.params.Mechanism` values with spec numbers from
 `provider.constants`:
   CKM_ECDSA          data is a hash (20/28/32/48/64 bytes), result raw r||s
-  CKM_RSA_PKCS       sign: data is a DER DigestInfo; decrypt: PKCS#1 v1.5
+  CKM_RSA_PKCS       sign: data is a DER DigestInfo (no decrypt: see CKM_RSA_X_509)
+  CKM_RSA_X_509      decrypt only: the raw RSA private operation, a k-byte block out;
+                     the engine removes PKCS#1 v1.5 padding itself, with implicit
+                     rejection (engine._pkcs1_decrypt, rsapad), so no device's own
+                     padding check can become an oracle
   CKM_RSA_PKCS_PSS   data is the hash, param PssParams
   CKM_RSA_PKCS_OAEP  decrypt, param OaepParams
   CKM_ECDH1_DERIVE   derive(), param Ecdh1DeriveParams (CKD_NULL), raw shared secret

@@ -44,6 +44,7 @@ from ..mechanisms.base import derived_len
 from ..mechanisms.digest import hash_for
 from ..mechanisms.ec import KDFS
 from ..mechanisms.params import Ecdh1DeriveParams, Mechanism, PssParams
+from . import rsapad
 from .base import DIGEST_INFO, MGF_FOR_HASH, Backend, Health, KeyRef
 from .factory import FACTORIES
 from .soft import CURVE_KIND, kind_of
@@ -65,6 +66,7 @@ SIGN = {C.CKM_ECDSA: (None, C.CKM_ECDSA), C.CKM_RSA_PKCS: (None, C.CKM_RSA_PKCS)
         **{m: (h, C.CKM_RSA_PKCS) for m, h in PKCS1_HASHED.items()},
         **{m: (h, C.CKM_RSA_PKCS_PSS) for m, h in PSS_HASHED.items()}}
 DECRYPT = frozenset({C.CKM_RSA_PKCS, C.CKM_RSA_PKCS_OAEP})
+RAW_RSA = Mechanism(C.CKM_RSA_X_509)     # what a backend is asked for a CKM_RSA_PKCS decryption
 KEY_TYPE_OF = {C.CKM_ECDSA: C.CKK_EC, C.CKM_RSA_PKCS: C.CKK_RSA, C.CKM_RSA_PKCS_PSS: C.CKK_RSA,
                C.CKM_RSA_PKCS_OAEP: C.CKK_RSA, C.CKM_ECDH1_DERIVE: C.CKK_EC,
                C.CKM_ECDH1_COFACTOR_DERIVE: C.CKK_EC}
@@ -83,6 +85,7 @@ class Binding:
         self.owner, self.label, self.policy = owner, label, policy
         self.active: Backend | None = None
         self.reason = ""                  # why the token is absent, or fell back
+        self._logged = ""                 # the absence reason last logged
         self.secrets: dict[str, bytes] = {}
 
     def _probe(self, name: str) -> tuple[Backend | None, Health]:
@@ -116,7 +119,9 @@ class Binding:
             LOG.warning("token %r: %s; fallback = software: serving from the engine's keys",
                         self.label, self.reason)
             return self.owner.get("soft")
-        LOG.warning("token %r: %s; fallback = none: token not present", self.label, self.reason)
+        if self.reason != self._logged:          # probed again on each look: said once
+            LOG.warning("token %r: %s; fallback = none: token not present", self.label, self.reason)
+            self._logged = self.reason
         return None
 
     def slot_flags(self) -> int:
@@ -132,19 +137,28 @@ class Backends:
     def __init__(self, config):
         self.config = config
         self._made: dict[str, Backend] = {}
+        self._broken: dict[str, PKCS11Error] = {}   # backend name -> its configuration error
         self._bindings: dict[str, Binding] = {}
         self._owner: dict[str, tuple] = {}      # backend name -> (token serial, secret)
 
     def get(self, name: str) -> Backend:
+        """The backend `name`, built at its first use.  A backend whose settings are wrong
+        (a PIN source others can read, a missing package) fails with CKR_DEVICE_ERROR,
+        logged once at ERROR; the same error answers every later use in this process."""
         backend = self._made.get(name)
         if backend is None:
+            if name in self._broken:
+                raise self._broken[name]
             settings = self.config.backends.get(name)
             if settings is None:
                 raise _fail(C.CKR_DEVICE_ERROR, f"backend {name!r} is not configured")
             try:
                 backend = FACTORIES[settings["type"]][0](name, settings)
-            except (ImportError, KeyError, ValueError) as e:
-                raise _fail(C.CKR_DEVICE_ERROR, f"backend {name!r}: {type(e).__name__}: {e}") from None
+            except (ImportError, KeyError, ValueError, PKCS11Error) as e:
+                why = e.reason if isinstance(e, PKCS11Error) else f"{type(e).__name__}: {e}"
+                err = self._broken[name] = _fail(C.CKR_DEVICE_ERROR, f"backend {name!r}: {why}")
+                LOG.error("%s", err.reason)
+                raise err from None
             self._made[name] = backend
         return backend
 
@@ -337,6 +351,10 @@ def context(backends: Backends, token, key, kind: str, mech):
         if mech.type not in DECRYPT:
             raise _fail(C.CKR_MECHANISM_INVALID, f"decrypt {C.name_of('CKM_', mech.type)}")
         _check_type(key, mech.type)
+        if mech.type == C.CKM_RSA_PKCS:
+            if mech.param is not None:
+                raise _fail(C.CKR_MECHANISM_PARAM_INVALID, "takes no parameter")
+            return OneShot(lambda data: _pkcs1_decrypt(backends, token, key, data), lambda n: None)
         return OneShot(lambda data: backends.use(token, key, lambda b, r: b.decrypt(r, mech, data)),
                        lambda n: None)       # only the data tells (a pure call: Session.run)
     if mech.type not in SIGN:
@@ -359,6 +377,21 @@ def context(backends: Backends, token, key, kind: str, mech):
     if digest_mech is None:
         return OneShot(sign, lambda n: size)
     return Hashed(hash_for(digest_mech), sign, size)
+
+
+def _pkcs1_decrypt(backends: Backends, token, key, data: bytes) -> bytes:
+    """CKM_RSA_PKCS decryption of a backend-held key: the device does the raw RSA
+    operation (CKM_RSA_X_509), the engine removes the padding with implicit rejection
+    (rsapad), keyed per key by a secret only the logged-in user's master key gives.  A
+    bad padding answers CKR_OK with a pseudo-random message, as for the engine's keys;
+    no device ever sees a PKCS#1 v1.5 decryption, so none can answer differently."""
+    k = _signature_size(key)
+    if len(data) != k:
+        raise _fail(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "RSA ciphertext length")
+    secret = token.store.backend_secret(rsapad.REJECTION_SECRET)
+    rejection = rsapad.rejection_key(secret, bytes(key.attrs[C.CKA_PUBLIC_KEY_INFO]))
+    em = backends.use(token, key, lambda b, r: b.decrypt(r, RAW_RSA, data))
+    return rsapad.pkcs1_decrypt_implicit(bytes(em).rjust(k, b"\0"), data, rejection)
 
 
 def _signature_size(key) -> int:

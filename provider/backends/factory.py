@@ -10,16 +10,37 @@ need optional packages and are imported only when configured.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 from .. import constants as C
 from ..errors import PKCS11Error
 from .soft import SoftBackend
 
 
+def _private_file(path: str) -> str:
+    """The text of a secret file that only this process's user can read or write:
+    owned by the effective user, no group/other permission bits (checked on the open
+    file, so a swap between check and read is no way round it).  Anyone who can read a
+    SoftHSM2 PIN source can use every key FerroHSM keeps there, without FerroHSM."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise PermissionError(f"owned by uid {st.st_uid}, not by this process's user "
+                                  f"(uid {os.geteuid()})")
+        if st.st_mode & 0o077:
+            raise PermissionError(f"mode {st.st_mode & 0o777:03o} lets group/others at it "
+                                  "(chmod 600 it)")
+        with os.fdopen(os.dup(fd)) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _pin_source(spec: str) -> bytes:
+    """The PIN a `pin = "file:PATH" | "env:NAME"` setting names.  A file others can read,
+    or not owned by us, is refused (CKR_DEVICE_ERROR; the message names the file and the
+    fix, never the PIN)."""
     how, _, where = spec.partition(":")
-    read = {"file": lambda: Path(where).read_text().strip(), "env": lambda: os.environ[where]}
+    read = {"file": lambda: _private_file(where).strip(), "env": lambda: os.environ[where]}
     if how not in read:
         raise PKCS11Error(C.CKR_GENERAL_ERROR, f"PIN source {spec!r}: use file:PATH or env:NAME")
     try:

@@ -301,7 +301,8 @@ class PivBackend(Backend):
         self.supports("decrypt", kind)
         if len(data) != KINDS[kind][2]:
             raise PKCS11Error(C.CKR_ENCRYPTED_DATA_LEN_RANGE, "RSA ciphertext length")
-        unpad = {C.CKM_RSA_PKCS: lambda em: rsapad.pkcs1_decrypt_unpad(em),
+        unpad = {C.CKM_RSA_X_509: lambda em: em,    # PKCS#1 v1.5: unpadded by the engine
+                 # (rsapad.pkcs1_decrypt_implicit: implicit rejection, no padding oracle)
                  C.CKM_RSA_PKCS_OAEP: lambda em: rsapad.oaep_unpad(
                      em, mechanism.param.hash_alg, mechanism.param.mgf,
                      mechanism.param.source_data or b"")}

@@ -12,6 +12,9 @@ otherwise) non-extractable, with a random 16-byte CKA_ID.  The KeyRef blob is th
 reference: MAGIC | len(id) | id | label.  Key material of a non-extractable key
 never leaves SoftHSM2.  Keys created extractable (migrate-key imports them so) can
 be wrapped out again with AES key wrap with padding (CKM_AES_KEY_WRAP_PAD, PKCS#8).
+PKCS#1 v1.5 decryption is never asked of SoftHSM2 (its CKR_OK / CKR_GENERAL_ERROR on
+good / bad padding is Bleichenbacher's oracle): it does the raw operation
+(CKM_RSA_X_509) and the engine unpads with implicit rejection.
 
 SOFTHSM2_CONF is read by SoftHSM2 once per process, at C_Initialize: `conf`, when
 given, is set before the first load and must be the same for every backend of the
@@ -186,7 +189,7 @@ class SoftHsmBackend(Backend):
         if mechanism.type == C.CKM_RSA_PKCS_OAEP:
             p = mechanism.param
             param = (pkcs11.Mechanism(p.hash_alg), pkcs11.MGF(p.mgf), p.source_data or None)
-        elif mechanism.type != C.CKM_RSA_PKCS:
+        elif mechanism.type != C.CKM_RSA_X_509:     # PKCS#1 v1.5: raw here, unpadded by the engine
             raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{self.name}: decrypt {mechanism.type:#x}")
         return self._run(lambda s: self._private(s, ref).decrypt(
             data, mechanism=pkcs11.Mechanism(mechanism.type), mechanism_param=param))

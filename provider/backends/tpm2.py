@@ -261,8 +261,8 @@ class Tpm2Backend(Backend):
         kind = unpack_blob(ref.blob)[0]
         self.supports("decrypt", kind)
         scheme = TPMT_RSA_DECRYPT()
-        if mechanism.type == C.CKM_RSA_PKCS:
-            scheme.scheme = TPM2_ALG.RSAES
+        if mechanism.type == C.CKM_RSA_X_509:    # raw (the key's scheme is NULL); PKCS#1 v1.5 is
+            scheme.scheme = TPM2_ALG.NULL        # unpadded by the engine: TPM_RC_VALUE is an oracle
         elif mechanism.type == C.CKM_RSA_PKCS_OAEP:
             p = mechanism.param
             # The TPM appends a 0 octet to a non-empty label: only the empty one matches PKCS#11.

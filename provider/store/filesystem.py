@@ -61,6 +61,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import constants as C
+from .. import files
 from ..errors import PKCS11Error
 from ..log import LOG
 from .base import Catalog, Entry
@@ -484,7 +485,7 @@ class FilesystemStore(SealingStore):
 
     def _create(self, fields: dict) -> None:
         with self._lock:
-            self.root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            files.private_dir(self.root.parent)
             if _mkdir(self.root):
                 fsync_dir(self.root.parent)
             fd = self._lock_fd()
@@ -701,7 +702,7 @@ class FilesystemCatalog(Catalog):
         self._args = (max_pin_failures, kdf_iterations)
         self._known: set[str] = set()      # names seen initialized (a token stays so)
         self._lock = threading.Lock()
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.private_dir(self.directory)
 
     def names(self) -> list:
         with self._lock:

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import constants as C
+from .. import files
 from ..errors import PKCS11Error
 from ..log import LOG
 from .base import Catalog, Entry
@@ -216,8 +217,9 @@ class SqliteStore(SealingStore):
     def _create(self, fields: dict) -> None:
         with self._lock:
             directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            files.private_dir(directory)
+            # 0600 before SQLite opens it: SQLite gives its -wal and -shm files the db's mode
+            os.close(files.private_fd(self.path, os.O_CREAT | os.O_RDWR))
             db = self._db()
             db.execute("PRAGMA journal_mode = WAL")
             with self._write():
@@ -328,7 +330,7 @@ class SqliteCatalog(Catalog):
         self.directory = Path(directory)
         self._args = (max_pin_failures, kdf_iterations)
         self._known: set[str] = set()      # names seen initialized (a token stays so)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.private_dir(self.directory)
 
     def names(self) -> list:
         for path in self.directory.glob(self.PATTERN):

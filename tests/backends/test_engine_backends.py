@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from provider import constants as C
 from provider.mechanisms.params import Ecdh1DeriveParams, Mechanism, OaepParams, PssParams

@@ -48,8 +48,11 @@ def sign_rsa_checked(backend, ref, scheme: str, hash_name="sha256"):
 def decrypt_rsa_checked(backend, ref, scheme: str, label: bytes = b""):
     pub = serialization.load_der_public_key(ref.public_der)
     secret = b"a 32-byte session key, say......"
-    if scheme == "pkcs1":
-        ct, mech = pub.encrypt(secret, padding.PKCS1v15()), Mechanism(C.CKM_RSA_PKCS)
+    if scheme == "pkcs1":     # a backend does the raw operation; the engine unpads (rsapad)
+        em = backend.decrypt(ref, Mechanism(C.CKM_RSA_X_509), pub.encrypt(secret, padding.PKCS1v15()))
+        em = em.rjust(pub.key_size // 8, b"\0")
+        assert em[:2] == b"\0\2" and em.endswith(b"\0" + secret) and b"\0" not in em[2:-33]
+        return
     else:
         ct = pub.encrypt(secret, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(),
                                               label or None))

@@ -235,6 +235,7 @@ class SoftHsmPeer:
                              "objectstore.backend = file\nlog.level = ERROR\n")
         self.pin_file = directory / "user.pin"
         self.pin_file.write_text(self.pin)
+        self.pin_file.chmod(0o600)          # the backend refuses a PIN source others can read
         subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", self.label,
                         "--pin", self.pin, "--so-pin", self.so_pin],
                        env=dict(os.environ, SOFTHSM2_CONF=str(self.conf)), check=True,

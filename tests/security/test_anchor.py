@@ -15,7 +15,6 @@ import pytest
 
 from provider import constants as C
 from tests.e2e.conftest import USER_PIN, write_conf
-from tests.peers.fixtures import swtpm  # noqa: F401  (the session's swtpm peer)
 
 HERE = Path(__file__).resolve().parent
 WRONG = "999999"

@@ -23,7 +23,6 @@ import pytest
 
 from provider import constants as C
 from tests.e2e.conftest import USER_PIN, Hsm
-from tests.peers.fixtures import swtpm  # noqa: F401  (the session's swtpm peer)
 
 HERE = Path(__file__).resolve().parent
 
@@ -131,7 +130,7 @@ def test_older_copy_put_back_in_a_running_process(hsm, tmp_path, native):
         assert p(op="enc", label="K", n=3, gen=4) == {"rv": C.CKR_DEVICE_ERROR, "ivs": []}
 
 
-def test_older_copy_put_back_refused_with_the_anchor(hsm, swtpm, tmp_path, native):  # noqa: F811
+def test_older_copy_put_back_refused_with_the_anchor(hsm, swtpm, tmp_path, native):
     """With the TPM anchor each reservation advances it: the files put back from before
     a reservation are refused to the next process (its C_Login: CKR_DEVICE_ERROR), so the
     4-byte counter values it would repeat are never used."""

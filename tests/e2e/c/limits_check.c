@@ -168,7 +168,55 @@ static CK_RV sign_2g(void)
     return rv;
 }
 
+/* Stated lengths within what the engine's [limits] caps are checked against
+ * (max_data_len, 64 MiB by default) but far beyond the real buffer: both paths
+ * answer the engine's code for a length above the cap before reading anything
+ * (issue 11: the native path read the AAD of a repeat init, the AAD of a message
+ * and the input of a call up to GCM's own limits, 2^61 and 2^36 bytes). */
+#define STATED ((CK_ULONG)1 << 30)               /* 1 GiB: above max_data_len, below GCM's caps */
+static CK_BYTE IV2[12] = {2, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+static CK_BYTE IV3[12] = {3, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+static CK_GCM_PARAMS GP_AAD = {IV2, 12, 96, small, STATED, 128};
+static CK_GCM_MESSAGE_PARAMS MP3 = {IV3, 12, 0, CKG_NO_GENERATE, TAG, 128};
+
+static CK_RV repeat_init_aad_stated(void)   /* the second init is the native path's own */
+{
+    CK_MECHANISM m = {CKM_AES_GCM, &GP_AAD, sizeof GP_AAD};
+    EXPECT("C_EncryptInit", F->C_EncryptInit(S, &GCM, AES), CKR_OK);
+    out_len = sizeof out;
+    EXPECT("C_Encrypt", F->C_Encrypt(S, small, 16, out, &out_len), CKR_OK);
+    return F->C_EncryptInit(S, &m, AES);
+}
+
+static CK_RV encrypt_message_aad_stated(void)
+{
+    EXPECT("C_MessageEncryptInit", F->C_MessageEncryptInit(S, &GCM_MSG, AES), CKR_OK);
+    out_len = sizeof out;
+    return F->C_EncryptMessage(S, &MP3, sizeof MP3, small, STATED, small, 16, out, &out_len);
+}
+
+static CK_RV stated_input(int enc)          /* an output buffer big enough: only the input lies */
+{
+    CK_BYTE *big = malloc(STATED + 64);
+    CK_ULONG big_len = STATED + 64;
+    CK_RV rv;
+    if (!big) {
+        printf("FAIL malloc 1 GiB\n");
+        exit(1);
+    }
+    EXPECT("C_*Init", (enc ? F->C_EncryptInit : F->C_DecryptInit)(S, &GCM, AES), CKR_OK);
+    rv = (enc ? F->C_Encrypt : F->C_Decrypt)(S, small, STATED, big, &big_len);
+    free(big);
+    return rv;
+}
+
+static CK_RV encrypt_input_stated(void) { return stated_input(1); }
+static CK_RV decrypt_input_stated(void) { return stated_input(0); }
+
 static const struct { const char *name; CK_RV (*run)(void); } CASES[] = {
+    {"repeat_init_aad_stated", repeat_init_aad_stated},
+    {"encrypt_message_aad_stated", encrypt_message_aad_stated},
+    {"encrypt_input_stated", encrypt_input_stated}, {"decrypt_input_stated", decrypt_input_stated},
     {"decrypt_update_huge", decrypt_update_huge}, {"decrypt_update_wrap", decrypt_update_wrap},
     {"decrypt_huge", decrypt_huge}, {"encrypt_wrap", encrypt_wrap},
     {"encrypt_update_huge", encrypt_update_huge}, {"sign_update_huge", sign_update_huge},
