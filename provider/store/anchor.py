@@ -18,8 +18,9 @@ token's state is anchored in it:
 
 Every write transaction of the store (`SealingStore._write`, wrapped by `guard`) first
 checks the record as it finds it, and if the transaction changed the token record or
-said it matters (`store._anchor_dirty`, an IV counter reservation), increments the NV
-counter, reads its value c and writes c and the MAC in the same transaction.  A check
+said it matters (`store._anchor_dirty`, an IV counter reservation), makes the MAC for
+c = the counter's value + 1, increments the NV counter (the last TPM command) and writes
+c and the MAC in the same transaction.  A check
 passes when the MAC matches and c equals the NV counter or is one behind it; else
 CKR_DEVICE_ERROR and one LOG.error line.
 
@@ -31,7 +32,12 @@ further, and the undone record is then two behind.  Undoing a failure-count incr
 change, PIN init, token init, object writes, IV reservations) is confirmed by a
 second increment in a second transaction, so the record before it is two behind when
 the call returns: it cannot be put back.  A crash between that confirmation's
-increment and its commit leaves the new record one behind: accepted.
+increment and its commit leaves the new record one behind: accepted.  What this does not
+survive: two writes in a row that each die after their increment (a TPM that answers an
+increment too late twice running): the record is then two behind and refused - the
+owner's recovery below.  (Accepting two behind would give a rewinder a second undo; a
+write catching up on a pending increment instead of making its own would give him
+unlimited PIN tries.)
 
 Adoption: a token made without the anchor (or before it was configured) is anchored
 by its first write transaction once the anchor is on.  Its NV index then exists, so
@@ -127,8 +133,10 @@ class Anchor:
         """The token's NV counter, or None: no index (or never incremented)."""
         return None
 
-    def advance(self, serial: str) -> int:
-        """Increment the token's NV counter (defining it first if needed); its new value."""
+    def advance(self, serial: str, now: int | None = None) -> int:
+        """Increment the token's NV counter; its new value.  `now`: its value, read in
+        this transaction (the new one is now + 1, not read back); None: define the index
+        if needed, increment, and read the value (a new counter starts where the TPM says)."""
         raise NotImplementedError
 
     def mac(self, serial: str, digest: bytes) -> bytes:
@@ -197,7 +205,7 @@ class TpmAnchor(Anchor):
             return None if tr is None else self._value(esys, tr)
         return self._run(q)
 
-    def advance(self, serial: str) -> int:
+    def advance(self, serial: str, now: int | None = None) -> int:
         def inc(esys):
             from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
             t = self._t
@@ -208,7 +216,7 @@ class TpmAnchor(Anchor):
                 tr = esys.nv_define_space(None, TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
                     nvIndex=nv_index(serial), nameAlg=t["alg"].SHA256, attributes=attrs, dataSize=8)))
             esys.nv_increment(tr, auth_handle=tr)
-            return self._value(esys, tr)
+            return now + 1 if now is not None else self._value(esys, tr)
         return self._run(inc)
 
     # MAC ------------------------------------------------------------------------------
@@ -237,16 +245,17 @@ def make_anchor(config, backends) -> Anchor:
 
 
 # --- the store side ----------------------------------------------------------------------
-def check(store, tok: dict | None) -> None:
-    """Refuse (CKR_DEVICE_ERROR) a token record that does not match its anchor.  A record
-    with no `anchor` field and no NV index yet is a token to adopt: passes."""
+def check(store, tok: dict | None) -> int | None:
+    """Refuse (CKR_DEVICE_ERROR) a token record that does not match its anchor; the NV
+    counter's value.  A record with no `anchor` field and no NV index yet is a token to
+    adopt: passes (None)."""
     if tok is None:
-        return
+        return None
     serial, blob = tok["serial"], tok.get(FIELD)
     nv = store.anchor.read(serial)
     if blob is None:
         if nv is None:
-            return
+            return None
         raise _refuse(serial, "the record has no anchor but the TPM holds one for this token")
     if nv is None:
         raise _refuse(serial, "the TPM holds no anchor for this token (cleared, or another TPM)")
@@ -259,15 +268,25 @@ def check(store, tok: dict | None) -> None:
         if not _hmac.compare_digest(store.anchor.mac(serial, digest), mac):
             raise _refuse(serial, "the record's MAC does not match")
         store._anchor_seen = (digest, mac)
+    return nv
 
 
-def _advance(store) -> None:
+def _advance(store, nv: int | None) -> None:
+    """Anchor the record as it is in this transaction.  With the counter's value `nv`
+    known (read by this transaction's check, under its lock), the MAC is made first and
+    the increment is the last TPM command: a TPM failing after it leaves the record one
+    behind (accepted), and failing before it changes nothing."""
     tok = store._token()
-    count = store.anchor.advance(tok["serial"])
-    digest = state_digest(tok, count)
-    mac = store.anchor.mac(tok["serial"], digest)
+    serial = tok["serial"]
+    if nv is None:                     # adoption: where a new counter starts is the TPM's choice
+        count = store.anchor.advance(serial)
+        mac = store.anchor.mac(serial, state_digest(tok, count))
+    else:
+        count = nv + 1
+        mac = store.anchor.mac(serial, state_digest(tok, count))
+        store.anchor.advance(serial, nv)
     store._update({FIELD: count.to_bytes(8, "big") + mac})
-    store._anchor_seen = (digest, mac)
+    store._anchor_seen = (state_digest(tok, count), mac)
 
 
 def _needs(store, before: dict | None, after: dict | None) -> str | None:
@@ -308,20 +327,19 @@ def guard(store, write):
                 depth[0] = 1
                 try:
                     before = _read(store)
-                    check(store, before)
+                    nv = check(store, before)
                     store._anchor_dirty = False
                     yield tx
                     need = _needs(store, _state(before), _read(store))
                     if need:
-                        _advance(store)
+                        _advance(store, nv)
                 finally:
                     depth[0] = 0
             if need == "confirm":
                 with write():
                     depth[0] = 1
                     try:
-                        check(store, _read(store))
-                        _advance(store)
+                        _advance(store, check(store, _read(store)))
                     finally:
                         depth[0] = 0
     return anchored

@@ -27,8 +27,8 @@ if crash_at >= 0:
     from provider.store import anchor
     real = anchor.TpmAnchor.advance
 
-    def advance(self, serial):
-        value = real(self, serial)
+    def advance(self, serial, now=None):
+        value = real(self, serial, now)
         calls[0] += 1
         if calls[0] == crash_at:
             os._exit(9)
