@@ -188,8 +188,9 @@ def self_signed_cert(tok: Token, name: str, cn: str = "conformance") -> tuple[Pa
     return pem, der
 
 
-def make_token(name: str, tmp: Path) -> Token:
-    """A fresh token of module `name` under tmp, initialised with LABEL, PIN and SO_PIN."""
+def make_token(name: str, tmp: Path, ferro_conf: str = "") -> Token:
+    """A fresh token of module `name` under tmp, initialised with LABEL, PIN and SO_PIN.
+    `ferro_conf`: more TOML for FerroHSM's configuration (e.g. a [policy] table)."""
     env = base_env(tmp / "home")
     tokdir = tmp / "tokens"
     tokdir.mkdir(parents=True)
@@ -205,7 +206,7 @@ def make_token(name: str, tmp: Path) -> Token:
         lib = ferrohsm_module_path()
         conf = tmp / "ferrohsm.conf"
         conf.write_text(f'[tokens]\ndirectory = "{tokdir}"\n\n[log]\nlevel = "WARNING"\n'
-                        f'file = "{tmp / "ferrohsm.log"}"\n')
+                        f'file = "{tmp / "ferrohsm.log"}"\n' + ferro_conf)
         env["FERROHSM_CONF"] = str(conf)
         tok = Token(name, lib, tmp, env)
         run(["pkcs11-tool", "--module", lib, "--init-token", "--slot-index", "0",

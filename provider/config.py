@@ -43,6 +43,17 @@ TOML, every key optional:
                              # C_Encrypt/C_Decrypt with CKM_AES_KEY_WRAP*)
     max_template_attrs = 1024          # CK_ATTRIBUTEs in one template, nested ones counted
 
+    [policy]                 # the engine's key-usage rules
+    key_separation = true    # a key never both wraps and decrypts, nor unwraps and encrypts
+                             # (schema.py, "Key separation"): such templates are
+                             # CKR_TEMPLATE_INCONSISTENT, usages default by what the template
+                             # asks, usage attributes only turn off after creation, and the
+                             # key-wrap mechanisms do not encrypt/decrypt with a wrapping key.
+                             # false: the legacy rules (every usage defaults true, any mix
+                             # allowed) for clients that ask for all usages on one key
+                             # (python-pkcs11's default capabilities do). It opens Clulow's
+                             # attack (wrap a key, decrypt the blob) again: see SECURITY.md.
+
     # Device backends (provider/backends/engine.py), each named; "soft" (the engine's
     # own keys) always exists.  Settings per type:
     [backends.tpm]
@@ -118,6 +129,19 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """The [policy] table: the engine's key-usage rules (issue 14 adds more keys)."""
+    key_separation: bool = True
+
+    @classmethod
+    def parse(cls, table: dict, source: str) -> "Policy":
+        fields = cls.__dataclass_fields__
+        if set(table) - set(fields) or any(type(table[k]) is not bool for k in table):
+            raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [policy] takes booleans {sorted(fields)}")
+        return cls(**table)
+
+
+@dataclass(frozen=True)
 class Config:
     token_dir: Path
     log_level: str = "WARNING"
@@ -129,6 +153,7 @@ class Config:
     backends: dict = field(default_factory=lambda: {"soft": {"type": "soft"}})
     token_policies: dict = field(default_factory=dict)    # token label -> TokenPolicy
     limits: Limits = field(default_factory=Limits)
+    policy: Policy = field(default_factory=Policy)
     store_kind: str = "sqlite"
     store_dsn: str = ""
     store_head_cache: float = 0.0
@@ -168,6 +193,7 @@ class Config:
             pin_max_failures=int(pin.get("max_failures", 10)),
             source=source,
             limits=Limits.parse(data.get("limits", {}), source),
+            policy=Policy.parse(data.get("policy", {}), source),
             **_store(data.get("store", {}), source),
             **_backends(data, source),
         )

@@ -24,9 +24,11 @@ import hashlib
 import os
 
 from . import constants as C
+from . import schema
 from .log import LOG
 from .errors import PKCS11Error
 from .mechanisms import registry
+from .mechanisms.digest import NOT_FOR_KEYS
 from .session import FINAL, NO_OUTPUT, SINGLE, UPDATE, Operation, read, size_of
 from .token import require
 
@@ -44,6 +46,14 @@ KEYED = {
     "sign": (C.CKA_SIGN, "sign_init"),
     "verify": (C.CKA_VERIFY, "verify_init"),
 }
+
+
+# Key separation (schema.py): a mechanism that wraps (CKM_AES_KEY_WRAP*, RSA) does not
+# C_Encrypt / C_Decrypt with a secret key that wraps or unwraps: its ciphertext would be a
+# wrapped key (a forged blob, or a wrapped key read back). An RSA public key's encryption is
+# no secret, and RSA pairs are kept apart by their defaults only (schema.py says why).
+WRAPS = C.CKF_WRAP | C.CKF_UNWRAP
+KEPT_APART = ("encrypt", "decrypt")
 
 
 def _buffered(op: Operation) -> int:
@@ -81,14 +91,16 @@ def _signature_len(expected, signature) -> None:
 
 class CryptoFunctions:
     def _key(self, session, handle: int, usage: int | None, mech: int,
-             invalid: int = C.CKR_KEY_HANDLE_INVALID):
-        """The key `handle` names, checked for use with `mech`, its sealed values opened."""
+             invalid: int = C.CKR_KEY_HANDLE_INVALID, disallowed: int = C.CKR_MECHANISM_INVALID):
+        """The key `handle` names, checked for use with `mech`, its sealed values opened.
+        A mechanism not in its CKA_ALLOWED_MECHANISMS is `disallowed` (CKR_MECHANISM_INVALID,
+        as SoftHSM2 answers, for the key an operation is started with)."""
         key = self._object(session, handle, invalid)
         require(key.cls in (C.CKO_SECRET_KEY, C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY), invalid, "not a key")
         if usage is not None and not key.flag(usage):     # (reasons are built only on failure: hot path)
             raise PKCS11Error(C.CKR_KEY_FUNCTION_NOT_PERMITTED, C.name_of("CKA_", usage) + " is false")
         allowed = key.attrs.get(C.CKA_ALLOWED_MECHANISMS)
-        require(not allowed or mech in allowed, C.CKR_MECHANISM_INVALID, "not in CKA_ALLOWED_MECHANISMS")
+        require(not allowed or mech in allowed, disallowed, "not in CKA_ALLOWED_MECHANISMS")
         return session.token.open(key)
 
     def _init(self, handle: int, kind: str, mech, key_handle: int) -> None:
@@ -99,6 +111,10 @@ class CryptoFunctions:
         if not entry.supports(method):
             raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {kind}")
         key = self._key(session, key_handle, usage, mech.type)
+        if entry.flags & WRAPS and kind in KEPT_APART and key.cls == C.CKO_SECRET_KEY and self._separated \
+                and not schema.readable(key.attrs):
+            require(not (key.flag(C.CKA_WRAP) or key.flag(C.CKA_UNWRAP)), C.CKR_KEY_FUNCTION_NOT_PERMITTED,
+                    "key separation: a wrapping key does not encrypt or decrypt with a key-wrap mechanism")
         ctx = getattr(entry.impl, method)(key, mech.param)
         always_auth = key.cls == C.CKO_PRIVATE_KEY and key.flag(C.CKA_ALWAYS_AUTHENTICATE)
         session.start(Operation(kind, mech.type, ctx, key=key, needs_auth=always_auth))
@@ -162,12 +178,18 @@ class CryptoFunctions:
         self._part("digest", handle, data)
 
     def digest_key(self, handle, key_handle):
+        """C_DigestKey: a secret key's value into the digest, refused (CKR_KEY_INDIGESTIBLE,
+        the one code the spec lists for a key the token will not digest) with MD5 or SHA-1
+        (digest.NOT_FOR_KEYS) and with a digest not in the key's CKA_ALLOWED_MECHANISMS."""
         session = self._session(handle)
         session.op("digest")
 
         def step(op):
             key = self._object(session, key_handle, C.CKR_KEY_HANDLE_INVALID)
             require(key.cls == C.CKO_SECRET_KEY, C.CKR_KEY_INDIGESTIBLE, "only secret keys")
+            require(op.mech not in NOT_FOR_KEYS, C.CKR_KEY_INDIGESTIBLE, "no MD5 or SHA-1 over a key")
+            allowed = key.attrs.get(C.CKA_ALLOWED_MECHANISMS)
+            require(not allowed or op.mech in allowed, C.CKR_KEY_INDIGESTIBLE, "not in CKA_ALLOWED_MECHANISMS")
             op.ctx.update(session.token.open(key).attrs[C.CKA_VALUE])
         session.run("digest", UPDATE, step)
 

@@ -52,15 +52,19 @@ def _class(given: dict, expected: int) -> int:
 
 
 class KeyFunctions:
-    def _new_key(self, session, cls: int, given: dict, made: dict, mech: int, origin: str, base=None) -> dict:
-        """Attributes of a key made by generate / unwrap / derive."""
+    def _new_key(self, session, cls: int, given: dict, made: dict, mech: int, origin: str, bases=(),
+                 key_role: int | None = None) -> dict:
+        """Attributes of a key made by generate / unwrap / derive. `bases`: the keys a
+        derivation read (its base key and any key its parameter names, e.g. an HKDF salt
+        key): the new key is always sensitive / never extractable only if each of them is."""
         key_type = made.get(C.CKA_KEY_TYPE, given.get(C.CKA_KEY_TYPE))
         require(given.get(C.CKA_KEY_TYPE, key_type) == key_type, C.CKR_TEMPLATE_INCONSISTENT,
                 "CKA_KEY_TYPE does not fit the mechanism")
         require(key_type is not None, C.CKR_TEMPLATE_INCOMPLETE, "CKA_KEY_TYPE missing")
         table = schema.rows(cls, key_type)
         schema.check_template(table, given, schema.F.GEN)
-        attrs = schema.with_defaults(table, {**given, **made, C.CKA_CLASS: cls, C.CKA_KEY_TYPE: key_type})
+        attrs = schema.with_defaults(table, {**given, **made, C.CKA_CLASS: cls, C.CKA_KEY_TYPE: key_type},
+                                     self._usages(cls, given, key_role))
         if origin != "generate":
             attrs.update(registry.key_type(key_type).complete(cls, attrs))
         attrs[C.CKA_LOCAL] = origin == "generate"
@@ -70,10 +74,12 @@ class KeyFunctions:
             if origin == "generate":
                 attrs[C.CKA_ALWAYS_SENSITIVE], attrs[C.CKA_NEVER_EXTRACTABLE] = sensitive, not extractable
             elif origin == "derive":
-                attrs[C.CKA_ALWAYS_SENSITIVE] = sensitive and base.flag(C.CKA_ALWAYS_SENSITIVE)
-                attrs[C.CKA_NEVER_EXTRACTABLE] = not extractable and base.flag(C.CKA_NEVER_EXTRACTABLE)
+                attrs[C.CKA_ALWAYS_SENSITIVE] = sensitive and all(b.flag(C.CKA_ALWAYS_SENSITIVE) for b in bases)
+                attrs[C.CKA_NEVER_EXTRACTABLE] = not extractable and all(
+                    b.flag(C.CKA_NEVER_EXTRACTABLE) for b in bases)
             else:
                 attrs[C.CKA_ALWAYS_SENSITIVE] = attrs[C.CKA_NEVER_EXTRACTABLE] = False
+        self._check_separation(cls, attrs)
         self._check_write(session, attrs)
         return attrs
 
@@ -110,8 +116,11 @@ class KeyFunctions:
         with session.token.let_go():           # RSA takes its time: other calls on the token go on
             pub_made, priv_made = impl.generate_key_pair(mech.param, pub_given, priv_given)
         session = self._session(handle)         # still open? (_new_key checks the login again)
-        pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate")
-        priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type, "generate")
+        key_role = schema.role(pub_given, priv_given)       # one role for both halves
+        pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate",
+                            key_role=key_role)
+        priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type, "generate",
+                             key_role=key_role)
         return self._add_pair(session, pub, priv)
 
     def _add_pair(self, session, pub: dict, priv: dict) -> tuple[int, int]:
@@ -120,10 +129,19 @@ class KeyFunctions:
             return self._add(session, pub), self._add(session, priv)
 
     # --- wrap / unwrap -----------------------------------------------------------------
+    def _kept_apart(self, key, usage: int) -> None:
+        """Under key separation a key made under the legacy rules, holding `usage` and a
+        usage that conflicts with it, does not wrap / unwrap (its data use goes on)."""
+        if self._separated and not schema.readable(key.attrs):
+            for other in schema.conflicting(key.cls, usage):
+                require(not key.flag(other), C.CKR_KEY_FUNCTION_NOT_PERMITTED,
+                        f"key separation: the key also has {C.name_of('CKA_', other)}")
+
     def wrap_key(self, handle, mech, wrapping_handle, key_handle, cap) -> bytes:
         session = self._session(handle)
         impl = self._mechanism(mech, "wrap")
         wrapping = self._key(session, wrapping_handle, C.CKA_WRAP, mech.type, C.CKR_WRAPPING_KEY_HANDLE_INVALID)
+        self._kept_apart(wrapping, C.CKA_WRAP)
         key = self._key(session, key_handle, None, mech.type)
         require(key.flag(C.CKA_EXTRACTABLE), C.CKR_KEY_UNEXTRACTABLE)
         require(not key.flag(C.CKA_WRAP_WITH_TRUSTED) or wrapping.flag(C.CKA_TRUSTED), C.CKR_KEY_NOT_WRAPPABLE,
@@ -140,10 +158,16 @@ class KeyFunctions:
             return impl.wrap(wrapping, mech.param, material)
 
     def unwrap_key(self, handle, mech, unwrapping_handle, wrapped, template) -> int:
+        """A wrapped key is its value only: every attribute of the new key, CKA_ALWAYS_AUTHENTICATE
+        too, comes from the template and the unwrapping key's CKA_UNWRAP_TEMPLATE (as PKCS#11
+        says). A key-encryption key that must give back what it wrapped says so in its
+        CKA_UNWRAP_TEMPLATE (and admits only such keys by CKA_WRAP_TEMPLATE):
+        tests/security/test_always_authenticate.py."""
         session = self._session(handle)
         impl = self._mechanism(mech, "unwrap")
         unwrapping = self._key(session, unwrapping_handle, C.CKA_UNWRAP, mech.type,
                                C.CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+        self._kept_apart(unwrapping, C.CKA_UNWRAP)
         given = _merge_template(decode_template(template), unwrapping.attrs.get(C.CKA_UNWRAP_TEMPLATE, ()))
         require(C.CKA_CLASS in given, C.CKR_TEMPLATE_INCOMPLETE, "CKA_CLASS missing")
         cls = given[C.CKA_CLASS]
@@ -176,6 +200,19 @@ class KeyFunctions:
         cls = _class(given, C.CKO_SECRET_KEY)
         given.setdefault(C.CKA_KEY_TYPE, C.CKK_GENERIC_SECRET)
         self._precheck(session, cls, given)
-        made = impl.derive(base, mech.param, given,
-                           lambda h: self._key(session, h, None, mech.type))
-        return self._add(session, self._new_key(session, cls, given, made, mech.type, "derive", base))
+        for usage in getattr(impl, "base_usage", ()):
+            require(base.flag(usage), C.CKR_KEY_FUNCTION_NOT_PERMITTED, C.name_of("CKA_", usage) + " is false")
+        bases = [base]
+        made = impl.derive(base, mech.param, given, lambda h: self._second_key(session, h, mech.type, bases))
+        for key in bases[1:]:
+            given = _merge_template(given, key.attrs.get(C.CKA_DERIVE_TEMPLATE, ()))
+        return self._add(session, self._new_key(session, cls, given, made, mech.type, "derive", bases))
+
+    def _second_key(self, session, handle: int, mech: int, bases: list):
+        """A key a derivation's parameter names (an HKDF salt key) is held to the base
+        key's rules: CKA_DERIVE, CKA_ALLOWED_MECHANISMS (CKR_KEY_FUNCTION_NOT_PERMITTED
+        here, as the mechanism itself is not what is wrong), its CKA_DERIVE_TEMPLATE, and
+        its ALWAYS_SENSITIVE / NEVER_EXTRACTABLE fold into the new key's."""
+        key = self._key(session, handle, C.CKA_DERIVE, mech, disallowed=C.CKR_KEY_FUNCTION_NOT_PERMITTED)
+        bases.append(key)
+        return key

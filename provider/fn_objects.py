@@ -54,6 +54,22 @@ class ObjectFunctions:
         if attrs.get(C.CKA_TRUSTED):
             require(token.user == C.CKU_SO, C.CKR_ATTRIBUTE_READ_ONLY, "only the SO sets CKA_TRUSTED")
 
+    # --- key separation ([policy] key_separation, schema.py) -------------------------
+    @property
+    def _separated(self) -> bool:
+        return self.config.policy.key_separation
+
+    def _usages(self, cls: int, given: dict, key_role: int | None = None) -> dict:
+        """The usage defaults of a new key: by its role under key separation, else the table's."""
+        return schema.usage_defaults(cls, given, key_role) if self._separated else {}
+
+    def _check_separation(self, cls: int, attrs: dict, old: dict | None = None, changes: dict = None) -> None:
+        """A new key (or, with `old`, a key changed by `changes`) keeps its usages apart."""
+        if self._separated:
+            schema.check_separation(cls, attrs)
+            if old is not None and cls in schema.ROLE_DEFAULTS:
+                schema.check_usage_change(old, changes)
+
     def _add(self, session, attrs: dict, lineage: str | None = None) -> int:
         attrs[C.CKA_UNIQUE_ID] = uuid.uuid4().hex.encode()
         owner = None if attrs.get(C.CKA_TOKEN) else session.handle
@@ -76,10 +92,11 @@ class ObjectFunctions:
             require(given.get(C.CKA_CERTIFICATE_TYPE) == C.CKC_X_509, C.CKR_ATTRIBUTE_VALUE_INVALID,
                     "only X.509 certificates")
             given = {**x509_fields(given.get(C.CKA_VALUE)), **given}
-        attrs = schema.with_defaults(table, given)
+        attrs = schema.with_defaults(table, given, self._usages(cls, given))
         schema.check_required(table, attrs)
         if cls in schema.KEY_CLASSES:
             attrs.update(registry.key_type(key_type).complete(cls, attrs))
+            self._check_separation(cls, attrs)
         self._check_write(session, attrs)
         return self._add(session, attrs)
 
@@ -89,6 +106,9 @@ class ObjectFunctions:
         require(src.flag(C.CKA_COPYABLE), C.CKR_ACTION_PROHIBITED, "CKA_COPYABLE is false")
         changes = decode_template(template)
         table = schema.rows(src.cls, src.key_type)
+        require(changes.get(C.CKA_PRIVATE, src.private) or not src.private, C.CKR_TEMPLATE_INCONSISTENT,
+                "a copy of a private object stays private")
+        self._check_separation(src.cls, {**src.attrs, **changes}, src.attrs, changes)
         for cka, value in changes.items():
             if cka in (C.CKA_TOKEN, C.CKA_PRIVATE):
                 continue
@@ -142,6 +162,7 @@ class ObjectFunctions:
         require(obj.flag(C.CKA_MODIFIABLE), C.CKR_ACTION_PROHIBITED, "CKA_MODIFIABLE is false")
         changes = decode_template(template)
         table = schema.rows(obj.cls, obj.key_type)
+        self._check_separation(obj.cls, {**obj.attrs, **changes}, obj.attrs, changes)
         for cka, value in changes.items():
             schema.check_change(table, obj.attrs, cka, value)
         session.token.open(obj)

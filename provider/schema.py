@@ -211,8 +211,10 @@ def check_template(table: dict, template: dict, allowed: F) -> None:
             raise PKCS11Error(refused, C.name_of("CKA_", cka))
 
 
-def with_defaults(table: dict, attrs: dict) -> dict:
+def with_defaults(table: dict, attrs: dict, usages: dict | None = None) -> dict:
+    """`attrs` completed by the table's defaults, `usages` (usage_defaults) before those."""
     out = {cka: default for cka, (_, default) in table.items() if default is not None}
+    out.update(usages or {})
     out.update(attrs)
     return out
 
@@ -236,3 +238,104 @@ def check_change(table: dict, old: dict, cka: int, value) -> None:
         raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka) + " can only become true")
     if flags & F.TO_FALSE and not current and value:
         raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, C.name_of("CKA_", cka) + " can only become false")
+
+
+# --- Key separation (issue 11; Clulow, "On the Security of PKCS #11", CHES 2003) ---------
+# With [policy] key_separation = true (the default, config.py) a secret key that wraps
+# never decrypts and one that unwraps never encrypts: else C_WrapKey(K, S) then
+# C_Decrypt(K, blob) reads S, and C_Encrypt(K, chosen value) forges a blob that
+# C_UnwrapKey(K, ...) turns into a key its CKA_UNWRAP_TEMPLATE vouches for.
+#   - a template (C_CreateObject, C_GenerateKey, C_UnwrapKey, C_DeriveKey) or the result of
+#     C_SetAttributeValue / C_CopyObject holding both of a pair in CONFLICTS is
+#     CKR_TEMPLATE_INCONSISTENT (the spec's code for a template whose attributes conflict;
+#     C_SetAttributeValue and C_CopyObject list it too);
+#   - the usages a template does not give default by the key's role (ROLE_DEFAULTS): a key
+#     asked to wrap or unwrap (WRAPPING) is a key-encryption key, any other a data key; a
+#     key pair takes one role for both halves (a pair asked to wrap does not decrypt);
+#     a default never makes a pair of CONFLICTS with a usage the template asks;
+#   - after creation the usages in USAGES only turn off (C_SetAttributeValue, C_CopyObject:
+#     CKR_ATTRIBUTE_READ_ONLY to turn one on): a copy shares the value, so a copy that
+#     decrypts beside an original that wraps would be the same attack in two objects;
+#   - at use (fn_keys, fn_crypto): C_WrapKey / C_UnwrapKey refuse a key that also holds
+#     the conflicting usage (a key made under the legacy rules), and a mechanism that wraps
+#     does not C_Encrypt / C_Decrypt with a secret key that wraps or unwraps
+#     (CKR_KEY_FUNCTION_NOT_PERMITTED both).
+# A key whose value C_GetAttributeValue gives out (`readable`: CKA_SENSITIVE false and
+# CKA_EXTRACTABLE true) is exempt: whoever sees it reads its value and can do anything the
+# attack does without it (pkcs11-tool --derive asks all four usages on such a key). A key
+# only becomes less readable (SENSITIVE only turns on, EXTRACTABLE only off), and the rules
+# apply from the moment it is not readable.
+# RSA (and any pair): no object holds both of a pair (a public key has no DECRYPT/UNWRAP, a
+# private key no WRAP/ENCRYPT), but a public key that wraps and its private key that decrypts
+# are the attack in two objects. Only the defaults keep them apart, not a refusal: anyone can
+# C_CreateObject a public key of any modulus with CKA_WRAP, so refusing the generated pair
+# would stop no one, and it stops NSS (certutil -S -k rsa: SEC_ERROR_BAD_DATA).
+# Not covered (SECURITY.md): two objects of one value made by unwrapping one blob twice or by
+# one deterministic derivation twice, with different usages (the unwrapping or base key's
+# CKA_UNWRAP_TEMPLATE / CKA_DERIVE_TEMPLATE fixes what it makes); the RSA pair above; and an
+# extractable key can always be wrapped under a key the caller made itself
+# (CKA_WRAP_WITH_TRUSTED is the defence there, and what makes separation matter most: a
+# trusted key that wraps does not decrypt).
+# With key_separation = false every usage defaults true as in the class tables above.
+USAGES = (C.CKA_ENCRYPT, C.CKA_DECRYPT, C.CKA_WRAP, C.CKA_UNWRAP)
+WRAPPING = (C.CKA_WRAP, C.CKA_UNWRAP)
+CONFLICTS = {
+    C.CKO_SECRET_KEY: ((C.CKA_WRAP, C.CKA_DECRYPT), (C.CKA_UNWRAP, C.CKA_ENCRYPT)),
+    C.CKO_PRIVATE_KEY: (),
+    C.CKO_PUBLIC_KEY: (),
+}
+DATA_KEY, KEY_KEY = 0, 1
+ROLE_DEFAULTS = {     # class -> (data key defaults, key-encryption key defaults)
+    C.CKO_SECRET_KEY: ({C.CKA_ENCRYPT: True, C.CKA_DECRYPT: True, C.CKA_WRAP: False, C.CKA_UNWRAP: False},
+                       {C.CKA_ENCRYPT: False, C.CKA_DECRYPT: False, C.CKA_WRAP: True, C.CKA_UNWRAP: True}),
+    C.CKO_PRIVATE_KEY: ({C.CKA_DECRYPT: True, C.CKA_UNWRAP: False},
+                        {C.CKA_DECRYPT: False, C.CKA_UNWRAP: True}),
+    C.CKO_PUBLIC_KEY: ({C.CKA_ENCRYPT: True, C.CKA_WRAP: False},
+                       {C.CKA_ENCRYPT: True, C.CKA_WRAP: True}),
+}
+
+
+def readable(attrs: dict) -> bool:
+    """Does C_GetAttributeValue give this key's value out (see above)?"""
+    return not attrs.get(C.CKA_SENSITIVE, True) and bool(attrs.get(C.CKA_EXTRACTABLE, False))
+
+
+def conflicting(cls: int, usage: int) -> tuple:
+    """The usages a key of class `cls` holding `usage` may not also hold."""
+    return tuple(b if a == usage else a for a, b in CONFLICTS.get(cls, ()) if usage in (a, b))
+
+
+def role(*templates: dict) -> int:
+    """KEY_KEY if any template asks a wrapping usage, else DATA_KEY."""
+    return KEY_KEY if any(t.get(u) for t in templates for u in WRAPPING) else DATA_KEY
+
+
+def usage_defaults(cls: int, given: dict, key_role: int | None = None) -> dict:
+    """The usages `given` leaves out, for a key of class `cls` (none for other classes)."""
+    if cls not in ROLE_DEFAULTS:
+        return {}
+    defaults = dict(ROLE_DEFAULTS[cls][role(given) if key_role is None else key_role])
+    for a, b in CONFLICTS[cls]:
+        for asked, other in ((a, b), (b, a)):
+            if given.get(asked):
+                defaults[other] = False
+    return {cka: value for cka, value in defaults.items() if cka not in given}
+
+
+def check_separation(cls: int, attrs: dict) -> None:
+    if readable(attrs):
+        return
+    for a, b in CONFLICTS.get(cls, ()):
+        if attrs.get(a) and attrs.get(b):
+            raise PKCS11Error(C.CKR_TEMPLATE_INCONSISTENT, f"key separation: {C.name_of('CKA_', a)} and "
+                                                           f"{C.name_of('CKA_', b)} on one key")
+
+
+def check_usage_change(old: dict, changes: dict) -> None:
+    """Usages only turn off after creation (see above)."""
+    if readable({**old, **changes}):
+        return
+    for cka in USAGES:
+        if changes.get(cka) and not old.get(cka):
+            raise PKCS11Error(C.CKR_ATTRIBUTE_READ_ONLY, "key separation: " + C.name_of("CKA_", cka)
+                              + " can only become false")

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.mechanisms import GCMParams, MGF, CTRParams
 from pkcs11.util.ec import (encode_ec_public_key, encode_ecdsa_signature,
                             encode_named_curve_parameters)
@@ -22,6 +22,9 @@ from pkcs11.util.x509 import decode_x509_certificate
 from harness import Skip, check, env, main
 
 DATA = os.urandom(333)
+# the usages of the data keys this walk makes: python-pkcs11's default capabilities add WRAP
+# and UNWRAP to ENCRYPT and DECRYPT, which FerroHSM's key separation refuses on one key
+DATA_KEY = MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.SIGN | MechanismFlag.VERIFY
 
 
 class Ctx:
@@ -89,7 +92,8 @@ def wrong_pin(c):
 
 @check
 def aes_keygen(c):
-    c.keys["aes"] = c.s.generate_key(KeyType.AES, 256, label="py-aes", id=b"\x01", store=True)
+    c.keys["aes"] = c.s.generate_key(KeyType.AES, 256, label="py-aes", id=b"\x01", store=True,
+                                     capabilities=DATA_KEY)
     assert c.keys["aes"][Attribute.VALUE_LEN] == 32
     assert c.keys["aes"][Attribute.SENSITIVE] and not c.keys["aes"][Attribute.EXTRACTABLE]
 
@@ -172,7 +176,8 @@ def hmac_sha256(c):
 
 @check
 def rsa_keypair(c):
-    pub, priv = c.s.generate_keypair(KeyType.RSA, 2048, label="py-rsa", id=b"\x02", store=True)
+    pub, priv = c.s.generate_keypair(KeyType.RSA, 2048, label="py-rsa", id=b"\x02", store=True,
+                                     capabilities=DATA_KEY)
     c.keys["rsa"] = (pub, priv)
     assert pub[Attribute.MODULUS_BITS] == 2048 and pub[Attribute.PUBLIC_EXPONENT] == b"\x01\x00\x01"
 
@@ -284,7 +289,7 @@ def attributes_and_find(c):
 
 @check
 def copy_and_destroy(c):
-    k = c.s.generate_key(KeyType.AES, 128, label="py-copy-src")
+    k = c.s.generate_key(KeyType.AES, 128, label="py-copy-src", capabilities=DATA_KEY)
     dup = k.copy({Attribute.LABEL: "py-copy-dst"})
     assert dup[Attribute.LABEL] == "py-copy-dst" and dup[Attribute.KEY_TYPE] == KeyType.AES
     dup.destroy()
@@ -324,7 +329,7 @@ def data_object(c):
 @check
 def token_objects_persist(c):
     """A second session (and a re-opened library handle) sees token objects only."""
-    c.s.generate_key(KeyType.AES, 128, label="py-session-only", store=False)
+    c.s.generate_key(KeyType.AES, 128, label="py-session-only", store=False, capabilities=DATA_KEY)
     with c.token.open() as other:  # the login is per application: shared by this session
         assert list(other.get_objects({Attribute.LABEL: "py-aes"}))
         labels = {o[Attribute.LABEL] for o in other.get_objects({Attribute.TOKEN: True})}

@@ -17,6 +17,14 @@ Choices where the spec leaves room (each is tested in tests/unit/test_mech_aes.p
     Tag of 96..128 bits in steps of 8 (SP 800-38D's 32/64-bit tags are refused).
     Decryption releases no plaintext before the tag is checked: Update returns
     nothing, Final returns all of it. A bad tag is CKR_ENCRYPTED_DATA_INVALID.
+  - GCM with the caller's IV (C_EncryptInit with CK_GCM_PARAMS, single- or multi-part):
+    a repeated (key, IV) is NOT detected, here or on the native fast path (as in
+    SoftHSM2). A check that holds would need one record shared by both paths, every
+    process and every copy of the token; a bounded record in one process would catch a
+    repeat only inside its window, and the known-answer tests that encrypt one vector on
+    several paths would trip it. Clients that cannot keep IVs unique use the
+    message-based API with CKG_GENERATE_COUNTER or CKG_GENERATE_RANDOM, where the token
+    makes the IV (aes_message.py; counters kept in the store, never reused).
   - GCM message-based (PKCS#11 3.0, CK_GCM_MESSAGE_PARAMS per message): see
     aes_message.py; native/message.c keeps the same rules for the fast path.
   - CKM_AES_KEY_WRAP (RFC 3394) and CKM_AES_KEY_WRAP_PAD / _KWP (both RFC 5649;

@@ -20,6 +20,10 @@ HASHES = {
     C.CKM_SHA3_512: hashes.SHA3_512,
 }
 
+# digests C_DigestKey does not run over a key: their collisions are cheap (MD5) or
+# practical (SHA-1), and a short digest of a secret key is an offline-checkable tag for it
+NOT_FOR_KEYS = frozenset({C.CKM_MD5, C.CKM_SHA_1})
+
 # CK_RSA_PKCS_MGF_TYPE -> the hash mechanism MGF1 uses
 MGF1 = {
     C.CKG_MGF1_SHA1: C.CKM_SHA_1,

@@ -2,6 +2,8 @@
 
 The new key's value is the base key's encryption of the parameter data (ECB, or
 CBC with the parameter's IV), without padding, as SoftHSM2 does:
+  - it is an encryption by the base key, so the base key needs CKA_ENCRYPT besides
+    CKA_DERIVE (`base_usage`, checked by the engine: CKR_KEY_FUNCTION_NOT_PERMITTED);
   - the data must be a non-empty whole number of blocks (CKR_MECHANISM_PARAM_INVALID);
   - the key takes the first CKA_VALUE_LEN bytes (or its type's fixed length, or
     all of the output); data shorter than the key asked for is
@@ -31,6 +33,8 @@ def _cbc(param, block: int):
 
 
 class EncryptData:
+    base_usage = (C.CKA_ENCRYPT,)
+
     def __init__(self, algorithm, mode, block: int):
         self.algorithm = algorithm      # key -> cipher algorithm (checks the key type)
         self.mode = mode                # (param, block) -> (mode, data)

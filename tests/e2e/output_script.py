@@ -172,9 +172,12 @@ def verifies(fn):
 
 # --- keys ----------------------------------------------------------------------------
 def secret(script, key_type, value):
+    """A known-value test key for every use: readable (SENSITIVE false, EXTRACTABLE true), the
+    only kind key separation lets hold ENCRYPT and DECRYPT with WRAP and UNWRAP (schema.py)."""
     return script.obj({C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: key_type, C.CKA_VALUE: value,
                        C.CKA_TOKEN: b"\x00", C.CKA_ENCRYPT: True, C.CKA_DECRYPT: True, C.CKA_SIGN: True,
-                       C.CKA_VERIFY: True, C.CKA_WRAP: True, C.CKA_UNWRAP: True})
+                       C.CKA_VERIFY: True, C.CKA_WRAP: True, C.CKA_UNWRAP: True,
+                       C.CKA_SENSITIVE: b"\x00", C.CKA_EXTRACTABLE: True})
 
 
 def big(n: int) -> bytes:

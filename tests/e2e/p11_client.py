@@ -38,11 +38,12 @@ def token(module: str, label: str = "e2e"):
     return pkcs11.lib(module).get_token(token_label=label)
 
 
-def aes_key(session, label: str, id_: bytes, **template):
-    """A token AES-256 key that may encrypt, wrap and be wrapped."""
+def aes_key(session, label: str, id_: bytes, wraps: bool = False, **template):
+    """A token AES-256 key that may be wrapped, and encrypt and decrypt or (`wraps`) wrap and
+    unwrap: never both (key separation, provider/schema.py)."""
     tpl = {Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: True, Attribute.PRIVATE: True,
            Attribute.DERIVE: True, **template}
-    caps = (MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.WRAP | MechanismFlag.UNWRAP)
+    caps = (MechanismFlag.WRAP | MechanismFlag.UNWRAP) if wraps else (MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT)
     return session.generate_key(KeyType.AES, 256, id=id_, label=label, store=True, capabilities=caps,
                                 template=tpl)
 

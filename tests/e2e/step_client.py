@@ -48,8 +48,8 @@ class Client:
         return self._peer
 
     def make(self, kind, name, label, id):
-        if kind == "aes":
-            self.objs[name] = aes_key(self.session, label, bytes.fromhex(id))
+        if kind in ("aes", "kek"):
+            self.objs[name] = aes_key(self.session, label, bytes.fromhex(id), wraps=kind == "kek")
         else:
             self.objs[name + ".pub"], self.objs[name] = ec_pair(self.session, label, bytes.fromhex(id))
 

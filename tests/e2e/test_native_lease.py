@@ -160,12 +160,12 @@ def test_renewed_leases_keep_long_operations_on_an_unchanged_key(c_build, token)
 
 PYTHON_HOST = """
 import time, pkcs11
-from pkcs11 import KeyType, Mechanism
+from pkcs11 import KeyType, Mechanism, MechanismFlag
 from pkcs11.mechanisms import GCMParams
 
 lib = pkcs11.lib({module!r})
 with lib.get_token(token_label="e2e").open(user_pin={pin!r}, rw=True) as s:
-    key = s.generate_key(KeyType.AES, 256, store=False)
+    key = s.generate_key(KeyType.AES, 256, store=False, capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT)
     params = GCMParams(bytes(12), b"aad", 128)
 
     def slow():

@@ -11,7 +11,7 @@ from .conftest import USER_PIN
 SCRIPT = """
 import json, sys
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
@@ -19,7 +19,9 @@ lib = pkcs11.lib(sys.argv[1])
 token = lib.get_token(token_label="e2e")
 result = {"manufacturer": lib.manufacturer_id, "version": list(lib.cryptoki_version)}
 with token.open(user_pin=sys.argv[2], rw=True) as session:
-    key = session.generate_key(KeyType.AES, 256, label="py-aes", store=True)
+    # python-pkcs11's default capabilities add WRAP and UNWRAP, which key separation refuses
+    key = session.generate_key(KeyType.AES, 256, label="py-aes", store=True,
+                               capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT)
     iv = session.generate_random(96)
     params = GCMParams(iv, b"header", 128)
     ct = key.encrypt(b"hello from python-pkcs11", mechanism=Mechanism.AES_GCM, mechanism_param=params)

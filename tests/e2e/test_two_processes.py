@@ -239,7 +239,7 @@ def test_interleaving(clients, steps):
 # --- key use after a change elsewhere -------------------------------------------------------
 @dataclass(frozen=True)
 class Use:
-    kind: str                 # of K: "aes" or "ec"
+    kind: str                 # of K: "aes" (encrypts), "kek" (wraps) or "ec"
     command: dict             # the step_client "use" command (K is "K", the other key "other")
     restrict: tuple           # (attribute, value) that takes the use away from K
     restricted: str           # CKR when restricted
@@ -256,13 +256,13 @@ USES = {
     "derive": Use("ec", dict(use="derive", name="K"), ("DERIVE", False),
                   "CKR_KEY_FUNCTION_NOT_PERMITTED", "CKR_KEY_HANDLE_INVALID"),
     # K wraps another key: the wrapping key's codes (PKCS#11 3.0, C_WrapKey)
-    "wrap-with": Use("aes", {"use": "wrap", "name": "K", "with": "other"}, ("WRAP", False),
+    "wrap-with": Use("kek", {"use": "wrap", "name": "K", "with": "other"}, ("WRAP", False),
                      "CKR_KEY_FUNCTION_NOT_PERMITTED", "CKR_WRAPPING_KEY_HANDLE_INVALID", other="aes"),
     # K is wrapped by another key
     "wrapped": Use("aes", {"use": "wrap", "name": "other", "with": "K"}, ("EXTRACTABLE", False),
-                   "CKR_KEY_UNEXTRACTABLE", "CKR_KEY_HANDLE_INVALID", other="aes"),
+                   "CKR_KEY_UNEXTRACTABLE", "CKR_KEY_HANDLE_INVALID", other="kek"),
 }
-K_CLASS = {"aes": "SECRET_KEY", "ec": "PRIVATE_KEY"}
+K_CLASS = {"aes": "SECRET_KEY", "kek": "SECRET_KEY", "ec": "PRIVATE_KEY"}
 
 # The native fast path answers a repeat init of a key it holds a cached authorisation for
 # without the engine; with its lease (native/ferro_native.h FERRO_LEASE_NS, 500 ms, the

@@ -1,4 +1,4 @@
-"""The [limits] table of the configuration file."""
+"""The [limits] and [policy] tables of the configuration file."""
 
 import pytest
 
@@ -25,4 +25,16 @@ def test_limits_set():
 def test_limits_refused(table):
     with pytest.raises(PKCS11Error) as err:
         Config.parse(f"[limits]\n{table}\n", "test")
+    assert err.value.rv == C.CKR_GENERAL_ERROR
+
+
+def test_policy_key_separation_defaults_on():
+    assert Config.parse("", "test").policy.key_separation is True
+    assert Config.parse("[policy]\nkey_separation = false\n", "test").policy.key_separation is False
+
+
+@pytest.mark.parametrize("table", ['key_separation = "no"', "key_separation = 0", "unknown = true"])
+def test_policy_refused(table):
+    with pytest.raises(PKCS11Error) as err:
+        Config.parse(f"[policy]\n{table}\n", "test")
     assert err.value.rv == C.CKR_GENERAL_ERROR

@@ -196,7 +196,7 @@ def test_rsa_sign_and_oaep(user):
 
 def test_wrap_unwrap_and_extractable(user):
     lib, s = user
-    wrapper = aes_key(lib, s, LABEL=b"wrapper")
+    wrapper = aes_key(lib, s, LABEL=b"wrapper", WRAP=True)     # a key-encryption key (key separation)
     secret = aes_key(lib, s, LABEL=b"wrapped", EXTRACTABLE=True)
     stuck = aes_key(lib, s, LABEL=b"stuck")
     mech = Mechanism(C.CKM_AES_KEY_WRAP)
@@ -218,7 +218,7 @@ def test_wrap_unwrap_and_extractable(user):
 
 def test_wrap_private_key_round_trip(user):
     lib, s = user
-    wrapper = aes_key(lib, s)
+    wrapper = aes_key(lib, s, WRAP=True)
     pub, priv = ec_pair(lib, s, EXTRACTABLE=True)
     mech = Mechanism(C.CKM_AES_KEY_WRAP_PAD)
     blob = lib.wrap_key(s, mech, wrapper, priv, 1000)

@@ -17,11 +17,12 @@ static CK_OBJECT_HANDLE gen_secret(CK_MECHANISM_TYPE m, CK_ULONG kt, CK_ULONG le
 {
     CK_MECHANISM mech = {m, NULL, 0};
     CK_ULONG cls = CKO_SECRET_KEY;
-    CK_BBOOL yes = CK_TRUE;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    /* every usage on one key: key separation allows that only on a key whose value is readable */
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &kt, sizeof kt},
                         {CKA_VALUE_LEN, &len, sizeof len}, {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1},
                         {CKA_WRAP, &yes, 1}, {CKA_UNWRAP, &yes, 1}, {CKA_DERIVE, &yes, 1},
-                        {CKA_EXTRACTABLE, &yes, 1}};
+                        {CKA_EXTRACTABLE, &yes, 1}, {CKA_SENSITIVE, &no, 1}};
     CK_OBJECT_HANDLE h = 0;
     EXPECT("generate a secret key", F->C_GenerateKey(S, &mech, t, sizeof t / sizeof t[0], &h), CKR_OK);
     return h;
