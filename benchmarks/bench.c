@@ -11,6 +11,8 @@
  *                                             load + C_Initialize + open + C_Login less the PIN
  *                                             derivation (a second C_Login), peak RSS, and
  *                                             find-by-label p50/p99 over 2,000 lookups
+ *   bench MODULE LABEL PIN login N            C_Login (user) + C_Logout N times on one session:
+ *                                             the first C_Login, the median and the slowest
  *
  * Every AES-GCM op is C_EncryptInit (a fresh IV) + C_Encrypt, as a client of a
  * token must do per message. A figure the module cannot do prints "n/a". */
@@ -349,12 +351,37 @@ static void startup_figures(const char *module, const char *label, const char *p
     figure("peak_rss", rss_kib("VmHWM:") / 1024.0, "MiB");
 }
 
+static void login_figures(const char *module, const char *label, const char *pin, long rounds)
+{
+    static double took[1000];
+    CK_SESSION_HANDLE s;
+    if (rounds < 1 || rounds > 1000)
+        die("login rounds must be 1..1000", 0);
+    load(module, label);
+    s = session(NULL);
+    for (long i = 0; i < rounds; i++) {
+        double t0 = now();
+        CK(F->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)));
+        took[i] = (now() - t0) * 1e3;
+        CK(F->C_Logout(s));
+    }
+    figure("login_first", took[0], "ms");
+    qsort(took, rounds, sizeof *took, by_value);
+    figure("login_p50", took[rounds / 2], "ms");
+    figure("login_max", took[rounds - 1], "ms");
+}
+
 int main(int argc, char **argv)
 {
     CK_SESSION_HANDLE s[2];
     if (argc != 6) {
-        fprintf(stderr, "usage: %s MODULE LABEL PIN crypto|populate|objects|startup SECONDS|N\n", argv[0]);
+        fprintf(stderr, "usage: %s MODULE LABEL PIN crypto|populate|objects|startup|login SECONDS|N\n", argv[0]);
         return 2;
+    }
+    if (!strcmp(argv[4], "login")) {
+        login_figures(argv[1], argv[2], argv[3], atol(argv[5]));
+        F->C_Finalize(NULL);
+        return 0;
     }
     if (!strcmp(argv[4], "startup")) {
         startup_figures(argv[1], argv[2], argv[3], atol(argv[5]));

@@ -9,8 +9,9 @@ objects), then runs the client against FerroHSM and SoftHSM2 and
 is the median over the rounds. Then the scale figures (FerroHSM only, --scale N
 objects, default 100,000, filled in one store transaction): a new process's
 C_Initialize + open + C_Login less the PIN derivation, its memory, and find-by-label
-p50/p99 (`bench ... startup N`, one process per round). About six minutes on a
-2-core machine.
+p50/p99 (`bench ... startup N`, one process per round), and C_Login (`bench ... login 5`;
+benchmarks/login.py measures it alone, and the first login of a first-release token).
+About six minutes on a 2-core machine.
 """
 
 import argparse
@@ -164,6 +165,7 @@ def main() -> None:
                 print(f"round {r + 1}: {m.name}", flush=True)
                 runs = [m.bench(exe, "bench", "crypto", args.seconds)]
                 runs += [m.bench(exe, f"objects{n}", "objects", args.seconds) for n in OBJECT_TOKENS]
+                runs += [m.bench(exe, "bench", "login", 5)]            # C_Login + C_Logout (issue 11)
                 for figures in runs:
                     for name, (value, unit) in figures.items():
                         samples[m.name].setdefault(name, ([], unit))[0].append(value)

@@ -142,6 +142,32 @@ def list_objects(
         lib.finalize()
 
 
+@app.command("unlock-pin")
+def unlock_pin(
+    label: str = typer.Option(..., "--token", help="Token label."),
+    so: bool = typer.Option(False, "--so", help="The SO PIN (default: the user PIN)."),
+    pin: str = typer.Option(..., prompt=True, hide_input=True, help="The locked PIN."),
+    key_store: str = KEY_STORE,
+):
+    """Unlock a locked PIN, given that PIN: for the owner of the token's store.
+
+    The PIN is checked as a login checks it, except that a locked PIN is checked too;
+    the right one clears the failure count (a wrong one counts).  It runs with this
+    user's access to the store, and writes it: whoever can write the token files could
+    reset the counter in them anyway, so this gives nothing to anyone else.  The SO PIN
+    has no other way back (C_InitToken needs it); a user PIN can also be set anew by
+    the SO (C_InitPIN)."""
+    lib = _library(key_store)
+    try:
+        sid = _find_slot(lib, label, None)
+        lib.tokens[sid].store.unlock_pin(C.CKU_SO if so else C.CKU_USER, pin.encode())
+        out.print(f"The {'SO' if so else 'user'} PIN of token [bold]{label}[/bold] is unlocked.")
+    except PKCS11Error as err:
+        _fail(err)
+    finally:
+        lib.finalize()
+
+
 @app.command("module-path")
 def module_path():
     """Print the absolute path of the PKCS#11 module, to give to clients."""
@@ -161,6 +187,9 @@ def show_config():
                         ("log level", conf.log_level), ("log file", conf.log_file or "(standard error)"),
                         ("PIN length", f"{conf.pin_min}..{conf.pin_max}"),
                         ("PIN tries before lock", str(conf.pin_max_failures)),
+                        ("PIN KDF (new wraps)", conf.pin_policy.kdf.text()),
+                        ("wait after a failed PIN", f"{conf.pin_policy.failure_delay:g} s, doubling, at most "
+                                                    f"{conf.pin_policy.delay(5):g} s"),
                         ("store", conf.store_kind + (f" ({_dsn_shown(conf.store_dsn)})" if conf.store_dsn else ""))):
         table.add_row(name, value)
     out.print(table)

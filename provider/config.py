@@ -30,9 +30,14 @@ TOML, every key optional:
     file = ""                # empty: standard error
 
     [pin]
-    min_length = 4
+    min_length = 6
     max_length = 255
     max_failures = 10        # wrong PINs in a row before the PIN locks
+    failure_delay = 0.5      # seconds a PIN check waits after a failure, doubling with each
+                             # further one up to 16 times this (8 s); 0: no wait
+    kdf_memory = 65536       # Argon2id cost of new PIN wraps (at least 64 MiB, in KiB),
+    kdf_time = 3             # passes, and lanes; a PIN wrap below it is wrapped again
+    kdf_parallelism = 4      # at that PIN's next login
 
     [limits]                 # work one call may ask for; above a limit the call is refused
     pbkdf2_max_iterations = 10000000   # CKM_PKCS5_PBKD2 -> CKR_MECHANISM_PARAM_INVALID above
@@ -92,6 +97,7 @@ from pathlib import Path
 
 from . import constants as C
 from .errors import PKCS11Error
+from .store.sealing import ARGON2_MAX_KIB, ARGON2_MIN_KIB, Argon2id, PinPolicy
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 STORE_KINDS = ("sqlite", "filesystem", "postgres", "memory")
@@ -146,9 +152,10 @@ class Config:
     token_dir: Path
     log_level: str = "WARNING"
     log_file: str = ""
-    pin_min: int = 4
+    pin_min: int = 6
     pin_max: int = 255
     pin_max_failures: int = 10
+    pin_policy: PinPolicy = PinPolicy()     # PIN KDF and failure delay (store/sealing.py)
     source: str = "(defaults)"
     backends: dict = field(default_factory=lambda: {"soft": {"type": "soft"}})
     token_policies: dict = field(default_factory=dict)    # token label -> TokenPolicy
@@ -188,9 +195,10 @@ class Config:
             token_dir=token_dir,
             log_level=str(log.get("level", "WARNING")).upper(),
             log_file=str(log.get("file", "")),
-            pin_min=int(pin.get("min_length", 4)),
+            pin_min=int(pin.get("min_length", 6)),
             pin_max=int(pin.get("max_length", 255)),
             pin_max_failures=int(pin.get("max_failures", 10)),
+            pin_policy=_pin_policy(pin, source),
             source=source,
             limits=Limits.parse(data.get("limits", {}), source),
             policy=Policy.parse(data.get("policy", {}), source),
@@ -205,6 +213,21 @@ class Config:
         if not (1 <= conf.pin_min <= conf.pin_max) or conf.pin_max_failures < 1:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: bad [pin] limits")
         return conf
+
+
+def _pin_policy(table: dict, source: str) -> PinPolicy:
+    """[pin]'s KDF cost and failure delay: Argon2id of at least 64 MiB, a delay of 0..8 s."""
+    base = PinPolicy()
+    kdf = Argon2id(table.get("kdf_memory", base.kdf.memory_kib), table.get("kdf_time", base.kdf.time_cost),
+                   table.get("kdf_parallelism", base.kdf.parallelism))
+    delay = table.get("failure_delay", base.failure_delay)
+    if any(type(v) is not int for v in (kdf.memory_kib, kdf.time_cost, kdf.parallelism)) \
+            or kdf.memory_kib < ARGON2_MIN_KIB or not kdf.sane() \
+            or type(delay) not in (int, float) or not 0 <= delay <= 8:
+        raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [pin] kdf_memory must be {ARGON2_MIN_KIB}.."
+                                               f"{ARGON2_MAX_KIB} KiB, kdf_time 1..64, kdf_parallelism 1..64, "
+                                               "failure_delay 0..8 seconds")
+    return PinPolicy(kdf, float(delay))
 
 
 def _store(table: dict, source: str) -> dict:

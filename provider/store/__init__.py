@@ -13,7 +13,7 @@ __all__ = ["Catalog", "Changes", "Conflict", "Sealed", "TokenStore", "MemoryCata
 
 def open_catalog(config) -> Catalog:
     """The catalog of the store `config.store_kind` names."""
-    args = dict(max_pin_failures=config.pin_max_failures)
+    args = dict(max_pin_failures=config.pin_max_failures, pin_policy=config.pin_policy)
     kind = config.store_kind
     if kind == "sqlite":
         return SqliteCatalog(config.token_dir, **args)

@@ -65,17 +65,18 @@ from .. import files
 from ..errors import PKCS11Error
 from ..log import LOG
 from .base import Catalog, Entry
-from .sealing import KDF_ITERATIONS, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
+from .sealing import SCHEMA_VERSION, TOKEN_FIELDS, PinPolicy, SealingStore
 
 TOKEN_FILE, LOCK_FILE, JOURNAL_FILE, LOG_FILE = "token.json", "lock", "journal.json", "changes.log"
 KEYS_DIR, COUNTERS_DIR = "keys", "counters"
 CURRENT_FILE, TOMBSTONE_FILE = "current.json", "tombstone.json"
-BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap", "manifest",
-                          "anchor"})
-# schema -> the token fields a file of that schema lacks (read as None; written at the
-# next token write as this release's schema): schema 2 had no object list yet, and
-# schemas 2 and 3 no TPM anchor
-ADDED_SINCE = {2: {"manifest", "anchor"}, 3: {"anchor"}}
+BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap",
+                          "so_tries", "user_tries", "manifest", "anchor"})
+# schema -> the token fields a token.json of that schema lacks, with their values
+# (read as if present; the next write of token.json writes today's schema)
+MIGRATIONS = {2: {"so_kdf": None, "so_tries": None, "user_kdf": None, "user_tries": None,
+                  "manifest": None},
+              3: {"anchor": None}}
 POINTER_FIELDS = ("version", "lineage", "seq", "entry")
 MAX_NAME = 200
 _VERSION_FILE = re.compile(r"v(\d{8,})\.json")
@@ -185,12 +186,13 @@ def encode_token(tok: dict) -> bytes:
 
 def decode_token(data: dict) -> dict:
     schema = data.get("schema")
-    if schema != SCHEMA_VERSION and schema not in ADDED_SINCE:
+    if schema != SCHEMA_VERSION and schema not in MIGRATIONS:
         raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, f"token schema {schema!r} is not this release's "
                                                       f"({SCHEMA_VERSION})")
     fields = dict(data["token"])
-    for missing in ADDED_SINCE.get(schema, ()):
-        fields.setdefault(missing, None)
+    while schema != SCHEMA_VERSION:
+        fields.update(MIGRATIONS[schema])
+        schema += 1
     if set(fields) != set(TOKEN_FIELDS):
         raise PKCS11Error(C.CKR_TOKEN_NOT_RECOGNIZED, "token record fields do not match")
     return {k: _unb64(v) if k in BYTES_FIELDS and v is not None else v for k, v in fields.items()}
@@ -213,8 +215,8 @@ class _Tx:
 
 
 class FilesystemStore(SealingStore):
-    def __init__(self, directory, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
-        super().__init__(max_pin_failures, kdf_iterations)
+    def __init__(self, directory, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
+        super().__init__(max_pin_failures, pin_policy)
         self.root = Path(directory)
         self._keys_dir = self.root / KEYS_DIR
         self._counters_dir = self.root / COUNTERS_DIR
@@ -584,7 +586,7 @@ class FilesystemStore(SealingStore):
                         pass
                 try:                                    # (no need to decode the whole record)
                     data = _read_json(self._token_path)
-                    if data["schema"] == SCHEMA_VERSION:
+                    if data["schema"] == SCHEMA_VERSION or data["schema"] in MIGRATIONS:
                         return data["token"]["seq"], data["token"]["epoch"]
                 except (ValueError, KeyError, TypeError):
                     pass
@@ -697,9 +699,9 @@ class FilesystemCatalog(Catalog):
 
     PATTERN = "token-*.d"
 
-    def __init__(self, directory, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
+    def __init__(self, directory, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
         self.directory = Path(directory)
-        self._args = (max_pin_failures, kdf_iterations)
+        self._args = (max_pin_failures, pin_policy)
         self._known: set[str] = set()      # names seen initialized (a token stays so)
         self._lock = threading.Lock()
         files.private_dir(self.directory)

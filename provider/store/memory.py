@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from .. import constants as C
 from ..errors import PKCS11Error
 from .base import Catalog
-from .sealing import KDF_ITERATIONS, SealingStore
+from .sealing import PinPolicy, SealingStore
 
 
 def new_data() -> dict:
@@ -25,8 +25,8 @@ def new_data() -> dict:
 
 class MemoryStore(SealingStore):
     def __init__(self, data: dict | None = None, max_pin_failures: int = 10,
-                 kdf_iterations: int = KDF_ITERATIONS):
-        super().__init__(max_pin_failures, kdf_iterations)
+                 pin_policy: PinPolicy = PinPolicy()):
+        super().__init__(max_pin_failures, pin_policy)
         self.data = new_data() if data is None else data
 
     def _exists(self) -> bool:
@@ -114,8 +114,8 @@ class MemoryStore(SealingStore):
 class MemoryCatalog(Catalog):
     """Tokens that live as long as the process: `[store] kind = "memory"`."""
 
-    def __init__(self, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
-        self._args = (max_pin_failures, kdf_iterations)
+    def __init__(self, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
+        self._args = (max_pin_failures, pin_policy)
         self._tokens: dict[str, dict] = {}
 
     def names(self) -> list:

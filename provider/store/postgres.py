@@ -60,7 +60,7 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from .base import Catalog, Entry
-from .sealing import KDF_ITERATIONS, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
+from .sealing import SCHEMA_VERSION, TOKEN_FIELDS, PinPolicy, SealingStore
 
 CHANNEL = "ferrohsm"
 HEAD_TTL = 1.0           # s: a cached head older than this is read again
@@ -75,7 +75,7 @@ CREATE TABLE ferro_tokens (
     pruned bigint NOT NULL DEFAULT 0, pub_key bytea NOT NULL,
     so_salt bytea, so_iters integer, so_wrap bytea, so_fail integer NOT NULL,
     user_salt bytea, user_iters integer, user_wrap bytea, user_fail integer NOT NULL,
-    manifest bytea, anchor bytea);
+    so_kdf text, so_tries bytea, user_kdf text, user_tries bytea, manifest bytea, anchor bytea);
 CREATE TABLE ferro_objects (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     uid text NOT NULL, version bigint NOT NULL, lineage text NOT NULL, seq bigint NOT NULL,
@@ -94,7 +94,10 @@ CREATE TABLE ferro_counters (
 # schema version -> the statements that bring a database at that version to the next.
 # The PostgreSQL store began at schema 2; a later schema adds its step here.
 MIGRATIONS: dict[int, str] = {
-    2: "ALTER TABLE ferro_tokens ADD COLUMN manifest bytea",
+    2: """
+ALTER TABLE ferro_tokens ADD COLUMN so_kdf text, ADD COLUMN so_tries bytea,
+    ADD COLUMN user_kdf text, ADD COLUMN user_tries bytea, ADD COLUMN manifest bytea;
+""",
     3: "ALTER TABLE ferro_tokens ADD COLUMN anchor bytea",
 }
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1e9)::bigint"   # the server's clock: one for every client
@@ -430,8 +433,8 @@ class PostgresStore(SealingStore):
     how long a cached head may be served, 0 for none (every head() a query)."""
 
     def __init__(self, database, name: str, max_pin_failures: int = 10,
-                 kdf_iterations: int = KDF_ITERATIONS, head_ttl: float = HEAD_TTL):
-        super().__init__(max_pin_failures, kdf_iterations)
+                 pin_policy: PinPolicy = PinPolicy(), head_ttl: float = HEAD_TTL):
+        super().__init__(max_pin_failures, pin_policy)
         self._own = isinstance(database, str)
         self.db = Database(database, head_ttl) if self._own else database
         self.name = name
@@ -567,10 +570,10 @@ class PostgresStore(SealingStore):
 class PostgresCatalog(Catalog):
     """The tokens of one PostgreSQL database: the rows of ferro_tokens, in creation order."""
 
-    def __init__(self, dsn: str, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS,
+    def __init__(self, dsn: str, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy(),
                  head_ttl: float = HEAD_TTL):
         self.db = Database(dsn, head_ttl)
-        self._args = (max_pin_failures, kdf_iterations)
+        self._args = (max_pin_failures, pin_policy)
         self._refused = ""
 
     def names(self) -> list:

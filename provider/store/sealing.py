@@ -1,9 +1,13 @@
 """Sealing, PIN verification and the TokenStore behaviour built on them.
 
 Keys of one token:
-  master key   random 256 bits; wrapped (AES-256-GCM) under a KEK that PBKDF2-HMAC-
-               SHA256 derives from each PIN with its own random 16-byte salt.  The wrap
-               is also the PIN verifier: a wrong PIN fails the GCM unwrap.
+  master key   random 256 bits; wrapped (AES-256-GCM) under a KEK that Argon2id derives
+               from each PIN with its own random 16-byte salt and the cost parameters
+               stored beside it (`{who}_kdf`, e.g. "argon2id$v=19$m=65536,t=3,p=4"; a
+               wrap without them is PBKDF2-HMAC-SHA256 of `{who}_iters` iterations, from
+               an older release, and is wrapped again with Argon2id at that PIN's next
+               successful login, as is one whose stored cost is below the configured).
+               The wrap is also the PIN verifier: a wrong PIN fails the GCM unwrap.
   public key   random 256 bits, kept in clear in the token record; seals the sensitive
                values of public objects, and (through HMAC) keys the record tags.
 
@@ -20,20 +24,22 @@ more than the file's permissions).
 `SealingStore` is the TokenStore contract on top of a few persistence primitives
 (read / update the token record, read / put / delete object rows, read changes,
 counters) that each store provides; the version checks, tombstone pruning and IV
-counter rules are written here once.  PIN failure counters are incremented and
-committed before the (slow) PIN check and reset after a success, so a process
-killed mid-check still counts the try.  A wrong PIN that reaches the limit answers
-CKR_PIN_INCORRECT; every try after that, right PIN or not, CKR_PIN_LOCKED.
+counter rules are written here once.  PIN tries: see SealingStore._check_pin.
 """
 
 import hashlib
 import hmac
 import os
+import re
 import struct
 import threading
+import time
 from abc import abstractmethod
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import NamedTuple
+
+from argon2.low_level import Type, hash_secret_raw
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,10 +52,10 @@ from . import records
 from .anchor import NO_ANCHOR, guard
 from .base import BLINDED, Changes, Conflict, Locked, Sealed, TokenStore, stub_of, under_master
 
-KDF_ITERATIONS = 600_000
 SCHEMA_VERSION = 4         # 1: the first release (no versions); 2: versions, counters, pruning;
-                           # 3: records sealed whole under the master key, the object list;
-                           # 4: the TPM anchor (anchor.py: token field `anchor`)
+#                            3: per-PIN KDF parameters and recorded tries ({who}_kdf, {who}_tries),
+#                            records sealed whole under the master key, the object list (manifest);
+#                            4: the TPM anchor (anchor.py: token field `anchor`)
 TOMBSTONE_WINDOW = 1000    # tombstones kept for the last this-many changes; older readers resync
 IV_PREFIX, LEGACY_PREFIX = "iv:", "legacy:"
 KEY_LEN, SALT_LEN, NONCE_LEN = 32, 16, 12
@@ -79,24 +85,103 @@ def _gcm_open(key: bytes, blob: bytes, aad: bytes) -> bytes:
     return AESGCM(key).decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], aad)
 
 
-def derive_kek(pin: bytes, salt: bytes, iterations: int) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", pin, salt, iterations, KEY_LEN)
+@dataclass(frozen=True)
+class Argon2id:
+    """Argon2id cost (RFC 9106).  The default is RFC 9106's second recommended option
+    (64 MiB, 3 passes, 4 lanes): about 0.12 s a derivation on one 2-core machine."""
+    memory_kib: int = 65536
+    time_cost: int = 3
+    parallelism: int = 4
+
+    def text(self) -> str:
+        """The stored form (PHC string syntax without salt and hash)."""
+        return f"argon2id$v=19$m={self.memory_kib},t={self.time_cost},p={self.parallelism}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Argon2id":
+        m = _ARGON2_TEXT.fullmatch(text or "")
+        params = cls(*map(int, m.groups())) if m else None
+        if params is None or not params.sane():
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, f"PIN KDF {text!r} is not one this release runs")
+        return params
+
+    def sane(self) -> bool:
+        """Within what a derivation may cost here (a written file could ask for terabytes)."""
+        return 1 <= self.parallelism <= 64 and 8 * self.parallelism <= self.memory_kib <= ARGON2_MAX_KIB \
+            and 1 <= self.time_cost <= 64
+
+    def below(self, other: "Argon2id") -> bool:
+        return self.memory_kib < other.memory_kib or self.time_cost < other.time_cost
 
 
-def wrap_master(master: bytes, pin: bytes, serial: str, who: str, iterations: int) -> dict:
-    """The token-record fields that let `pin` (of `who`: "so"/"user") unwrap `master`."""
+_ARGON2_TEXT = re.compile(r"argon2id\$v=19\$m=(\d{1,8}),t=(\d{1,3}),p=(\d{1,3})")
+ARGON2_MIN_KIB = 65536          # the least a configuration may set: 64 MiB
+ARGON2_MAX_KIB = 4 << 20        # 4 GiB
+TAG_LEN = 16                    # bytes of one recorded try (`{who}_tries`)
+
+
+@dataclass(frozen=True)
+class PinPolicy:
+    """What a store applies to PIN checks besides the failure limit: the KDF new wraps
+    get, and the delay before a check that follows failures: `failure_delay` seconds
+    after the first failure, doubling with each further one, at most 16 times that."""
+    kdf: Argon2id = Argon2id()
+    failure_delay: float = 0.5
+
+    def delay(self, fails: int) -> float:
+        return 0.0 if fails <= 0 else self.failure_delay * 2 ** min(fails - 1, 4)
+
+
+def derive_kek(pin: bytes, salt: bytes, kdf: str | None, iterations: int | None) -> bytes:
+    """The KEK of a PIN wrap from its stored fields: `kdf` the Argon2id text, or None
+    for a PBKDF2-HMAC-SHA256 wrap of `iterations` (an older release's)."""
+    if kdf is None:
+        if not isinstance(iterations, int) or not 1 <= iterations <= 10_000_000:
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, "PIN KDF iterations out of range")
+        return hashlib.pbkdf2_hmac("sha256", pin, salt, iterations, KEY_LEN)
+    a = Argon2id.parse(kdf)
+    return hash_secret_raw(pin, salt, a.time_cost, a.memory_kib, a.parallelism, KEY_LEN, Type.ID)
+
+
+def pin_kek(tok: dict, who: str, pin: bytes) -> bytes:
+    """The slow step of a PIN check: `who`'s KEK for `pin`, by the record's KDF."""
+    return derive_kek(pin, tok[f"{who}_salt"], tok[f"{who}_kdf"], tok[f"{who}_iters"])
+
+
+def wrap_master(master: bytes, pin: bytes, serial: str, who: str, kdf: Argon2id) -> dict:
+    """The token-record fields that let `pin` (of `who`: "so"/"user") unwrap `master`,
+    with no tries recorded (they were tries of the previous wrap)."""
     salt = os.urandom(SALT_LEN)
-    wrap = _gcm_seal(derive_kek(pin, salt, iterations), master, _lp(serial.encode(), who.encode()))
-    return {f"{who}_salt": salt, f"{who}_iters": iterations, f"{who}_wrap": wrap}
+    kek = derive_kek(pin, salt, kdf.text(), None)
+    wrap = _gcm_seal(kek, master, _lp(serial.encode(), who.encode()))
+    return {f"{who}_salt": salt, f"{who}_kdf": kdf.text(), f"{who}_iters": None, f"{who}_wrap": wrap,
+            f"{who}_tries": None}
 
 
-def unwrap_master(tok: dict, pin: bytes, who: str) -> bytes | None:
-    """The master key, or None if `pin` is not `who`'s PIN."""
-    kek = derive_kek(pin, tok[f"{who}_salt"], tok[f"{who}_iters"])
+def unwrap_master(tok: dict, kek: bytes, who: str) -> bytes | None:
+    """The master key, or None if `kek` is not the KEK of `who`'s PIN."""
     try:
         return _gcm_open(kek, tok[f"{who}_wrap"], _lp(tok["serial"].encode(), who.encode()))
     except InvalidTag:
         return None
+
+
+def try_tag(kek: bytes) -> bytes:
+    """What the token record keeps of a try whose answer is not known yet: testing a
+    PIN against it costs the same KDF as testing it against the wrap."""
+    return hmac.new(kek, b"ferrohsm PIN try v1", hashlib.sha256).digest()[:TAG_LEN]
+
+
+def _tags(blob: bytes | None) -> list:
+    blob = blob or b""
+    return [blob[i:i + TAG_LEN] for i in range(0, len(blob) - TAG_LEN + 1, TAG_LEN)]
+
+
+PIN_RECORD = ("salt", "kdf", "iters", "wrap")     # a change to any: another wrap
+
+
+def _same_wrap(a: dict, b: dict, who: str) -> bool:
+    return all(a[f"{who}_{f}"] == b[f"{who}_{f}"] for f in PIN_RECORD) and a["epoch"] == b["epoch"]
 
 
 def _value_aad(serial: str, uid: str, cka: int, key_id: bytes) -> bytes:
@@ -202,9 +287,11 @@ PIN_FLAGS = {
 }
 TOKEN_FIELDS = ("label", "serial", "epoch", "seq", "pruned", "pub_key",
                 "so_salt", "so_iters", "so_wrap", "so_fail",
-                "user_salt", "user_iters", "user_wrap", "user_fail", "manifest",
-                "anchor")                                         # (schema 4)
-NO_USER_PIN = {"user_salt": None, "user_iters": None, "user_wrap": None, "user_fail": 0}
+                "user_salt", "user_iters", "user_wrap", "user_fail",
+                "so_kdf", "so_tries", "user_kdf", "user_tries", "manifest",     # (schema 3)
+                "anchor")                                                       # (schema 4)
+NO_USER_PIN = {"user_salt": None, "user_iters": None, "user_wrap": None, "user_fail": 0,
+               "user_kdf": None, "user_tries": None}
 
 
 def pin_flags_of(fails: int, max_failures: int, who: str) -> int:
@@ -230,9 +317,9 @@ class SealingStore(TokenStore):
     the token record around every write transaction: `_write` is wrapped here."""
     anchor = NO_ANCHOR
 
-    def __init__(self, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
+    def __init__(self, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
         self.max_failures = max_pin_failures
-        self.kdf_iterations = kdf_iterations
+        self.pins = pin_policy
         self._lock = threading.RLock()
         self._master: bytes | None = None
         self._master_epoch: int | None = None
@@ -343,11 +430,11 @@ class SealingStore(TokenStore):
     def initialize(self, label: bytes, so_pin: bytes) -> None:
         with self._lock:
             fresh = not self._exists()
-            serial = self.anchor.fresh_serial() if fresh else self._check_pin("so", so_pin)[1]["serial"]
+            serial = self.anchor.fresh_serial() if fresh else self._check_pin("so", so_pin, rewrap=False)[1]["serial"]
             master = os.urandom(KEY_LEN)
             fields = {"label": bytes(label), "serial": serial, "pub_key": os.urandom(KEY_LEN),
                       "so_fail": 0, **NO_USER_PIN,
-                      **wrap_master(master, so_pin, serial, "so", self.kdf_iterations)}
+                      **wrap_master(master, so_pin, serial, "so", self.pins.kdf)}
             epoch = self._token()["epoch"] + 1 if not fresh else 1
             fields["manifest"] = seal_listing(master_keys(master).listing, serial, epoch, 0)
             if fresh:
@@ -371,24 +458,88 @@ class SealingStore(TokenStore):
                 pass
 
     # PINs -----------------------------------------------------------------------------
-    def _check_pin(self, who: str, pin: bytes, slow=nullcontext) -> tuple:
-        """(master key, token record) if `pin` is `who`'s PIN; counts the try first.
-        The key derivation runs in `slow()` and outside the store's lock."""
-        with self._write():
-            tok = self._token()
+    def _check_pin(self, who: str, pin: bytes, slow=nullcontext, locked_too: bool = False,
+                   rewrap: bool = True) -> tuple:
+        """(master key, token record) if `pin` is `who`'s PIN.
+
+        A try counts before anyone knows its answer, and once, however often its process dies:
+          1. wait PinPolicy.delay(failures so far), then derive the KEK (slow: in `slow()`,
+             outside the store's lock; nothing written, nothing known yet);
+          2. one write transaction: a locked PIN is refused (CKR_PIN_LOCKED; not with
+             `locked_too`: the file owner's unlock-pin); the try's tag, try_tag(KEK), is
+             recorded in `{who}_tries` and counted in `{who}_fail` unless it is recorded
+             already; committed;
+          3. only then the GCM unwrap.  Right: count and tags cleared (and the master key
+             wrapped again if the stored KDF is below the policy's, unless `rewrap` is false:
+             the caller wraps it anew).  Wrong: the count stays and the tag goes, so the same
+             wrong PIN counts again next time.
+        Killed before 2, a process counted nothing and learned nothing; killed after 2, its
+        try stays counted and its tag stays, so a retry of the same PIN (a service that
+        restarts) is not counted again: it gets the answer its first try paid for.  So
+        kill-to-guess still pays one count per PIN it learns about, and a service killed in
+        its logins again and again does not lock itself out.  A wrong PIN that reaches the
+        limit answers CKR_PIN_INCORRECT; every try after that CKR_PIN_LOCKED.  Tries of one
+        PIN at the same time may count once: they are one guess."""
+        kek, tag, tok = self._count_try(who, pin, slow, locked_too)
+        master = unwrap_master(tok, kek, who)
+        if master is None:
+            self._settle(who, tok, drop=tag)
+            raise PKCS11Error(C.CKR_PIN_INCORRECT)
+        fields = {f"{who}_fail": 0, f"{who}_tries": None}
+        if rewrap and (tok[f"{who}_kdf"] is None or Argon2id.parse(tok[f"{who}_kdf"]).below(self.pins.kdf)):
+            with slow():                   # an older wrap: Argon2id with today's cost
+                fields.update(wrap_master(master, pin, tok["serial"], who, self.pins.kdf))
+        self._settle(who, tok, fields)
+        return master, tok
+
+    def _count_try(self, who: str, pin: bytes, slow, locked_too: bool) -> tuple:
+        """Steps 1 and 2 of _check_pin: (KEK, its tag, token record) once the try is committed."""
+        tok = self._token()
+        for _ in range(3):                 # again if the wrap changed during the derivation
             if tok[f"{who}_wrap"] is None:
                 raise PKCS11Error(C.CKR_USER_PIN_NOT_INITIALIZED)
-            fails = tok[f"{who}_fail"]
-            if fails >= self.max_failures:
-                raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
-            self._update({f"{who}_fail": fails + 1})
-        with slow():
-            master = unwrap_master(tok, pin, who)
-        if master is None:
-            raise PKCS11Error(C.CKR_PIN_INCORRECT)
+            self._refuse_locked(tok, who, locked_too)
+            with slow():
+                time.sleep(0 if locked_too else self.pins.delay(tok[f"{who}_fail"]))
+                kek = pin_kek(tok, who, pin)
+            tag = try_tag(kek)
+            with self._write():
+                now = self._token()
+                if _same_wrap(now, tok, who):
+                    self._refuse_locked(now, who, locked_too)
+                    tags = _tags(now[f"{who}_tries"])
+                    if tag not in tags:
+                        self._update({f"{who}_fail": now[f"{who}_fail"] + 1,
+                                      f"{who}_tries": b"".join((tags + [tag])[-self.max_failures:])})
+                    return kek, tag, now
+            tok = now
+        raise PKCS11Error(C.CKR_FUNCTION_FAILED, f"the {who} PIN changed during every try")
+
+    def _refuse_locked(self, tok: dict, who: str, locked_too: bool) -> None:
+        if tok[f"{who}_fail"] >= self.max_failures and not locked_too:
+            raise PKCS11Error(C.CKR_PIN_LOCKED, f"{who} PIN locked")
+
+    def _settle(self, who: str, tok: dict, fields: dict | None = None, drop: bytes | None = None) -> None:
+        """Step 3's write, if `who`'s wrap is still the one checked: `fields`, or the try
+        tagged `drop` removed from the recorded ones (its count stays)."""
         with self._write():
-            self._update({f"{who}_fail": 0})
-        return master, tok
+            cur = self._token()
+            if not _same_wrap(cur, tok, who):
+                return
+            if drop is not None:
+                tags = _tags(cur[f"{who}_tries"])
+                if drop not in tags:
+                    return
+                tags.remove(drop)
+                fields = {f"{who}_tries": b"".join(tags) or None}
+            self._update(fields)
+
+    def unlock_pin(self, user_type: int, pin: bytes) -> None:
+        """The token owner's recovery of a locked PIN (`ferrohsm unlock-pin`): the PIN is
+        checked as by a login, except that a locked PIN is checked too; the right one
+        clears the count.  It gives nothing to whoever can already write the store (who
+        could rewrite the counter anyway) and needs the PIN."""
+        self._check_pin(_who(user_type), pin, locked_too=True)
 
     def login(self, user_type: int, pin: bytes, slow=nullcontext) -> None:
         """Also checks the token's list of private objects (or, on a token from before
@@ -425,7 +576,7 @@ class SealingStore(TokenStore):
     def init_pin(self, pin: bytes) -> None:
         with self._lock:
             tok = self._token()
-            fields = wrap_master(self._held(tok["epoch"]), pin, tok["serial"], "user", self.kdf_iterations)
+            fields = wrap_master(self._held(tok["epoch"]), pin, tok["serial"], "user", self.pins.kdf)
             with self._write():
                 self._held(self._token()["epoch"])
                 self._update({**fields, "user_fail": 0})
@@ -433,8 +584,8 @@ class SealingStore(TokenStore):
     def set_pin(self, user_type: int, old_pin: bytes, new_pin: bytes) -> None:
         with self._lock:
             who = _who(user_type)
-            master, tok = self._check_pin(who, old_pin)
-            fields = wrap_master(master, new_pin, tok["serial"], who, self.kdf_iterations)
+            master, tok = self._check_pin(who, old_pin, rewrap=False)
+            fields = wrap_master(master, new_pin, tok["serial"], who, self.pins.kdf)
             with self._write():
                 if self._token()["epoch"] != tok["epoch"]:
                     raise PKCS11Error(C.CKR_DEVICE_ERROR, "token re-initialized meanwhile")

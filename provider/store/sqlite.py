@@ -15,9 +15,10 @@ Tables (schema 4, in PRAGMA user_version; older files are upgraded in place
 when first opened, see MIGRATIONS):
   token       one row: label, serial, epoch, seq (last change number), pruned
               (tombstones up to it are gone), public sealing key, per PIN salt /
-              KDF iterations / wrapped master key / failure counter, the sealed
+              KDF iterations (PBKDF2, before schema 3) / wrapped master key / failure
+              counter / KDF parameters (schema 3) / recorded tries (schema 3), the sealed
               list of private objects (manifest; NULL until a schema-2 file's first login),
-              the TPM anchor (anchor.py; NULL: none)
+              the TPM anchor (schema 4, anchor.py; NULL: none)
   objects     uid, version, lineage (whose IV counter it shares; NULL: its own),
               seq of its last write, record (records.py), tag (sealing.py), and the
               index entry (base.STUB: cls, label, cka_id, key_type, private; cls NULL:
@@ -43,7 +44,7 @@ from .. import files
 from ..errors import PKCS11Error
 from ..log import LOG
 from .base import Catalog, Entry
-from .sealing import KDF_ITERATIONS, LEGACY_PREFIX, SCHEMA_VERSION, TOKEN_FIELDS, SealingStore
+from .sealing import LEGACY_PREFIX, SCHEMA_VERSION, TOKEN_FIELDS, PinPolicy, SealingStore
 
 BUSY_TIMEOUT = 10.0
 SCHEMA = """
@@ -53,7 +54,7 @@ CREATE TABLE token (
     pruned INTEGER NOT NULL DEFAULT 0, pub_key BLOB NOT NULL,
     so_salt BLOB, so_iters INTEGER, so_wrap BLOB, so_fail INTEGER NOT NULL,
     user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL,
-    manifest BLOB, anchor BLOB);
+    so_kdf TEXT, so_tries BLOB, user_kdf TEXT, user_tries BLOB, manifest BLOB, anchor BLOB);
 CREATE TABLE objects (
     uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL,
     version INTEGER NOT NULL DEFAULT 1, lineage TEXT,
@@ -81,6 +82,10 @@ CREATE INDEX objects_entry ON objects (uid, version, cls, label, cka_id, key_typ
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """,
     2: """
+ALTER TABLE token ADD COLUMN so_kdf TEXT;
+ALTER TABLE token ADD COLUMN so_tries BLOB;
+ALTER TABLE token ADD COLUMN user_kdf TEXT;
+ALTER TABLE token ADD COLUMN user_tries BLOB;
 ALTER TABLE token ADD COLUMN manifest BLOB;
 """,
     3: "ALTER TABLE token ADD COLUMN anchor BLOB;",
@@ -97,8 +102,8 @@ def _script(db, sql: str) -> None:
 
 
 class SqliteStore(SealingStore):
-    def __init__(self, path: str, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
-        super().__init__(max_pin_failures, kdf_iterations)
+    def __init__(self, path: str, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
+        super().__init__(max_pin_failures, pin_policy)
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
@@ -326,9 +331,9 @@ class SqliteCatalog(Catalog):
 
     PATTERN = "token-*.sqlite"
 
-    def __init__(self, directory, max_pin_failures: int = 10, kdf_iterations: int = KDF_ITERATIONS):
+    def __init__(self, directory, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
         self.directory = Path(directory)
-        self._args = (max_pin_failures, kdf_iterations)
+        self._args = (max_pin_failures, pin_policy)
         self._known: set[str] = set()      # names seen initialized (a token stays so)
         files.private_dir(self.directory)
 

@@ -52,13 +52,13 @@ def test_unprivileged_user_runs_a_c_host(module, user_home):
     assert "Slot 0" in _as_user(user_home, module, "--list-slots")
     _as_user(user_home, module, "--init-token", "--label", "user", "--so-pin", "12345678")
     _as_user(user_home, module, "--login", "--login-type", "so", "--so-pin", "12345678",
-             "--init-pin", "--pin", "1234")
-    _as_user(user_home, module, "--login", "--pin", "1234", "--keypairgen", "--key-type", "EC:prime256v1",
+             "--init-pin", "--pin", "123456")
+    _as_user(user_home, module, "--login", "--pin", "123456", "--keypairgen", "--key-type", "EC:prime256v1",
              "--id", "01", "--label", "k")
     data = user_home / "data"
     data.write_bytes(b"signed by an unprivileged user")
     os.chown(data, pwd.getpwnam(USER).pw_uid, -1)
     out = user_home / "sig"
-    _as_user(user_home, module, "--login", "--pin", "1234", "--sign", "--mechanism", "ECDSA-SHA256",
+    _as_user(user_home, module, "--login", "--pin", "123456", "--sign", "--mechanism", "ECDSA-SHA256",
              "--id", "01", "--input-file", str(data), "--output-file", str(out))
     assert out.stat().st_size > 0

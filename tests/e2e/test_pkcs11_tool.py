@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from .conftest import SO_PIN, USER_PIN
+from .conftest import SO_PIN, USER_PIN, write_conf
 
 IV = "000102030405060708090a0b0c0d0e0f"
 
@@ -81,6 +81,7 @@ def test_object_made_by_one_process_is_found_by_another(token):
 
 @pytest.mark.timeout(300)
 def test_wrong_pins_lock_the_user_pin_across_processes(token):
+    write_conf(token.root, failure_delay=0)                    # no waits after failures: a fast test
     # the 10th wrong PIN still answers CKR_PIN_INCORRECT and locks (as SoftHSM2 does)
     for attempt in range(1, 11):
         proc = token.tool("--token-label", "e2e", "--login", "--pin", "999999", "--list-objects", check=False)

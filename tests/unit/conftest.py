@@ -18,7 +18,8 @@ RO = C.CKF_SERIAL_SESSION
 def make_library(tmp_path, store: str = "") -> Library:
     """A Library on tmp_path's token directory; `store`: a [store] table to use instead."""
     conf = tmp_path / "ferrohsm.conf"
-    conf.write_text(f'[tokens]\ndirectory = "{tmp_path / "tokens"}"\n[log]\nlevel = "ERROR"\n{store}')
+    conf.write_text(f'[tokens]\ndirectory = "{tmp_path / "tokens"}"\n[log]\nlevel = "ERROR"\n'
+                    f'[pin]\nfailure_delay = 0\n{store}')      # (no waits after failures: fast lockout tests)
     return Library(Config.parse(conf.read_text(), str(conf)))
 
 

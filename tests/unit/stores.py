@@ -11,10 +11,11 @@ import sqlite3
 import time
 
 from provider.store import filesystem as fs
+from provider.store.sealing import Argon2id, PinPolicy
 from provider.store.memory import MemoryStore
 from provider.store.sqlite import SqliteStore
 
-ITER = 1000      # PIN KDF iterations: fast tests
+FAST = PinPolicy(Argon2id(memory_kib=64, time_cost=1, parallelism=1), failure_delay=0.0)   # fast tests
 
 
 class SqliteKind:
@@ -24,7 +25,7 @@ class SqliteKind:
         self.path = str(tmp_path / "tok" / "token-1.sqlite")
 
     def open(self, max_failures):
-        return SqliteStore(self.path, max_pin_failures=max_failures, kdf_iterations=ITER)
+        return SqliteStore(self.path, max_pin_failures=max_failures, pin_policy=FAST)
 
     @contextlib.contextmanager
     def _db(self):
@@ -50,7 +51,7 @@ class MemoryKind:
         self.data = None
 
     def open(self, max_failures):
-        store = MemoryStore(self.data, max_pin_failures=max_failures, kdf_iterations=ITER)
+        store = MemoryStore(self.data, max_pin_failures=max_failures, pin_policy=FAST)
         self.data = store.data
         return store
 
@@ -70,7 +71,7 @@ class FilesystemKind:
         self.root = tmp_path / "tok" / "token-1.d"
 
     def open(self, max_failures):
-        return fs.FilesystemStore(self.root, max_pin_failures=max_failures, kdf_iterations=ITER)
+        return fs.FilesystemStore(self.root, max_pin_failures=max_failures, pin_policy=FAST)
 
     def _obj(self, uid):
         return self.root / fs.KEYS_DIR / fs.file_name(uid)
@@ -113,7 +114,7 @@ class PostgresKind:
 
     def _store(self, database, max_failures):
         from provider.store.postgres import PostgresStore
-        store = PostgresStore(database, self.token, max_pin_failures=max_failures, kdf_iterations=ITER,
+        store = PostgresStore(database, self.token, max_pin_failures=max_failures, pin_policy=FAST,
                               **({} if database is not self.peer.dsn else {"head_ttl": self.head_ttl}))
         self.stores.append(store)
         return store

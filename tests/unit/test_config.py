@@ -1,10 +1,11 @@
-"""The [limits] and [policy] tables of the configuration file."""
+"""The configuration file: the [limits] and [policy] tables, and [pin]'s lengths, KDF cost and failure delay."""
 
 import pytest
 
 from provider import constants as C
 from provider.config import Config, Limits
 from provider.errors import PKCS11Error
+from provider.store.sealing import Argon2id, PinPolicy
 
 
 def test_limits_default():
@@ -37,4 +38,25 @@ def test_policy_key_separation_defaults_on():
 def test_policy_refused(table):
     with pytest.raises(PKCS11Error) as err:
         Config.parse(f"[policy]\n{table}\n", "test")
+    assert err.value.rv == C.CKR_GENERAL_ERROR
+
+
+def test_pin_defaults():
+    conf = Config.parse("", "test")
+    assert conf.pin_min == 6
+    assert conf.pin_policy == PinPolicy(Argon2id(65536, 3, 4), 0.5)
+
+
+def test_pin_kdf_and_delay_set():
+    conf = Config.parse("[pin]\nkdf_memory = 131072\nkdf_time = 2\nkdf_parallelism = 2\nfailure_delay = 0\n",
+                        "test")
+    assert conf.pin_policy == PinPolicy(Argon2id(131072, 2, 2), 0.0)
+
+
+@pytest.mark.parametrize("table", ["kdf_memory = 65535", "kdf_memory = 8388608", "kdf_time = 0",
+                                   "kdf_parallelism = 0", 'kdf_time = "3"', "failure_delay = -1",
+                                   "failure_delay = 9"])
+def test_pin_kdf_refused(table):
+    with pytest.raises(PKCS11Error) as err:
+        Config.parse(f"[pin]\n{table}\n", "test")
     assert err.value.rv == C.CKR_GENERAL_ERROR

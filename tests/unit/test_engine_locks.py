@@ -16,17 +16,17 @@ def test_pin_derivation_blocks_no_one(tmp_path, monkeypatch):
     lib = make_library(tmp_path)
     one, two = init_token(lib, b"one"), init_token(lib, b"two")
     inside, others_done = threading.Event(), threading.Event()
-    real = sealing.unwrap_master
+    real = sealing.pin_kek
 
-    def held_open(tok, pin, who):          # the KDF of thread A waits until the others are through
+    def held_open(tok, who, pin):          # the KDF of thread A waits until the others are through
         inside.set()
         others_done.wait(10)
-        return real(tok, pin, who)
+        return real(tok, who, pin)
 
     s_one = lib.open_session(one, RW)
     s_one_public = lib.open_session(one, RW)
     s_two = lib.open_session(two, RW)
-    monkeypatch.setattr(sealing, "unwrap_master", held_open)
+    monkeypatch.setattr(sealing, "pin_kek", held_open)
     login = threading.Thread(target=lib.login, args=(s_one, C.CKU_USER, USER_PIN))
     login.start()
     assert inside.wait(10)
@@ -53,12 +53,12 @@ def test_login_race_on_one_token(tmp_path, monkeypatch):
     """Two sessions log in at once: one wins, the other hears it is logged in already."""
     lib = make_library(tmp_path)
     slot = init_token(lib)
-    both, real = threading.Barrier(2), sealing.unwrap_master
+    both, real = threading.Barrier(2), sealing.pin_kek
 
-    def in_step(tok, pin, who):
+    def in_step(tok, who, pin):
         both.wait(10)                          # both threads are inside the derivation together
-        return real(tok, pin, who)
-    monkeypatch.setattr(sealing, "unwrap_master", in_step)
+        return real(tok, who, pin)
+    monkeypatch.setattr(sealing, "pin_kek", in_step)
     sessions = [lib.open_session(slot, RW) for _ in range(2)]
     results = []
 

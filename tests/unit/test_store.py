@@ -3,7 +3,10 @@ store: PINs and their counters, sealing, integrity, changes seen by a second sto
 object on the same token. SQLite-only matters (files, processes) are in
 test_store_sqlite.py."""
 
+import hashlib
 import logging
+import os
+from types import SimpleNamespace
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -13,7 +16,7 @@ from provider.errors import PKCS11Error
 from provider.store import records, sealing
 from provider.store.base import Conflict, Locked, Sealed
 
-from .stores import KINDS
+from .stores import FAST, KINDS
 
 SO, USER = b"so-pin-1", b"user-pin-1"
 LABEL = b"store test".ljust(32)
@@ -170,6 +173,128 @@ def test_reinitialize_wipes_objects_keeps_serial(store, backend):
     _, upserts, deleted = feed(watcher, cursor)
     assert upserts == [] and deleted == ["u1"]
     store.login(C.CKU_SO, SO)                     # SO PIN still valid under the new master key
+
+
+# --- the PIN KDF, killed logins, delays, unlock (issue 11) ---------------------------
+PINS = {C.CKU_SO: SO, C.CKU_USER: USER}
+
+
+class Killed(BaseException):
+    """The process died here (as by SIGKILL: nothing after it runs)."""
+
+
+def die(*args):
+    raise Killed()
+
+
+def legacy_wrap(store, who: str, pin: bytes, iterations: int = 1000) -> None:
+    """Rewrite `who`'s wrap as the previous releases wrote it: PBKDF2-HMAC-SHA256, no KDF text."""
+    store.login(C.CKU_SO, SO)
+    master, serial = store._master, store.serial
+    store.logout()
+    salt = os.urandom(16)
+    kek = hashlib.pbkdf2_hmac("sha256", pin, salt, iterations, 32)
+    with store._write():
+        store._update({f"{who}_salt": salt, f"{who}_iters": iterations, f"{who}_kdf": None,
+                       f"{who}_wrap": sealing._gcm_seal(kek, master, sealing._lp(serial.encode(), who.encode()))})
+
+
+@pytest.mark.parametrize("who", [C.CKU_SO, C.CKU_USER])
+def test_pin_wrap_is_argon2id_with_its_parameters_stored(store, backend, who):
+    w = sealing.WHO[who]
+    tok = backend.open()._token()
+    assert tok[f"{w}_kdf"] == FAST.kdf.text() == "argon2id$v=19$m=64,t=1,p=1"
+    assert tok[f"{w}_iters"] is None and len(tok[f"{w}_salt"]) == 16
+    kek = sealing.derive_kek(PINS[who], tok[f"{w}_salt"], tok[f"{w}_kdf"], None)
+    assert sealing.unwrap_master(tok, kek, w) is not None            # the stored parameters are the ones
+
+
+@pytest.mark.parametrize("who", [C.CKU_SO, C.CKU_USER])
+def test_pbkdf2_wrap_is_wrapped_again_with_argon2id_at_login(store, backend, who):
+    w = sealing.WHO[who]
+    legacy_wrap(store, w, PINS[who])
+    other = backend.open()
+    assert other._token()[f"{w}_kdf"] is None
+    other.login(who, PINS[who])                                     # the old wrap opens ...
+    other.logout()
+    tok = backend.open()._token()
+    assert tok[f"{w}_kdf"] == FAST.kdf.text() and tok[f"{w}_iters"] is None   # ... and is replaced
+    third = backend.open()
+    third.login(who, PINS[who])
+    third.logout()
+    assert rv(third.login, who, b"wrong-pin") == C.CKR_PIN_INCORRECT
+
+
+def test_cheaper_argon2id_wrap_grows_a_dearer_one_stays(store, backend):
+    dearer = sealing.PinPolicy(sealing.Argon2id(128, 2, 1), 0.0)
+    grown = backend.open()
+    grown.pins = dearer
+    grown.login(C.CKU_USER, USER)
+    assert backend.open()._token()["user_kdf"] == dearer.kdf.text()
+    store.login(C.CKU_USER, USER)                                   # FAST policy: no downgrade
+    assert backend.open()._token()["user_kdf"] == dearer.kdf.text()
+
+
+def test_login_killed_after_its_try_was_counted_counts_once(store, backend, monkeypatch):
+    """A service killed during correct-PIN logins, more times than the limit, is not locked
+    out: the try is counted once (its tag stays recorded) and the next login succeeds."""
+    monkeypatch.setattr(sealing, "unwrap_master", die)             # killed right after the count
+    for _ in range(MAX + 2):
+        with pytest.raises(Killed):
+            backend.open().login(C.CKU_USER, USER)
+    tok = backend.open()._token()
+    assert tok["user_fail"] == 1 and len(tok["user_tries"]) == sealing.TAG_LEN
+    assert USER not in tok["user_tries"]
+    assert store.pin_flags() == C.CKF_USER_PIN_COUNT_LOW
+    monkeypatch.undo()
+    store.login(C.CKU_USER, USER)
+    tok = backend.open()._token()
+    assert store.pin_flags() == 0 and tok["user_fail"] == 0 and not tok["user_tries"]
+
+
+def test_kill_to_guess_still_counts_every_guess(store, backend, monkeypatch):
+    monkeypatch.setattr(sealing, "unwrap_master", die)
+    for n in range(MAX):
+        with pytest.raises(Killed):
+            backend.open().login(C.CKU_USER, b"guess-%d" % n)
+    monkeypatch.undo()
+    assert store.pin_flags() & C.CKF_USER_PIN_LOCKED
+    assert rv(store.login, C.CKU_USER, USER) == C.CKR_PIN_LOCKED
+
+
+def test_a_killed_wrong_guess_answered_later_counts_once_more_when_repeated(store, monkeypatch):
+    monkeypatch.setattr(sealing, "unwrap_master", die)
+    with pytest.raises(Killed):
+        store.login(C.CKU_USER, b"guess-0")
+    monkeypatch.undo()
+    assert rv(store.login, C.CKU_USER, b"guess-0") == C.CKR_PIN_INCORRECT    # the owed answer: no count
+    assert store._token()["user_fail"] == 1 and not store._token()["user_tries"]
+    assert rv(store.login, C.CKU_USER, b"guess-0") == C.CKR_PIN_INCORRECT    # asked again: counted
+    assert store._token()["user_fail"] == 2
+
+
+def test_failure_delay_doubles_and_is_capped(store, monkeypatch):
+    slept = []
+    monkeypatch.setattr(sealing, "time", SimpleNamespace(sleep=slept.append))
+    store.pins = sealing.PinPolicy(FAST.kdf, failure_delay=0.5)
+    store.max_failures = 8
+    for _ in range(8):
+        assert rv(store.initialize, LABEL, b"wrong-so") == C.CKR_PIN_INCORRECT
+    assert slept == [0, 0.5, 1, 2, 4, 8, 8, 8]
+    assert rv(store.initialize, LABEL, SO) == C.CKR_PIN_LOCKED and len(slept) == 8   # locked: no wait
+    store.login(C.CKU_USER, USER)
+    assert slept[-1] == 0
+
+
+def test_unlock_pin_needs_the_pin_and_clears_the_lock(store, backend):
+    for _ in range(MAX):
+        rv(store.initialize, LABEL, b"wrong-so")
+    assert rv(store.initialize, LABEL, SO) == C.CKR_PIN_LOCKED
+    assert rv(store.unlock_pin, C.CKU_SO, b"wrong-so") == C.CKR_PIN_INCORRECT
+    assert store.pin_flags() & C.CKF_SO_PIN_LOCKED
+    backend.open().unlock_pin(C.CKU_SO, SO)
+    assert store.pin_flags() == 0
+    store.initialize(LABEL, SO)
 
 
 # --- objects ------------------------------------------------------------------------

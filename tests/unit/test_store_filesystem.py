@@ -19,15 +19,15 @@ from provider.store import filesystem as fs
 from provider.store import sealing
 
 from .conftest import RW, SO_PIN, USER_PIN, init_token, make_library
-from .stores import ITER
+from .stores import FAST
 from .tmpl import T
-from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, rv_conflict
+from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, legacy_wrap, rv_conflict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def open_store(path):
-    return fs.FilesystemStore(path, max_pin_failures=MAX, kdf_iterations=ITER)
+    return fs.FilesystemStore(path, max_pin_failures=MAX, pin_policy=FAST)
 
 
 def new_token(path):
@@ -108,14 +108,14 @@ def test_layout_and_modes(tmp_path):
 
 
 def test_newer_schema_not_served(tmp_path):
-    cat = fs.FilesystemCatalog(tmp_path, kdf_iterations=ITER)
+    cat = fs.FilesystemCatalog(tmp_path, pin_policy=FAST)
     name, s = cat.new()
     s.initialize(LABEL, SO)
     assert cat.names() == [name]
     path = tmp_path / name / "token.json"
     token = json.loads(path.read_text())
     path.write_text(json.dumps({**token, "schema": sealing.SCHEMA_VERSION + 1}))
-    assert fs.FilesystemCatalog(tmp_path, kdf_iterations=ITER).names() == []
+    assert fs.FilesystemCatalog(tmp_path, pin_policy=FAST).names() == []
     with pytest.raises(PKCS11Error) as err:
         open_store(tmp_path / name).label
     assert err.value.rv == C.CKR_TOKEN_NOT_RECOGNIZED
@@ -144,7 +144,7 @@ def test_damaged_files(tmp_path):
 
 
 def test_catalog_order_and_discard(tmp_path):
-    cat = fs.FilesystemCatalog(tmp_path, kdf_iterations=ITER)
+    cat = fs.FilesystemCatalog(tmp_path, pin_policy=FAST)
     made = []
     for _ in range(3):
         name, s = cat.new()
@@ -373,7 +373,8 @@ WRITER = """
     from provider import constants as C
     from provider.store.base import Conflict
     from provider.store.filesystem import FilesystemStore
-    store = FilesystemStore({path!r}, kdf_iterations=1000)
+    from provider.store.sealing import Argon2id, PinPolicy
+    store = FilesystemStore({path!r}, pin_policy=PinPolicy(Argon2id(64, 1, 1), 0.0))
     mode, tag = sys.argv[1], sys.argv[2]
     conflicts = done = 0
     print("ready", flush=True)
@@ -606,3 +607,25 @@ def test_a_lying_index_entry_is_not_served(tmp_path, caplog):
     assert "not what the store's index says" in caplog.text   # the private obj-1 is never served
     assert len(find(lib, s, LABEL=b"obj-0")) == 1
     lib.finalize()
+
+
+def test_schema_2_token_reads_and_its_pbkdf2_wraps_are_replaced_at_login(tmp_path):
+    """A token.json of schema 2 (the previous release: no KDF parameters, no recorded tries,
+    PBKDF2 wraps) opens; each PIN's login wraps it again with Argon2id and writes schema 3."""
+    root = tmp_path / "token.d"
+    s = new_token(root)
+    legacy_wrap(s, "user", USER)
+    legacy_wrap(s, "so", SO)                 # (after: legacy_wrap logs the SO in)
+    path = root / fs.TOKEN_FILE
+    token = json.loads(path.read_text())
+    for field in ("so_kdf", "so_tries", "user_kdf", "user_tries", "manifest", "anchor"):
+        del token["token"][field]
+    path.write_text(json.dumps({**token, "schema": 2}))
+    old = open_store(root)
+    assert old.label == LABEL and old.pin_flags() == 0
+    old.login(C.CKU_USER, USER)
+    got = json.loads(path.read_text())
+    assert got["schema"] == sealing.SCHEMA_VERSION and got["token"]["user_kdf"] == FAST.kdf.text()
+    assert got["token"]["so_kdf"] is None and got["token"]["so_iters"] == 1000
+    open_store(root).login(C.CKU_SO, SO)
+    assert json.loads(path.read_text())["token"]["so_kdf"] == FAST.kdf.text()

@@ -26,12 +26,12 @@ from provider.store.base import Conflict                         # noqa: E402
 from provider.store.postgres import PostgresCatalog, PostgresStore  # noqa: E402
 
 from .conftest import RW, SO_PIN, USER_PIN                       # noqa: E402
+from .stores import FAST                                         # noqa: E402
 from .tmpl import T                                              # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SO, USER = b"so-pin-1", b"user-pin-1"
 LABEL = b"pg test".ljust(32)
-ITER = 1000
 
 
 def rv(fn, *args, **kw):
@@ -48,7 +48,7 @@ def data(label=b"d"):
 
 @pytest.fixture
 def catalog(postgres):
-    cat = PostgresCatalog(postgres.dsn, kdf_iterations=ITER)
+    cat = PostgresCatalog(postgres.dsn, pin_policy=FAST)
     yield cat
     cat.close()
 
@@ -82,7 +82,7 @@ def settled(store):
 # --- two connections -----------------------------------------------------------------
 def test_two_connections_see_each_others_writes_and_conflict(postgres, token):
     name, a = token
-    b = PostgresStore(postgres.dsn, name, kdf_iterations=ITER)      # its own connection
+    b = PostgresStore(postgres.dsn, name, pin_policy=FAST)      # its own connection
     try:
         assert b.db is not a.db and b.initialized() and b.serial == a.serial
         assert a.save_object("x", data(b"one"), frozenset()) == 1
@@ -108,7 +108,7 @@ def test_two_connections_see_each_others_writes_and_conflict(postgres, token):
 
 def test_notify_wakes_the_other_sides_cached_head(postgres, token):
     name, a = token
-    b = PostgresStore(postgres.dsn, name, kdf_iterations=ITER)
+    b = PostgresStore(postgres.dsn, name, pin_policy=FAST)
     try:
         before = settled(b)
         start = time.monotonic()
@@ -171,7 +171,7 @@ def test_own_writes_move_own_head_at_once(token):
 
 def test_writers_of_one_token_take_turns(postgres, token):
     name, a = token
-    b = PostgresStore(postgres.dsn, name, kdf_iterations=ITER)
+    b = PostgresStore(postgres.dsn, name, pin_policy=FAST)
     inside, release, done = threading.Event(), threading.Event(), threading.Event()
     errors = []
 
@@ -209,7 +209,7 @@ def test_writers_of_one_token_take_turns(postgres, token):
 
 def test_transaction_rolls_back_whole_and_nests(postgres, token):
     name, a = token
-    b = PostgresStore(postgres.dsn, name, kdf_iterations=ITER)
+    b = PostgresStore(postgres.dsn, name, pin_policy=FAST)
     try:
         head = a.head()
         with pytest.raises(RuntimeError):
@@ -241,7 +241,7 @@ def test_index_lists_entries_without_records_and_load_reads_one(postgres, token)
            C.CKA_LABEL: b"idx", C.CKA_ID: b"\x01", C.CKA_VALUE: b"k" * 32}
     a.save_object("key", key, frozenset({C.CKA_VALUE}))
     a.save_object("pub", data(b"public"), frozenset())
-    b = PostgresStore(postgres.dsn, name, kdf_iterations=ITER)
+    b = PostgresStore(postgres.dsn, name, pin_policy=FAST)
     try:
         cursor, entries = b.index()
         assert cursor == a.head()[0]
@@ -272,8 +272,9 @@ import sys
 from provider import constants as C
 from provider.store.base import Conflict
 from provider.store.postgres import PostgresStore
+from provider.store.sealing import Argon2id, PinPolicy
 dsn, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = PostgresStore(dsn, name, kdf_iterations=1000)
+s = PostgresStore(dsn, name, pin_policy=PinPolicy(Argon2id(64, 1, 1), 0.0))
 conflicts, ivs = 0, []
 for _ in range(rounds):
     while True:
@@ -338,7 +339,7 @@ def test_no_server_is_device_error_logged_once(caplog):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]                # nothing listens there
     dsn = f"host=127.0.0.1 port={port} dbname=ferrohsm user=ferrohsm password=not-logged"
-    cat = PostgresCatalog(dsn, kdf_iterations=ITER)
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
     with caplog.at_level(logging.WARNING, logger="ferrohsm"):
         assert cat.names() == []                             # no token present
         name, store = cat.new()
@@ -354,7 +355,7 @@ def test_no_server_is_device_error_logged_once(caplog):
 
 
 def test_missing_database_is_device_error(postgres, caplog):
-    cat = PostgresCatalog(postgres.dsn.replace("dbname=ferrohsm", "dbname=ferro_absent"), kdf_iterations=ITER)
+    cat = PostgresCatalog(postgres.dsn.replace("dbname=ferrohsm", "dbname=ferro_absent"), pin_policy=FAST)
     with caplog.at_level(logging.ERROR, logger="ferrohsm"):
         assert cat.names() == []
         _, store = cat.new()
@@ -415,10 +416,10 @@ def test_connection_lost_in_a_transaction_is_device_error_and_commits_nothing(po
 
 def test_server_restart_device_error_then_listener_and_cache_come_back(postgres_private, caplog):
     server = postgres_private
-    cat = PostgresCatalog(server.dsn, kdf_iterations=ITER)
+    cat = PostgresCatalog(server.dsn, pin_policy=FAST)
     name, a = cat.new()
     a.initialize(LABEL, SO)
-    b = PostgresStore(server.dsn, name, kdf_iterations=ITER)
+    b = PostgresStore(server.dsn, name, pin_policy=FAST)
     try:
         settled(b)
         with caplog.at_level(logging.WARNING, logger="ferrohsm"):
@@ -443,7 +444,7 @@ def test_newer_schema_refused(postgres, caplog):
     with psycopg.connect(dsn, autocommit=True) as raw:
         raw.execute("CREATE TABLE ferro_schema (version integer NOT NULL)")
         raw.execute("INSERT INTO ferro_schema VALUES (%s)", (pg.SCHEMA_VERSION + 1,))
-    cat = PostgresCatalog(dsn, kdf_iterations=ITER)
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
     with caplog.at_level(logging.ERROR, logger="ferrohsm"):
         assert cat.names() == [] and cat.names() == []
         _, store = cat.new()
@@ -455,7 +456,7 @@ def test_newer_schema_refused(postgres, caplog):
 def test_older_schema_upgraded_in_place(postgres, monkeypatch):
     """A database at an older schema is brought to SCHEMA_VERSION by MIGRATIONS, once."""
     dsn = postgres.database()
-    cat = PostgresCatalog(dsn, kdf_iterations=ITER)
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
     name, store = cat.new()
     store.initialize(LABEL, SO)
     store.save_object("kept", data(), frozenset())
@@ -464,7 +465,7 @@ def test_older_schema_upgraded_in_place(postgres, monkeypatch):
         raw.execute("UPDATE ferro_schema SET version = %s", (pg.SCHEMA_VERSION - 1,))
     monkeypatch.setitem(pg.MIGRATIONS, pg.SCHEMA_VERSION - 1,
                         "ALTER TABLE ferro_tokens ADD COLUMN upgraded boolean NOT NULL DEFAULT true")
-    cat = PostgresCatalog(dsn, kdf_iterations=ITER)
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
     assert cat.names() == [name]
     assert {u for u, _, _ in cat.open(name).changes(None).upserts} == {"kept"}
     with psycopg.connect(dsn, autocommit=True) as raw:
@@ -476,7 +477,7 @@ def test_older_schema_upgraded_in_place(postgres, monkeypatch):
 # --- the catalog -----------------------------------------------------------------------
 def test_catalog_lists_in_creation_order_and_discards(postgres):
     dsn = postgres.database()
-    cat = PostgresCatalog(dsn, kdf_iterations=ITER)
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
     assert cat.names() == []
     first, s1 = cat.new()
     second, s2 = cat.new()
@@ -487,7 +488,7 @@ def test_catalog_lists_in_creation_order_and_discards(postgres):
     assert cat.names() == [second, first]            # in the order they were made
     s1.save_object("o", data(), frozenset())
     s1.reserve_counter("o", 1)
-    other = PostgresCatalog(dsn, kdf_iterations=ITER)
+    other = PostgresCatalog(dsn, pin_policy=FAST)
     assert other.names() == [second, first] and other.open(first).serial == s1.serial
     cat.discard(first)
     assert other.names() == [second]
@@ -547,3 +548,29 @@ def test_library_on_postgres(postgres, tmp_path):
             assert raw.execute("SELECT count(*) FROM ferro_tombstones").fetchone()[0] >= 1
     finally:
         lib.finalize()
+
+
+def test_schema_2_database_gains_the_pin_columns_and_wraps_are_replaced_at_login(postgres):
+    """A database of schema 2 (the previous release: PBKDF2 wraps, no KDF or tries columns)
+    is brought to schema 3 when opened; the user's login wraps the user PIN again with Argon2id."""
+    from .test_store import legacy_wrap
+    dsn = postgres.database()
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
+    name, store = cat.new()
+    store.initialize(LABEL, SO)
+    store.login(C.CKU_SO, SO)
+    store.init_pin(USER)
+    store.logout()
+    legacy_wrap(store, "user", USER)
+    cat.close()
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        raw.execute("ALTER TABLE ferro_tokens DROP COLUMN so_kdf, DROP COLUMN so_tries, "
+                    "DROP COLUMN user_kdf, DROP COLUMN user_tries, DROP COLUMN manifest, DROP COLUMN anchor")
+        raw.execute("UPDATE ferro_schema SET version = 2")
+    cat = PostgresCatalog(dsn, pin_policy=FAST)
+    cat.open(name).login(C.CKU_USER, USER)
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        assert raw.execute("SELECT version FROM ferro_schema").fetchall() == [(pg.SCHEMA_VERSION,)]
+        assert raw.execute("SELECT user_kdf, user_iters, so_kdf FROM ferro_tokens").fetchall() == [
+            (FAST.kdf.text(), None, None)]
+    cat.close()

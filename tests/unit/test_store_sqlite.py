@@ -8,16 +8,17 @@ import sys
 import textwrap
 
 from provider import constants as C
+from provider.store.sealing import SCHEMA_VERSION
 from provider.store.sqlite import SqliteStore
 
-from .stores import ITER
-from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, feed, load, rv
+from .stores import FAST
+from .test_store import AES_SECRET, LABEL, MAX, SECRET, SO, USER, aes_key, feed, legacy_wrap, load, rv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def open_store(path):
-    return SqliteStore(str(path), max_pin_failures=MAX, kdf_iterations=ITER)
+    return SqliteStore(str(path), max_pin_failures=MAX, pin_policy=FAST)
 
 
 def new_token(path):
@@ -37,7 +38,8 @@ def run_child(path, body, check=True):
         from provider import constants as C
         from provider.store import sealing
         from provider.store.sqlite import SqliteStore
-        store = SqliteStore({str(path)!r}, max_pin_failures={MAX}, kdf_iterations={ITER})
+        from provider.store.sealing import Argon2id, PinPolicy
+        store = SqliteStore({str(path)!r}, max_pin_failures={MAX}, pin_policy={FAST!r})
     """) + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=check, timeout=60)
 
@@ -162,7 +164,8 @@ def test_concurrent_writers_take_turns(tmp_path):
             sys.path.insert(0, {ROOT!r})
             from provider import constants as C
             from provider.store.sqlite import SqliteStore
-            store = SqliteStore({str(path)!r}, kdf_iterations={ITER})
+            from provider.store.sealing import Argon2id, PinPolicy
+            store = SqliteStore({str(path)!r}, pin_policy={FAST!r})
             for i in range(40):
                 store.save_object(f"{tag}-{{i}}", {{C.CKA_CLASS: C.CKO_DATA}}, frozenset())
                 if i % 10 == 0:
@@ -173,3 +176,27 @@ def test_concurrent_writers_take_turns(tmp_path):
         s.save_object(f"me-{i}", {C.CKA_CLASS: C.CKO_DATA}, frozenset())
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     assert len(load(open_store(path))) == 120
+
+
+def test_schema_2_file_is_upgraded_and_its_pbkdf2_wraps_replaced_at_login(tmp_path):
+    """A token file of schema 2 (the previous release: PBKDF2 wraps, no KDF or tries
+    columns) gains the columns when opened; each PIN's login wraps it again with Argon2id."""
+    import sqlite3
+    path = tmp_path / "token.sqlite"
+    s = new_token(path)
+    legacy_wrap(s, "user", USER)
+    legacy_wrap(s, "so", SO)                 # (after: legacy_wrap logs the SO in)
+    s.close()
+    with sqlite3.connect(path) as db:
+        for column in ("so_kdf", "so_tries", "user_kdf", "user_tries", "manifest", "anchor"):
+            db.execute(f"ALTER TABLE token DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 2")
+    old = open_store(path)
+    old.login(C.CKU_USER, USER)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT user_kdf, user_iters, so_kdf, so_iters FROM token").fetchone() == (
+            FAST.kdf.text(), None, None, 1000)
+    open_store(path).login(C.CKU_SO, SO)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT so_kdf FROM token").fetchone() == (FAST.kdf.text(),)

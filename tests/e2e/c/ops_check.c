@@ -192,7 +192,7 @@ int main(int argc, char **argv)
     EXPECT("C_Logout with nobody logged in", F->C_Logout(s), CKR_USER_NOT_LOGGED_IN);
     EXPECT("C_LoginUser with a username", F->C_LoginUser(s, CKU_USER, (CK_UTF8CHAR_PTR)argv[3], strlen(argv[3]),
                                                           (CK_UTF8CHAR_PTR)"bob", 3), CKR_ARGUMENTS_BAD);
-    EXPECT("C_Login(NULL PIN)", F->C_Login(s, CKU_USER, NULL, 4), CKR_ARGUMENTS_BAD);
+    EXPECT("C_Login(NULL PIN)", F->C_Login(s, CKU_USER, NULL, 6), CKR_ARGUMENTS_BAD);
     EXPECT("C_LoginUser without username",
            F->C_LoginUser(s, CKU_USER, (CK_UTF8CHAR_PTR)argv[3], strlen(argv[3]), NULL, 0), CKR_OK);
     EXPECT("C_GetSessionInfo", F->C_GetSessionInfo(s, &info), CKR_OK);
