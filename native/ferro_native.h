@@ -81,6 +81,7 @@ struct ferro_op {
     unsigned char *buf;               /* DEC/MDEC: ciphertext collected until the tag is checked */
     size_t buf_len, buf_cap;
     unsigned long long ctr_next, ctr_end;   /* MENC: IV counter values reserved by the engine */
+    unsigned long long ctr_salt;      /* MENC: their block's salt (fields of >= 8 bytes XOR it) */
     uint64_t expires;                 /* ferro_now() past this: the engine rechecks the key first (last: ferro_end_op) */
 };
 
@@ -139,7 +140,7 @@ int ferro_native_cancel(CK_SESSION_HANDLE s, int kind);
 
 /* the engine reserves IV counter values for a key (an extern "Python+C" callback) */
 CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, unsigned long long *start,
-                          unsigned long long *count);
+                          unsigned long long *count, unsigned long long *salt);
 /* the engine checks the store's head and that `key` still names a key the session
  * sees (an extern "Python+C" callback): CKR_OK renews a lease that ran out */
 CK_RV ferro_py_recheck(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key);

@@ -11,7 +11,9 @@
  *     after them; CKG_GENERATE_RANDOM fills >= 12 bytes after them from the
  *     RNG. The IV used is written back to pIv;
  *   - counter values come in blocks the engine reserves durably for the key
- *     (ferro_py_reserve_iv): a value is never handed out twice;
+ *     (ferro_py_reserve_iv): a value is never handed out twice; each block has a
+ *     random salt that a counter part of >= 8 bytes XORs into its last 8 bytes
+ *     (bits 32..63: aes_message.counter_field), so copies of a token differ;
  *   - a length query (NULL output) changes nothing and generates no IV; it
  *     answers the input's length, also for a non-final C_DecryptMessageNext
  *     (which releases nothing: the call with a buffer takes the part and
@@ -44,16 +46,17 @@ static CK_RV params(CK_VOID_PTR param, CK_ULONG len, CK_GCM_MESSAGE_PARAMS **out
 /* The next counter value for the armed MENC op of s. It may let go of the slot
  * lock to ask the engine for more values; *psl is then the retaken lock, or
  * NULL (nothing locked) when the session went away meanwhile. */
-static CK_RV next_counter(CK_SESSION_HANDLE s, struct ferro_slot **psl, unsigned long long *value)
+static CK_RV next_counter(CK_SESSION_HANDLE s, struct ferro_slot **psl, unsigned long long *value,
+                          unsigned long long *salt)
 {
     struct ferro_slot *sl = *psl;
     struct ferro_op *op = &sl->op[FERRO_MENC];
     while (op->ctr_next == op->ctr_end) {
         CK_OBJECT_HANDLE key = sl->cache[FERRO_MENC].key;
-        unsigned long long start = 0, count = 0;
+        unsigned long long start = 0, count = 0, fresh_salt = 0;
         CK_RV rv;
         ferro_unlock(sl);
-        rv = ferro_py_reserve_iv(s, key, &start, &count);
+        rv = ferro_py_reserve_iv(s, key, &start, &count, &fresh_salt);
         *psl = sl = ferro_lock_owned(s);
         if (!sl)
             return CKR_SESSION_HANDLE_INVALID;
@@ -66,18 +69,20 @@ static CK_RV next_counter(CK_SESSION_HANDLE s, struct ferro_slot **psl, unsigned
             return CKR_GENERAL_ERROR;
         if (op->ctr_next == op->ctr_end) {
             op->ctr_next = start;
+            op->ctr_salt = fresh_salt;
             if (__builtin_add_overflow(start, count, &op->ctr_end))
                 op->ctr_end = ~0ULL;              /* never wrap back to values handed out */
         }
     }
     *value = op->ctr_next++;
+    *salt = op->ctr_salt;
     return CKR_OK;
 }
 
 static CK_RV make_iv(CK_SESSION_HANDLE s, struct ferro_slot **psl, CK_GCM_MESSAGE_PARAMS *p)
 {
     size_t fixed = p->ulIvFixedBits / 8, gen;
-    unsigned long long value;
+    unsigned long long value, salt;
     CK_RV rv;
     if (p->ivGenerator == CKG_NO_GENERATE)
         return CKR_OK;
@@ -93,10 +98,12 @@ static CK_RV make_iv(CK_SESSION_HANDLE s, struct ferro_slot **psl, CK_GCM_MESSAG
         return CKR_MECHANISM_PARAM_INVALID;
     if (gen < 4)
         return CKR_MECHANISM_PARAM_INVALID;
-    if ((rv = next_counter(s, psl, &value)) != CKR_OK)
+    if ((rv = next_counter(s, psl, &value, &salt)) != CKR_OK)
         return rv;
     if (gen < 8 && value >> (8 * gen))
         return CKR_MECHANISM_PARAM_INVALID;       /* this IV layout's counter space is used up */
+    if (gen >= 8)
+        value ^= salt;                            /* as aes_message.counter_field */
     memset(p->pIv + fixed, 0, gen);
     for (size_t i = 0; i < gen && i < 8; i++)
         p->pIv[p->ulIvLen - 1 - i] = (unsigned char)(value >> (8 * i));

@@ -88,7 +88,8 @@ def _native_api() -> str:
 # message path, and a recheck of the key when an armed operation's lease ran out
 CALLBACKS_CDEF = """
 extern "Python+C" CK_RV ferro_py_reserve_iv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
-                                            unsigned long long *start, unsigned long long *count);
+                                            unsigned long long *start, unsigned long long *count,
+                                            unsigned long long *salt);
 extern "Python+C" CK_RV ferro_py_recheck(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key);
 """
 

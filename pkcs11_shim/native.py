@@ -49,8 +49,8 @@ def bind(ffi, lib, state) -> Binding:
     binding = Binding(ffi, lib)
     lib.ferro_native_enabled = int(binding.enabled)
 
-    def reserve_iv(library, session, key, p_start, p_count):
-        p_start[0], p_count[0] = library.reserve_iv(session, key)
+    def reserve_iv(library, session, key, p_start, p_count, p_salt):
+        p_start[0], p_count[0], p_salt[0] = library.reserve_iv(session, key)
 
     def recheck(library, session, key):
         library.recheck(session, key)

@@ -15,6 +15,15 @@ TOML, every key optional:
                              # default): every key use asks the server, so another process's
                              # destroy fails the very next *Init; above 0 it fails once the
                              # notification arrived (about 1 ms), at most head_cache later
+    anchor = ""              # a [backends.NAME] of type tpm2: anchor each token's record in
+                             # that TPM (store/anchor.py): an NV counter per token and a MAC
+                             # by a TPM-held key; a record rolled back or edited by whoever
+                             # can write the token files (but not use the TPM) is refused
+                             # with CKR_DEVICE_ERROR. "" (the default): no anchor - a file
+                             # writer can then put back an older token file: forgotten
+                             # PIN failures, an old PIN, destroyed objects, used IV counters.
+                             # Each token write costs 2-4 TPM commands; a token once
+                             # anchored is refused on another TPM or after a TPM clear.
 
     [log]
     level = "WARNING"        # DEBUG, INFO, WARNING, ERROR
@@ -155,6 +164,7 @@ class Config:
     store_kind: str = "sqlite"
     store_dsn: str = ""
     store_head_cache: float = 0.0
+    store_anchor: str = ""       # a [backends.NAME] of type tpm2, or ""
 
     @staticmethod
     def default_path() -> Path:
@@ -197,6 +207,9 @@ class Config:
         )
         if conf.log_level not in LOG_LEVELS:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: log level must be one of {LOG_LEVELS}")
+        if conf.store_anchor and conf.backends.get(conf.store_anchor, {}).get("type") != "tpm2":
+            raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] anchor must name a [backends.NAME] "
+                                                   "of type tpm2")
         if not (1 <= conf.pin_min <= conf.pin_max) or conf.pin_max_failures < 1:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: bad [pin] limits")
         return conf
@@ -219,13 +232,15 @@ def _pin_policy(table: dict, source: str) -> PinPolicy:
 
 def _store(table: dict, source: str) -> dict:
     kind, dsn, cache = table.get("kind", "sqlite"), table.get("dsn", ""), table.get("head_cache", 0.0)
-    if set(table) - {"kind", "dsn", "head_cache"} or kind not in STORE_KINDS or not isinstance(dsn, str) \
+    anchor = table.get("anchor", "")
+    if set(table) - {"kind", "dsn", "head_cache", "anchor"} or kind not in STORE_KINDS \
+            or not isinstance(dsn, str) or not isinstance(anchor, str) \
             or type(cache) not in (int, float) or not 0 <= cache <= 60:
         raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] takes kind = one of {STORE_KINDS}, dsn, "
-                                               "and head_cache = 0..60 seconds")
+                                               "head_cache = 0..60 seconds, and anchor = a tpm2 backend's name")
     if kind == "postgres" and not dsn:
         raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [store] kind = \"postgres\" needs a dsn")
-    return {"store_kind": kind, "store_dsn": dsn, "store_head_cache": float(cache)}
+    return {"store_kind": kind, "store_dsn": dsn, "store_head_cache": float(cache), "store_anchor": anchor}
 
 
 def with_store(config: "Config", spec: str) -> "Config":

@@ -21,6 +21,7 @@ which checks the store's head as every key use does (native/README.md).
 """
 
 import hashlib
+import os
 
 from . import constants as C
 from . import schema
@@ -273,14 +274,17 @@ class CryptoFunctions:
         session.op(kind)
         session.end(kind)
 
-    def reserve_iv(self, handle: int, key_handle: int) -> tuple[int, int]:
+    def reserve_iv(self, handle: int, key_handle: int) -> tuple[int, int, int]:
         """IV counter values for the key of an offloaded message operation."""
         session = self._session(handle)
         return self._reserve_iv(session.token, self._key(session, key_handle, None, C.CKM_AES_GCM))
 
     @staticmethod
-    def _reserve_iv(token, key) -> tuple[int, int]:
-        """(start, count): IV counter values no one got before for this key.
+    def _reserve_iv(token, key) -> tuple[int, int, int]:
+        """(start, count, salt): IV counter values no one got before for this key, and a
+        random salt for them (aes_message.counter_field: bits 32..63 of an 8-byte or
+        longer counter field, so that a copy of the token, or one put back from an older
+        copy, whose counters hand out the same values, still makes other IVs).
 
         The high-water marks live in the token's store (store.reserve_counter), one
         per key lineage (a key and its copies share one), reserved in a write
@@ -290,7 +294,8 @@ class CryptoFunctions:
         imported for it (looked up by the old identifier, computed here and not kept)."""
         legacy = hashlib.sha256(b"ferrohsm gcm iv counter\0" + bytes(key.attrs[C.CKA_VALUE])).hexdigest()[:32]
         session_lineage = None if key.token else key.lineage or key.uid
-        return token.store.reserve_counter(key.uid, IV_BLOCK, legacy, session_lineage), IV_BLOCK
+        start = token.store.reserve_counter(key.uid, IV_BLOCK, legacy, session_lineage)
+        return start, IV_BLOCK, int.from_bytes(os.urandom(4), "big") << 32
 
     # --- offloading to the native fast path ---------------------------------------------
     def offload_grant(self, handle: int, kind: str):

@@ -40,6 +40,7 @@ from .mechanisms import registry
 from .session import Offload, Session
 from .slot_events import SlotEvents
 from .store import open_catalog
+from .store.anchor import make_anchor
 from .store.base import Conflict
 from .token import Token, require
 
@@ -135,6 +136,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         self.names: dict[str, int] = {}        # catalog name -> slot
         self.sessions: dict[int, Session] = {}
         self.catalog = open_catalog(self.config)
+        self.anchor = make_anchor(self.config, self.backends)   # [store] anchor, or none
         files.warn_if_shared(self.config.source, "configuration file")
         files.warn_if_shared(self.config.token_dir, "token directory")
         self._scan()
@@ -143,6 +145,8 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         self.slot_events = SlotEvents(self._slot_snapshot())
 
     def _new_token(self, slot: int, store) -> Token:
+        if store is not None:
+            store.anchor = self.anchor
         return Token(slot, store, self._handles, on_change=self._object_changed)
 
     # --- locks ----------------------------------------------------------------
@@ -273,6 +277,7 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
             token.reload()
             return
         name, store = self.catalog.new()
+        store.anchor = self.anchor
         try:
             store.initialize(label, so_pin)
         except BaseException:

@@ -97,7 +97,10 @@ class Token:
         self.lock = threading.RLock()       # this token's calls (provider/library.py, "Locks")
         self._loader = self._load           # one bound method for every object's Obj.loader
         if self.initialized:
-            self.refresh()
+            try:
+                self.refresh()
+            except PKCS11Error as e:     # e.g. refused by its TPM anchor: each use says so again
+                LOG.warning("token in slot %d not loaded: %s", slot_id, e.reason)
 
     @property
     def initialized(self) -> bool:

@@ -1,7 +1,7 @@
 """A token as one directory of small files, shared by every process that opens it.
 
 Layout of a token directory (files 0600, directories 0700):
-  token.json          {"schema": 3, "token": TOKEN_FIELDS (bytes as base64)}; it exists
+  token.json          {"schema": 4, "token": TOKEN_FIELDS (bytes as base64)}; it exists
                       once the token is initialized; seq / epoch in it answer head()
   lock                flock(2): exclusive for a write transaction, shared for a read
   journal.json        only between the commit point of a transaction and its end (below)
@@ -71,11 +71,12 @@ TOKEN_FILE, LOCK_FILE, JOURNAL_FILE, LOG_FILE = "token.json", "lock", "journal.j
 KEYS_DIR, COUNTERS_DIR = "keys", "counters"
 CURRENT_FILE, TOMBSTONE_FILE = "current.json", "tombstone.json"
 BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap",
-                          "so_tries", "user_tries", "manifest"})
+                          "so_tries", "user_tries", "manifest", "anchor"})
 # schema -> the token fields a token.json of that schema lacks, with their values
 # (read as if present; the next write of token.json writes today's schema)
 MIGRATIONS = {2: {"so_kdf": None, "so_tries": None, "user_kdf": None, "user_tries": None,
-                  "manifest": None}}
+                  "manifest": None},
+              3: {"anchor": None}}
 POINTER_FIELDS = ("version", "lineage", "seq", "entry")
 MAX_NAME = 200
 _VERSION_FILE = re.compile(r"v(\d{8,})\.json")

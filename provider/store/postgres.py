@@ -75,7 +75,7 @@ CREATE TABLE ferro_tokens (
     pruned bigint NOT NULL DEFAULT 0, pub_key bytea NOT NULL,
     so_salt bytea, so_iters integer, so_wrap bytea, so_fail integer NOT NULL,
     user_salt bytea, user_iters integer, user_wrap bytea, user_fail integer NOT NULL,
-    so_kdf text, so_tries bytea, user_kdf text, user_tries bytea, manifest bytea);
+    so_kdf text, so_tries bytea, user_kdf text, user_tries bytea, manifest bytea, anchor bytea);
 CREATE TABLE ferro_objects (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     uid text NOT NULL, version bigint NOT NULL, lineage text NOT NULL, seq bigint NOT NULL,
@@ -98,6 +98,7 @@ MIGRATIONS: dict[int, str] = {
 ALTER TABLE ferro_tokens ADD COLUMN so_kdf text, ADD COLUMN so_tries bytea,
     ADD COLUMN user_kdf text, ADD COLUMN user_tries bytea, ADD COLUMN manifest bytea;
 """,
+    3: "ALTER TABLE ferro_tokens ADD COLUMN anchor bytea",
 }
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1e9)::bigint"   # the server's clock: one for every client
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM ferro_tokens WHERE name = %s"

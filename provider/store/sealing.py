@@ -62,11 +62,13 @@ from .. import constants as C
 from ..errors import PKCS11Error
 from ..log import LOG
 from . import records
+from .anchor import NO_ANCHOR, guard
 from .base import BLINDED, Changes, Conflict, Locked, Sealed, TokenStore, stub_of, under_master
 
-SCHEMA_VERSION = 3         # 1: the first release (no versions); 2: versions, counters, pruning;
+SCHEMA_VERSION = 4         # 1: the first release (no versions); 2: versions, counters, pruning;
 #                            3: per-PIN KDF parameters and recorded tries ({who}_kdf, {who}_tries),
-#                            records sealed whole under the master key, the object list (manifest)
+#                            records sealed whole under the master key, the object list (manifest);
+#                            4: the TPM anchor (anchor.py: token field `anchor`)
 TOMBSTONE_WINDOW = 1000    # tombstones kept for the last this-many changes; older readers resync
 IV_PREFIX, LEGACY_PREFIX = "iv:", "legacy:"
 KEY_LEN, SALT_LEN, NONCE_LEN = 32, 16, 12
@@ -299,7 +301,8 @@ PIN_FLAGS = {
 TOKEN_FIELDS = ("label", "serial", "epoch", "seq", "pruned", "pub_key",
                 "so_salt", "so_iters", "so_wrap", "so_fail",
                 "user_salt", "user_iters", "user_wrap", "user_fail",
-                "so_kdf", "so_tries", "user_kdf", "user_tries", "manifest")     # (schema 3)
+                "so_kdf", "so_tries", "user_kdf", "user_tries", "manifest",     # (schema 3)
+                "anchor")                                                       # (schema 4)
 NO_USER_PIN = {"user_salt": None, "user_iters": None, "user_wrap": None, "user_fail": 0,
                "user_kdf": None, "user_tries": None}
 
@@ -322,7 +325,10 @@ def _who(user_type: int) -> str:
 class SealingStore(TokenStore):
     """TokenStore semantics; subclasses provide the persistence primitives below.
     `epoch` counts initializations: a master key held from an older epoch (the token
-    was re-initialized, perhaps by another process) is dropped."""
+    was re-initialized, perhaps by another process) is dropped.
+    `anchor` (anchor.py; set by the Library from `[store] anchor`) checks and advances
+    the token record around every write transaction: `_write` is wrapped here."""
+    anchor = NO_ANCHOR
 
     def __init__(self, max_pin_failures: int = 10, pin_policy: PinPolicy = PinPolicy()):
         self.max_failures = max_pin_failures
@@ -332,6 +338,12 @@ class SealingStore(TokenStore):
         self._master_epoch: int | None = None
         self._mkeys: MasterKeys | None = None
         self._keys: tuple | None = None     # (epoch, serial, public key, tag key)
+        self._anchor_seen = None            # (state digest, MAC) last checked or written
+        self._anchor_dirty = False          # this transaction must advance the anchor
+        self._iv_high: dict = {}            # counter name -> end of the last block reserved here
+        self._iv_head = None                # (serial, (epoch, seq)): the highest head reserved at
+        self._iv_rewound = False            # the store went backwards: counter IVs refused
+        self._write = guard(self, self._write)
 
     # persistence primitives -------------------------------------------------------
     @abstractmethod
@@ -431,7 +443,7 @@ class SealingStore(TokenStore):
     def initialize(self, label: bytes, so_pin: bytes) -> None:
         with self._lock:
             fresh = not self._exists()
-            serial = os.urandom(8).hex() if fresh else self._check_pin("so", so_pin, rewrap=False)[1]["serial"]
+            serial = self.anchor.fresh_serial() if fresh else self._check_pin("so", so_pin, rewrap=False)[1]["serial"]
             master = os.urandom(KEY_LEN)
             fields = {"label": bytes(label), "serial": serial, "pub_key": os.urandom(KEY_LEN),
                       "so_fail": 0, **NO_USER_PIN,
@@ -439,7 +451,8 @@ class SealingStore(TokenStore):
             epoch = self._token()["epoch"] + 1 if not fresh else 1
             fields["manifest"] = seal_listing(master_keys(master).listing, serial, epoch, 0)
             if fresh:
-                self._create({**fields, "epoch": 1, "seq": 0, "pruned": 0})
+                self._create({**fields, "epoch": 1, "seq": 0, "pruned": 0, "anchor": None})
+                self.verify_anchor()            # anchors the new record
             else:
                 with self._write():
                     if self._token()["epoch"] + 1 != epoch:
@@ -449,6 +462,13 @@ class SealingStore(TokenStore):
                     self._update({**fields, "epoch": epoch})
             self.logout()
             self._keys = None
+
+    def verify_anchor(self) -> None:
+        """Refuse a token record its TPM anchor does not vouch for (CKR_DEVICE_ERROR);
+        adopt a record made without one.  In a write transaction: writers take turns."""
+        if self.anchor.on:
+            with self._write():
+                pass
 
     # PINs -----------------------------------------------------------------------------
     def _check_pin(self, who: str, pin: bytes, slow=nullcontext, locked_too: bool = False,
@@ -782,6 +802,7 @@ class SealingStore(TokenStore):
                 self.logout()
             if cursor is not None and seq == cursor:
                 return Changes(cursor, [], [], False)
+            self.verify_anchor()
             tok, rows, deleted = self._since(cursor)
             full = cursor is None or cursor < tok["pruned"]
             if full and cursor is not None:
@@ -797,6 +818,7 @@ class SealingStore(TokenStore):
 
     def index(self) -> tuple:
         with self._lock:
+            self.verify_anchor()
             listed = self._index_rows()
             if listed is None:                       # no index of its own: every record
                 got = self.changes(None)
@@ -862,8 +884,28 @@ class SealingStore(TokenStore):
             if legacy is not None and self._counter(LEGACY_PREFIX + legacy) is not None:
                 name = LEGACY_PREFIX + legacy     # the key's counter from before schema 2
             start = self._counter(name) or 0
+            self._forward(name, start, self._token())
             self._set_counter(name, start + count)
+            self._anchor_dirty = True        # with the anchor on: a restored copy is refused
+            self._iv_high[name] = start + count
             return start
+
+    def _forward(self, name: str, start: int, tok: dict) -> None:
+        """Refuse counter IVs (CKR_DEVICE_ERROR, for good in this process) once it saw the
+        store go backwards - a counter below what it reserved before, or the head (epoch,
+        seq) below one it saw: the token files were put back from an older copy, whose
+        counters hand out values again."""
+        head, seen = (tok["epoch"], tok["seq"]), self._iv_head
+        if seen is not None and seen[0] != tok["serial"]:
+            self._iv_high, seen = {}, None          # another token in this file now
+        back = start < self._iv_high.get(name, 0) or (seen is not None and head < seen[1])
+        if back and not self._iv_rewound:
+            LOG.error("token %s: the store went backwards (restored from an older copy?); "
+                      "counter IVs refused in this process", tok["serial"])
+        self._iv_rewound |= back
+        if self._iv_rewound:
+            raise PKCS11Error(C.CKR_DEVICE_ERROR, "the token store went backwards: no counter IVs")
+        self._iv_head = (tok["serial"], max(head, seen[1]) if seen else head)
 
     def unseal(self, uid: str, cka: int, value: Sealed) -> bytes:
         with self._lock:

@@ -11,13 +11,14 @@ The file does not exist until initialize(): a free slot's path is only a name.
 It is created 0600 (its WAL and shared-memory files inherit that mode), its
 directory 0700 when we create it.
 
-Tables (schema 3, in PRAGMA user_version; older files are upgraded in place
+Tables (schema 4, in PRAGMA user_version; older files are upgraded in place
 when first opened, see MIGRATIONS):
   token       one row: label, serial, epoch, seq (last change number), pruned
               (tombstones up to it are gone), public sealing key, per PIN salt /
               KDF iterations (PBKDF2, before schema 3) / wrapped master key / failure
               counter / KDF parameters (schema 3) / recorded tries (schema 3), the sealed
-              list of private objects (manifest; NULL until a schema-2 file's first login)
+              list of private objects (manifest; NULL until a schema-2 file's first login),
+              the TPM anchor (schema 4, anchor.py; NULL: none)
   objects     uid, version, lineage (whose IV counter it shares; NULL: its own),
               seq of its last write, record (records.py), tag (sealing.py), and the
               index entry (base.STUB: cls, label, cka_id, key_type, private; cls NULL:
@@ -53,7 +54,7 @@ CREATE TABLE token (
     pruned INTEGER NOT NULL DEFAULT 0, pub_key BLOB NOT NULL,
     so_salt BLOB, so_iters INTEGER, so_wrap BLOB, so_fail INTEGER NOT NULL,
     user_salt BLOB, user_iters INTEGER, user_wrap BLOB, user_fail INTEGER NOT NULL,
-    so_kdf TEXT, so_tries BLOB, user_kdf TEXT, user_tries BLOB, manifest BLOB);
+    so_kdf TEXT, so_tries BLOB, user_kdf TEXT, user_tries BLOB, manifest BLOB, anchor BLOB);
 CREATE TABLE objects (
     uid TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL, tag BLOB NOT NULL,
     version INTEGER NOT NULL DEFAULT 1, lineage TEXT,
@@ -87,6 +88,7 @@ ALTER TABLE token ADD COLUMN user_kdf TEXT;
 ALTER TABLE token ADD COLUMN user_tries BLOB;
 ALTER TABLE token ADD COLUMN manifest BLOB;
 """,
+    3: "ALTER TABLE token ADD COLUMN anchor BLOB;",
 }
 LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"

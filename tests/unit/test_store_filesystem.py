@@ -618,7 +618,7 @@ def test_schema_2_token_reads_and_its_pbkdf2_wraps_are_replaced_at_login(tmp_pat
     legacy_wrap(s, "so", SO)                 # (after: legacy_wrap logs the SO in)
     path = root / fs.TOKEN_FILE
     token = json.loads(path.read_text())
-    for field in ("so_kdf", "so_tries", "user_kdf", "user_tries", "manifest"):
+    for field in ("so_kdf", "so_tries", "user_kdf", "user_tries", "manifest", "anchor"):
         del token["token"][field]
     path.write_text(json.dumps({**token, "schema": 2}))
     old = open_store(root)

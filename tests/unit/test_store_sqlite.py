@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from provider import constants as C
+from provider.store.sealing import SCHEMA_VERSION
 from provider.store.sqlite import SqliteStore
 
 from .stores import FAST
@@ -187,13 +188,13 @@ def test_schema_2_file_is_upgraded_and_its_pbkdf2_wraps_replaced_at_login(tmp_pa
     legacy_wrap(s, "so", SO)                 # (after: legacy_wrap logs the SO in)
     s.close()
     with sqlite3.connect(path) as db:
-        for column in ("so_kdf", "so_tries", "user_kdf", "user_tries", "manifest"):
+        for column in ("so_kdf", "so_tries", "user_kdf", "user_tries", "manifest", "anchor"):
             db.execute(f"ALTER TABLE token DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 2")
     old = open_store(path)
     old.login(C.CKU_USER, USER)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("SELECT user_kdf, user_iters, so_kdf, so_iters FROM token").fetchone() == (
             FAST.kdf.text(), None, None, 1000)
     open_store(path).login(C.CKU_SO, SO)

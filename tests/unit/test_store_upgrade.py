@@ -53,7 +53,7 @@ def first_counter(lib, s, key) -> int:
     iv = lib.encrypt_message(s, GcmMessageParams(b"FIXD" + bytes(8), 32, C.CKG_GENERATE_COUNTER, 128),
                              b"", b"x", 1)[0]
     lib.message_encrypt_final(s)
-    return int.from_bytes(iv[4:], "big")
+    return int.from_bytes(iv[4:], "big") & 0xFFFFFFFF     # the counter (the high half is the block's salt)
 
 
 def schema_of(tokens: Path) -> int:

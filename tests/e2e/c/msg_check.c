@@ -13,10 +13,12 @@ static CK_BYTE MSG[40] = "forty bytes of plaintext, to be sealed..";
 static CK_BYTE AAD[4] = "head";
 static CK_MECHANISM GCM = {CKM_AES_GCM, NULL, 0};
 
+/* the counter value of an IV with 4 fixed bytes: the low 32 bits of its 8-byte counter part
+ * (the high ones XOR the reserved block's random salt) */
 static unsigned long long counter_of(const CK_BYTE *iv)
 {
     unsigned long long v = 0;
-    for (int i = 4; i < 12; i++)
+    for (int i = 8; i < 12; i++)
         v = v << 8 | iv[i];
     return v;
 }
