@@ -76,6 +76,7 @@ MASTER, PUBLIC = b"M", b"P"
 ENVELOPE = 2               # first byte of a record sealed whole (records.FORMAT is 1)
 ENVELOPED = b"E"           # in an envelope's clear header: this value is in the sealed body
 BLIND_MARK = b"\x00ferrohsm-blind\x00"   # prefixes a keyed hash standing for a label or ID
+BLIND_MEMO = 4096          # keyed hashes of labels and IDs searched for, remembered per login
 _ULONG = struct.Struct(">Q")
 _LEN = struct.Struct(">I")
 
@@ -337,6 +338,7 @@ class SealingStore(TokenStore):
         self._master: bytes | None = None
         self._master_epoch: int | None = None
         self._mkeys: MasterKeys | None = None
+        self._blinds: tuple = (None, {})     # (the master keys they were made with, (cka, value) -> blind)
         self._keys: tuple | None = None     # (epoch, serial, public key, tag key)
         self._anchor_seen = None            # (state digest, MAC) last checked or written
         self._anchor_dirty = False          # this transaction must advance the anchor
@@ -678,11 +680,19 @@ class SealingStore(TokenStore):
         return self._mkeys
 
     def blind(self, cka: int, value) -> bytes | None:
-        with self._lock:
-            keys = self._mkeys
-            if keys is None or type(value) is not bytes:
-                return None
-            return BLIND_MARK + hmac.new(keys.blind, _lp(_ULONG.pack(cka), value), hashlib.sha256).digest()[:16]
+        keys = self._mkeys
+        if keys is None or type(value) is not bytes:
+            return None
+        memo = self._blinds           # every search by label or ID asks: remembered per master key
+        if memo[0] is not keys:
+            memo = self._blinds = (keys, {})
+        got = memo[1].get((cka, value))
+        if got is None:
+            if len(memo[1]) >= BLIND_MEMO:
+                memo[1].clear()
+            got = memo[1][cka, value] = BLIND_MARK + hmac.new(keys.blind, _lp(_ULONG.pack(cka), value),
+                                                              hashlib.sha256).digest()[:16]
+        return got
 
     def entry_of(self, attrs: dict) -> dict:
         entry = stub_of(attrs)
