@@ -265,19 +265,22 @@ def header_of(record: bytes) -> dict:
     return records.unpack(split_envelope(record)[0] if record[:1] == bytes([ENVELOPE]) else record)
 
 
-def listing_item(lkey: bytes, uid: str, version: int) -> int:
-    """A keyed hash (BLAKE2b keyed with the list key: a PRF) of one (uid, version)."""
-    return int.from_bytes(hashlib.blake2b(_ULONG.pack(version) + uid.encode(), key=lkey, digest_size=32).digest(),
-                          "big")
-
-
 def listing_of(lkey: bytes, items) -> int:
-    """The object list's digest: XOR of a keyed hash of each (uid, version). Kept sealed
-    (seal_listing), so a file reader learns nothing of it and cannot fit it to a list."""
+    """The object list's digest: XOR of a keyed hash (BLAKE2b keyed with the list key: a
+    PRF) of each (uid, version). Kept sealed (seal_listing), so a file reader learns
+    nothing of it and cannot fit it to a list. (Names bound once: a login hashes every
+    private object.)"""
     digest, pack, mac, of = 0, _ULONG.pack, hashlib.blake2b, int.from_bytes
-    for uid, version in items:              # (listing_item, inlined: a login reads every private object)
+    for uid, version in items:
         digest ^= of(mac(pack(version) + uid.encode(), key=lkey, digest_size=32).digest(), "big")
     return digest
+
+
+def _listed(uid: str, version: int, attrs) -> tuple:
+    """index()'s row for a record read whole: (uid, version, index entry, attrs or None)."""
+    if isinstance(attrs, Locked):
+        return uid, version, attrs.stub, None
+    return uid, version, stub_of(attrs), attrs
 
 
 def _listing_aad(serial: str, epoch: int) -> bytes:
@@ -781,7 +784,7 @@ class SealingStore(TokenStore):
             tok = self._token()
             if tok["manifest"] is not None:
                 return
-            serial, _, tkey = self._public(tok)
+            serial = tok["serial"]
             for uid in self._uids():
                 got = self._get(uid)
                 attrs = None if got is None else self._verified(tok, uid, got[0], got[1], got[2])
@@ -832,20 +835,14 @@ class SealingStore(TokenStore):
             listed = self._index_rows()
             if listed is None:                       # no index of its own: every record
                 got = self.changes(None)
-                return got.cursor, [(uid, v, a.stub, None) if isinstance(a, Locked) else (uid, v, stub_of(a), a)
-                                    for uid, v, a in got.upserts]
+                return got.cursor, [_listed(uid, v, a) for uid, v, a in got.upserts]
             tok, entries = listed
             if self._master is not None and self._master_epoch != tok["epoch"]:
                 self.logout()
             for i, (uid, _, stub, _) in enumerate(entries):
                 if stub is None:                     # e.g. a row from before the index columns
                     got = self.load(uid)
-                    if got is None:
-                        entries[i] = None
-                    else:
-                        attrs = got[1]
-                        entries[i] = (uid, got[0], attrs.stub, None) if isinstance(attrs, Locked) else \
-                            (uid, got[0], stub_of(attrs), attrs)
+                    entries[i] = None if got is None else _listed(uid, *got)
             return tok["seq"], [e for e in entries if e is not None] if None in entries else entries
 
     def load(self, uid: str) -> tuple | None:

@@ -11,8 +11,8 @@ import pytest
 
 from provider import constants as C
 from provider.backends.tpm2 import Tpm2Backend
-from provider.errors import PKCS11Error
 from provider.store import anchor as A
+from tests.backends.engine_env import rv
 from tests.unit.stores import KINDS
 
 SO, OLD, NEW, WRONG = b"so-pin-1", b"user-pin-1", b"user-pin-2", b"wrong-pin"
@@ -48,14 +48,6 @@ def spied(tpm):
             records.append(copy.deepcopy(store.data["token"]))
     store._write = A.guard(store, write)
     return store, records
-
-
-def rv(fn, *args) -> int:
-    try:
-        fn(*args)
-    except PKCS11Error as e:
-        return e.rv
-    return C.CKR_OK
 
 
 def ready(tpm):
