@@ -130,6 +130,20 @@ class DeviceTimeout(PKCS11Error):
     """A device call overran its deadline (CKR_DEVICE_ERROR); the call was abandoned."""
 
 
+def _nothing() -> None:
+    pass
+
+
+def _after(prior, fn, *args):
+    """fn(*args) once `prior` (an abandoned call's last task, or None) is done."""
+    if prior is not None:
+        try:
+            prior.result()
+        except Exception:       # its failure was the abandoned caller's
+            pass
+    return fn(*args)
+
+
 class DeviceWorker:
     """Runs device calls on one worker thread with a deadline.
 
@@ -137,25 +151,31 @@ class DeviceWorker:
     call that overruns is abandoned: the caller gets CKR_DEVICE_ERROR at once, the
     worker is replaced, and `on_abandon` runs on the old worker after the stuck
     call returns (so it can close the connection that call was using).  Callers
-    catch DeviceTimeout to start over with a new connection object."""
+    catch DeviceTimeout to start over with a new connection object.  The next call
+    waits, within its own deadline, until the abandoned one and its `on_abandon`
+    are done: the stuck call, once it returns, still talks to the device (a TPM
+    without a resource manager: it flushes handles the new connection reuses)."""
 
     def __init__(self, name: str, timeout: float):
         self.name, self.timeout = name, timeout
         self._lock = threading.Lock()
         self._pool = self._new_pool()
+        self._abandoned: cf.Future | None = None    # the abandoned worker's last task
 
     def _new_pool(self):
         return cf.ThreadPoolExecutor(1, thread_name_prefix=f"ferrohsm-{self.name}")
 
     def call(self, fn, *args, timeout: float | None = None, on_abandon=None):
         with self._lock:
-            fut = self._pool.submit(fn, *args)
+            prior = self._abandoned
+            if prior is not None and prior.done():
+                prior = self._abandoned = None
+            fut = self._pool.submit(_after, prior, fn, *args)
             try:
                 return fut.result(timeout or self.timeout)
             except cf.TimeoutError:
                 old, self._pool = self._pool, self._new_pool()
-                if on_abandon is not None:
-                    old.submit(on_abandon)
+                self._abandoned = old.submit(on_abandon or _nothing)
                 old.shutdown(wait=False)
                 raise DeviceTimeout(C.CKR_DEVICE_ERROR,
                                     f"{self.name}: no answer within {timeout or self.timeout:.1f} s")
