@@ -121,6 +121,12 @@ CKO_MECHANISM = 0x7
 CKO_OTP_KEY = 0x8
 CKO_PROFILE = 0x9
 CKO_VENDOR_DEFINED = 0x80000000
+# FerroHSM's governance records (provider/governance/): token objects a PKCS#11 search
+# finds only by naming their class; never created, changed or destroyed through PKCS#11.
+CKO_FERRO_GOVERNED_KEY = CKO_VENDOR_DEFINED | 0x46520001
+CKO_FERRO_POLICY_TAG = CKO_VENDOR_DEFINED | 0x46520002
+CKO_FERRO_APPROVAL = CKO_VENDOR_DEFINED | 0x46520003
+CKO_FERRO_MIGRATION = CKO_VENDOR_DEFINED | 0x46520004
 
 # --- key types (CKK_) ------------------------------------------------------
 CKK_RSA = 0x0
@@ -233,6 +239,21 @@ CKA_VENDOR_DEFINED = 0x80000000
 # reference is sealed in the store like key material and reads as CKR_ATTRIBUTE_SENSITIVE.
 CKA_FERRO_BACKEND = CKA_VENDOR_DEFINED | 0x46520001
 CKA_FERRO_KEY_REF = CKA_VENDOR_DEFINED | 0x46520002
+# Governed keys (provider/governance/): set by the token alone, readable, never settable.
+# Each version of a governed key is a key object (a pair for asymmetric keys) carrying
+# the key's id, its version number, the version's state and whether it is the primary;
+# the key itself, its policy tags, approvals and migrations are records of FerroHSM's
+# own classes below, whose CKA_FERRO_RECORD holds the record (canonical JSON).
+CKA_FERRO_KEY_ID = CKA_VENDOR_DEFINED | 0x46520003      # the governed key's UUID (ASCII bytes)
+CKA_FERRO_VERSION = CKA_VENDOR_DEFINED | 0x46520004     # CK_ULONG, from 1
+CKA_FERRO_STATE = CKA_VENDOR_DEFINED | 0x46520005       # CK_ULONG, FERRO_STATE_*
+CKA_FERRO_PRIMARY = CKA_VENDOR_DEFINED | 0x46520006     # CK_BBOOL
+CKA_FERRO_RECORD = CKA_VENDOR_DEFINED | 0x46520007      # bytes: the record of a CKO_FERRO_* object
+FERRO_STATE_PENDING = 1
+FERRO_STATE_ENABLED = 2
+FERRO_STATE_DISABLED = 3
+FERRO_STATE_DESTROY_SCHEDULED = 4
+FERRO_STATE_DESTROYED = 5
 
 # --- mechanisms (CKM_) -----------------------------------------------------
 CKM_RSA_PKCS_KEY_PAIR_GEN = 0x0
