@@ -15,6 +15,7 @@ C_Verify and C_Encrypt use the public key in the engine, as for any key.
 """
 
 from . import constants as C
+from . import keygen
 from .backends import engine
 from .errors import PKCS11Error
 from .fn_crypto import KEYED
@@ -51,19 +52,9 @@ class BackendFunctions:
         _class(priv_given, C.CKO_PRIVATE_KEY)
         self._precheck(session, C.CKO_PUBLIC_KEY, pub_given)
         self._precheck(session, C.CKO_PRIVATE_KEY, priv_given)
-        engine.check_held_template(backend, priv_given)
-        token = session.token
-        in_use = [engine.key_ref(token.open(o)) for o in list(token.index.objects.values())
-                  if o.cls == C.CKO_PRIVATE_KEY and token.loaded(o)
-                  and o.attrs.get(C.CKA_FERRO_BACKEND) == backend.name.encode()]
-        label = bytes(priv_given.get(C.CKA_LABEL, b"")).decode("utf-8", "replace")
-        self.backends.enter(token, backend)
-        extra = {"extractable": True} if priv_given.get(C.CKA_EXTRACTABLE) and backend.exportable else {}
-        with session.token.let_go():           # a device call: other calls on the token go on
-            ref = backend.generate(kind, backend.place(label, in_use), **extra)
+        ref, pub_made, priv_made = keygen.device_pair(self.backends, session.token, backend, kind, priv_given)
         try:
             session = self._session(handle)     # still open? (_new_key checks the login again)
-            pub_made, priv_made = engine.held_key_attrs(backend, ref, priv_given)
             pub = self._new_key(session, C.CKO_PUBLIC_KEY, pub_given, pub_made, mech.type, "generate")
             priv = self._new_key(session, C.CKO_PRIVATE_KEY, priv_given, priv_made, mech.type,
                                  "generate")

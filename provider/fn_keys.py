@@ -3,13 +3,11 @@
 from contextlib import contextmanager
 
 from . import constants as C
-from . import schema
+from . import keygen, schema
 from .errors import PKCS11Error
 from .fn_objects import decode_template
 from .mechanisms import registry
 from .token import require
-
-U = C.CK_UNAVAILABLE_INFORMATION
 
 # A mechanism's complaint about "the key" means the wrapping or unwrapping key here.
 WRAP_CODES = {
@@ -54,32 +52,9 @@ def _class(given: dict, expected: int) -> int:
 class KeyFunctions:
     def _new_key(self, session, cls: int, given: dict, made: dict, mech: int, origin: str, bases=(),
                  key_role: int | None = None) -> dict:
-        """Attributes of a key made by generate / unwrap / derive. `bases`: the keys a
-        derivation read (its base key and any key its parameter names, e.g. an HKDF salt
-        key): the new key is always sensitive / never extractable only if each of them is."""
-        key_type = made.get(C.CKA_KEY_TYPE, given.get(C.CKA_KEY_TYPE))
-        require(given.get(C.CKA_KEY_TYPE, key_type) == key_type, C.CKR_TEMPLATE_INCONSISTENT,
-                "CKA_KEY_TYPE does not fit the mechanism")
-        require(key_type is not None, C.CKR_TEMPLATE_INCOMPLETE, "CKA_KEY_TYPE missing")
-        table = schema.rows(cls, key_type)
-        schema.check_template(table, given, schema.F.GEN)
-        attrs = schema.with_defaults(table, {**given, **made, C.CKA_CLASS: cls, C.CKA_KEY_TYPE: key_type},
-                                     self._usages(cls, given, key_role))
-        if origin != "generate":
-            attrs.update(registry.key_type(key_type).complete(cls, attrs))
-        attrs[C.CKA_LOCAL] = origin == "generate"
-        attrs[C.CKA_KEY_GEN_MECHANISM] = mech if origin == "generate" else U
-        if cls != C.CKO_PUBLIC_KEY:
-            sensitive, extractable = attrs[C.CKA_SENSITIVE], attrs[C.CKA_EXTRACTABLE]
-            if origin == "generate":
-                attrs[C.CKA_ALWAYS_SENSITIVE], attrs[C.CKA_NEVER_EXTRACTABLE] = sensitive, not extractable
-            elif origin == "derive":
-                attrs[C.CKA_ALWAYS_SENSITIVE] = sensitive and all(b.flag(C.CKA_ALWAYS_SENSITIVE) for b in bases)
-                attrs[C.CKA_NEVER_EXTRACTABLE] = not extractable and all(
-                    b.flag(C.CKA_NEVER_EXTRACTABLE) for b in bases)
-            else:
-                attrs[C.CKA_ALWAYS_SENSITIVE] = attrs[C.CKA_NEVER_EXTRACTABLE] = False
-        self._check_separation(cls, attrs)
+        """Attributes of a key made by generate / unwrap / derive (keygen.key_attrs), if
+        this session may store it."""
+        attrs = keygen.key_attrs(cls, given, made, mech, origin, self._separated, bases, key_role)
         self._check_write(session, attrs)
         return attrs
 
@@ -89,9 +64,7 @@ class KeyFunctions:
         self._check_write(session, {**given, C.CKA_PRIVATE: private})
 
     def _mechanism(self, mech, method: str):
-        entry = registry.get(mech.type)
-        require(entry.supports(method), C.CKR_MECHANISM_INVALID, f"{C.name_of('CKM_', mech.type)} cannot {method}")
-        return entry.impl
+        return keygen.mechanism(mech.type, method)
 
     # --- generate ------------------------------------------------------------------
     def generate_key(self, handle, mech, template) -> int:

@@ -1,8 +1,6 @@
 """Object management functions: create, copy, destroy, attributes, search."""
 
-import uuid
-
-from . import attrtypes
+from . import attrtypes, keygen
 from . import constants as C
 from . import schema
 from .certificates import x509_fields
@@ -71,12 +69,7 @@ class ObjectFunctions:
                 schema.check_usage_change(old, changes)
 
     def _add(self, session, attrs: dict, lineage: str | None = None) -> int:
-        attrs[C.CKA_UNIQUE_ID] = uuid.uuid4().hex.encode()
-        owner = None if attrs.get(C.CKA_TOKEN) else session.handle
-        obj = Obj(session.token.new_handle(), attrs[C.CKA_UNIQUE_ID].decode(), attrs, owner,
-                  lineage=lineage)
-        session.token.add_object(obj)
-        return obj.handle
+        return keygen.add_object(session.token, attrs, session.handle, lineage).handle
 
     # --- C_CreateObject, C_CopyObject, C_DestroyObject ---------------------------
     def create_object(self, handle: int, template) -> int:

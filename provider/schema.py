@@ -87,6 +87,11 @@ KEY = {
     C.CKA_LOCAL: (TOKEN_SET, False),
     C.CKA_KEY_GEN_MECHANISM: (TOKEN_SET, U),
     C.CKA_ALLOWED_MECHANISMS: (CG, ()),
+    # a version of a governed key (provider/governance): set by the engine, readable, never settable
+    C.CKA_FERRO_KEY_ID: (TOKEN_SET, None),
+    C.CKA_FERRO_VERSION: (TOKEN_SET, None),
+    C.CKA_FERRO_STATE: (TOKEN_SET, None),
+    C.CKA_FERRO_PRIMARY: (TOKEN_SET, None),
 }
 
 PUBLIC_KEY = {
@@ -168,12 +173,23 @@ KEY_MATERIAL = {
     (C.CKO_PRIVATE_KEY, C.CKK_EC_EDWARDS): EC_PRIVATE,
 }
 
+# A record of governance (provider/governance/record.py): the engine writes it; CKA_FERRO_RECORD
+# is required and never settable, so no client creates one (CKR_TEMPLATE_INCOMPLETE)
+FERRO_RECORD = {
+    C.CKA_FERRO_KEY_ID: (TOKEN_SET, None),
+    C.CKA_FERRO_RECORD: (TOKEN_SET | F.REQUIRED, None),
+}
+
 CLASSES = {
     C.CKO_DATA: DATA,
     C.CKO_CERTIFICATE: CERTIFICATE,
     C.CKO_PUBLIC_KEY: PUBLIC_KEY,
     C.CKO_PRIVATE_KEY: PRIVATE_KEY,
     C.CKO_SECRET_KEY: SECRET_KEY,
+    C.CKO_FERRO_GOVERNED_KEY: FERRO_RECORD,
+    C.CKO_FERRO_POLICY_TAG: FERRO_RECORD,
+    C.CKO_FERRO_APPROVAL: FERRO_RECORD,
+    C.CKO_FERRO_MIGRATION: FERRO_RECORD,
 }
 PRIVATE_BY_DEFAULT = {C.CKO_PRIVATE_KEY, C.CKO_SECRET_KEY}
 KEY_CLASSES = {C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY, C.CKO_SECRET_KEY}
