@@ -46,14 +46,28 @@ def use_of(key, usage: int | None) -> str | None:
 
 def key_record(token, key_id: bytes):
     """(record object, KeyRecord) of the governed key `key_id` as the token holds it
-    (the caller refreshed), or (None, None)."""
-    for obj in token.index.candidates({C.CKA_CLASS: C.CKO_FERRO_GOVERNED_KEY}):
-        if token.visible(obj) and token.loaded(obj) and obj.attrs.get(C.CKA_FERRO_KEY_ID) == key_id:
-            rec = obj.cache.get(RECORD)
-            if rec is None:
-                rec = obj.cache[RECORD] = R.KeyRecord.decode(token.open(obj).attrs[C.CKA_FERRO_RECORD])
-            return obj, rec
-    return None, None
+    (the caller refreshed), or (None, None). Found through the token's map of key id
+    -> record uid, which a miss rebuilds with one pass over the records."""
+    obj = _record_obj(token, token.governed_ids.get(key_id), key_id)
+    if obj is None:
+        token.governed_ids = {o.attrs.get(C.CKA_FERRO_KEY_ID): o.uid
+                              for o in token.index.candidates({C.CKA_CLASS: C.CKO_FERRO_GOVERNED_KEY})
+                              if token.visible(o) and token.loaded(o)}
+        obj = _record_obj(token, token.governed_ids.get(key_id), key_id)
+        if obj is None:
+            return None, None
+    rec = obj.cache.get(RECORD)
+    if rec is None:
+        rec = obj.cache[RECORD] = R.KeyRecord.decode(token.open(obj).attrs[C.CKA_FERRO_RECORD])
+    return obj, rec
+
+
+def _record_obj(token, uid, key_id: bytes):
+    obj = token.by_uid.get(uid) if uid else None
+    if obj is None or obj.cls != C.CKO_FERRO_GOVERNED_KEY or not token.visible(obj) or not token.loaded(obj) \
+            or obj.attrs.get(C.CKA_FERRO_KEY_ID) != key_id:
+        return None
+    return obj
 
 
 def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
