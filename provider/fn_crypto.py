@@ -24,7 +24,7 @@ import hashlib
 import os
 
 from . import constants as C
-from . import schema
+from . import gate, schema
 from .log import LOG
 from .errors import PKCS11Error
 from .mechanisms import registry
@@ -92,16 +92,10 @@ def _signature_len(expected, signature) -> None:
 class CryptoFunctions:
     def _key(self, session, handle: int, usage: int | None, mech: int,
              invalid: int = C.CKR_KEY_HANDLE_INVALID, disallowed: int = C.CKR_MECHANISM_INVALID):
-        """The key `handle` names, checked for use with `mech`, its sealed values opened.
-        A mechanism not in its CKA_ALLOWED_MECHANISMS is `disallowed` (CKR_MECHANISM_INVALID,
-        as SoftHSM2 answers, for the key an operation is started with)."""
+        """The key `handle` names, through the one gate (provider/gate.py): checked for use
+        with `mech`, a governed key's state and audit record, its sealed values opened."""
         key = self._object(session, handle, invalid)
-        require(key.cls in (C.CKO_SECRET_KEY, C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY), invalid, "not a key")
-        if usage is not None and not key.flag(usage):     # (reasons are built only on failure: hot path)
-            raise PKCS11Error(C.CKR_KEY_FUNCTION_NOT_PERMITTED, C.name_of("CKA_", usage) + " is false")
-        allowed = key.attrs.get(C.CKA_ALLOWED_MECHANISMS)
-        require(not allowed or mech in allowed, disallowed, "not in CKA_ALLOWED_MECHANISMS")
-        return session.token.open(key)
+        return gate.use(session.token, key, usage, mech, session.principal, invalid, disallowed)
 
     def _init(self, handle: int, kind: str, mech, key_handle: int) -> None:
         session = self._session(handle)

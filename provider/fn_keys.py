@@ -3,7 +3,7 @@
 from contextlib import contextmanager
 
 from . import constants as C
-from . import keygen, schema
+from . import gate, keygen, schema
 from .errors import PKCS11Error
 from .fn_objects import decode_template
 from .mechanisms import registry
@@ -121,6 +121,7 @@ class KeyFunctions:
                 "CKA_WRAP_WITH_TRUSTED needs a trusted wrapping key")
         required = dict(wrapping.attrs.get(C.CKA_WRAP_TEMPLATE, ()))
         require(key.matches(required), C.CKR_KEY_NOT_WRAPPABLE, "key does not match CKA_WRAP_TEMPLATE")
+        gate.export(session.token, key, session.principal)
         if key.cls == C.CKO_SECRET_KEY:
             material = key.attrs[C.CKA_VALUE]
         elif key.cls == C.CKO_PRIVATE_KEY:

@@ -2,7 +2,7 @@
 
 from . import attrtypes, keygen
 from . import constants as C
-from . import schema
+from . import gate, schema
 from .certificates import x509_fields
 from .errors import PKCS11Error
 from .mechanisms import registry
@@ -97,6 +97,8 @@ class ObjectFunctions:
         session = self._session(handle)
         src = self._object(session, obj_handle)
         require(src.flag(C.CKA_COPYABLE), C.CKR_ACTION_PROHIBITED, "CKA_COPYABLE is false")
+        require(not gate.governance_object(src), C.CKR_ACTION_PROHIBITED,
+                "a governed key is copied only by the governance API (a copy would escape its policy)")
         changes = decode_template(template)
         table = schema.rows(src.cls, src.key_type)
         require(changes.get(C.CKA_PRIVATE, src.private) or not src.private, C.CKR_TEMPLATE_INCONSISTENT,
@@ -122,7 +124,8 @@ class ObjectFunctions:
         obj = self._object(session, obj_handle)
         if obj.token:
             require(session.rw, C.CKR_SESSION_READ_ONLY)
-        require(obj.flag(C.CKA_DESTROYABLE), C.CKR_ACTION_PROHIBITED, "CKA_DESTROYABLE is false")
+        require(obj.flag(C.CKA_DESTROYABLE) and not gate.governance_object(obj), C.CKR_ACTION_PROHIBITED,
+                "CKA_DESTROYABLE is false (a governed key is destroyed through the governance API)")
         session.token.remove_object(obj)
 
     def get_object_size(self, handle: int, obj_handle: int) -> int:
@@ -152,7 +155,8 @@ class ObjectFunctions:
         obj = self._object(session, obj_handle)
         if obj.token:
             require(session.rw, C.CKR_SESSION_READ_ONLY)
-        require(obj.flag(C.CKA_MODIFIABLE), C.CKR_ACTION_PROHIBITED, "CKA_MODIFIABLE is false")
+        require(obj.flag(C.CKA_MODIFIABLE) and not gate.governance_object(obj), C.CKR_ACTION_PROHIBITED,
+                "CKA_MODIFIABLE is false (a governed key changes through the governance API)")
         changes = decode_template(template)
         table = schema.rows(obj.cls, obj.key_type)
         self._check_separation(obj.cls, {**obj.attrs, **changes}, obj.attrs, changes)
@@ -168,8 +172,10 @@ class ObjectFunctions:
         wanted = decode_search(template)
         token = session.token
         token.refresh()
+        named = wanted.get(C.CKA_CLASS)     # governance records only for a search naming their class
         found = sorted(o.handle for o in token.index.candidates(wanted)
-                       if token.visible(o) and token.matches(o, wanted))
+                       if token.visible(o) and (o.cls not in gate.RECORD_CLASSES or o.cls == named)
+                       and token.matches(o, wanted))
         session.start(Operation("find", 0, None, results=found))
 
     def find_objects(self, handle: int, max_count: int) -> list[int]:

@@ -6,6 +6,7 @@ control counts distinct `subject`s, so it is made only where a principal is
 authenticated (the service's JWT check, the engine's login).
 """
 
+import functools
 import os
 import pwd
 from dataclasses import dataclass, field
@@ -23,12 +24,17 @@ class Principal:
     keys: frozenset | None = None      # Service role: the key names/ids its token's claims name (None: any)
 
 
+@functools.cache
+def _os_user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def pkcs11_principal(user_type: int | None, session: int) -> Principal:
     """The principal of a PKCS#11 session: the OS user of this process and its login role."""
-    try:
-        who = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        who = str(os.getuid())
+    who = _os_user(os.getuid())
     role = {0: "so", 1: "user"}.get(user_type, "public")
     return Principal(subject=f"pkcs11:{who}:{role}", interface="pkcs11", session=str(session),
                      source=f"pid:{os.getpid()}")

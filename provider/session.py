@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 from . import constants as C
 from .errors import PKCS11Error
+from .principal import pkcs11_principal
 
 SINGLE, UPDATE, FINAL = "single", "update", "final"
 KEY_LEASE = 0.5      # seconds an operation runs on its key's state before the store is checked again
@@ -106,6 +107,16 @@ class Session:
         self.rw = rw
         self.ops: dict[str, Operation] = {}
         self.ended: dict[str, int] = {}     # kind -> rv for the next call, after `fail`
+        self._principal, self._principal_user = None, None
+
+    @property
+    def principal(self):
+        """Who this session acts for (provider/principal.py): this process's OS user in the
+        token's login role; made again when the login changes."""
+        user = self.token.user
+        if self._principal is None or self._principal_user != user:
+            self._principal, self._principal_user = pkcs11_principal(user, self.handle), user
+        return self._principal
 
     def state(self) -> int:
         user = self.token.user

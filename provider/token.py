@@ -91,6 +91,7 @@ class Token:
         self.index = WatchedIndex(on_change)
         self.index.blind = self.blind
         self.by_uid: dict[str, Obj] = {}
+        self.governed_ids: dict[bytes, str] = {}   # governed key id -> its record's uid (provider/gate.py)
         self._handles = handles
         self._cursor = None
         self._pending: list | None = None   # index changes waiting for the transaction's commit

@@ -1,0 +1,170 @@
+"""The one gate every key use passes, from every interface.
+
+A PKCS#11 `*Init`, a wrap, an unwrap, a derive, the arming of the native fast path and
+a REST encrypt or sign all call `use()` with the key object, the usage attribute that
+permits the operation, the mechanism and the principal. It checks, in this order:
+the object is a key; its usage attribute and CKA_ALLOWED_MECHANISMS allow the use; for
+a governed key (CKA_FERRO_KEY_ID), what its record says the version may do now
+(`governance.record.permits`: state, primary, floors); and then it writes the audit
+record of the use, durably, before the key is opened. A record that cannot be written
+refuses the use (fail closed). A key that leaves the token (C_WrapKey's key, a plain
+backup) passes `export()`.
+
+The record of a governed key is found from its version's CKA_FERRO_KEY_ID and read
+as the store has it now: every caller checks the store's head first (Token.refresh),
+so a state another process changed is seen at the next use.
+"""
+
+from . import constants as C
+from .errors import PKCS11Error
+from .governance import record as R
+from .log import LOG
+
+KEY_CLASSES = (C.CKO_SECRET_KEY, C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY)
+# FerroHSM's governance records: found only by a search that names their class, never
+# made, changed, copied or destroyed through PKCS#11
+RECORD_CLASSES = frozenset({C.CKO_FERRO_GOVERNED_KEY, C.CKO_FERRO_POLICY_TAG, C.CKO_FERRO_APPROVAL,
+                            C.CKO_FERRO_MIGRATION})
+RECORD = "governance record"       # Obj.cache slot of a decoded record
+
+
+class AuditUnavailable(Exception):
+    """The audit record of a use could not be made durable: the use does not run."""
+
+
+def governed(key) -> bool:
+    return C.CKA_FERRO_KEY_ID in key.attrs
+
+
+def use_of(key, usage: int | None) -> str | None:
+    """The governance name of a use: a secret key's sign/verify is a MAC."""
+    name = R.USE_OF_CKA.get(usage)
+    if key.cls == C.CKO_SECRET_KEY and name in ("sign", "verify"):
+        return "mac" if name == "sign" else "mac_verify"
+    return name
+
+
+def key_record(token, key_id: bytes):
+    """(record object, KeyRecord) of the governed key `key_id` as the token holds it
+    (the caller refreshed), or (None, None). Found through the token's map of key id
+    -> record uid, which a miss rebuilds with one pass over the records."""
+    obj = _record_obj(token, token.governed_ids.get(key_id), key_id)
+    if obj is None:
+        token.governed_ids = {o.attrs.get(C.CKA_FERRO_KEY_ID): o.uid
+                              for o in token.index.candidates({C.CKA_CLASS: C.CKO_FERRO_GOVERNED_KEY})
+                              if token.visible(o) and token.loaded(o)}
+        obj = _record_obj(token, token.governed_ids.get(key_id), key_id)
+        if obj is None:
+            return None, None
+    rec = obj.cache.get(RECORD)
+    if rec is None:
+        rec = obj.cache[RECORD] = R.KeyRecord.decode(token.open(obj).attrs[C.CKA_FERRO_RECORD])
+    return obj, rec
+
+
+def _record_obj(token, uid, key_id: bytes):
+    obj = token.by_uid.get(uid) if uid else None
+    if obj is None or obj.cls != C.CKO_FERRO_GOVERNED_KEY or not token.visible(obj) or not token.loaded(obj) \
+            or obj.attrs.get(C.CKA_FERRO_KEY_ID) != key_id:
+        return None
+    return obj
+
+
+def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
+    key_id = key.attrs[C.CKA_FERRO_KEY_ID]
+    version = key.attrs.get(C.CKA_FERRO_VERSION)
+    _, rec = key_record(token, key_id)
+    if rec is None:
+        reason = "its governance record is not found"
+    elif use is None or (use not in R.PRODUCING and use not in R.CONSUMING):
+        reason = f"a governed key is not used to {use or 'this'}"
+    elif use not in _USES_OF(rec):
+        reason = f"{rec.name} is not for {use}"
+    else:
+        reason = R.permits(rec, version, use)
+    event = dict(action=f"pkcs11.{use or 'use'}", key_id=key_id.decode(errors="replace"), key_version=version,
+                 mechanism=C.name_of("CKM_", mech))
+    if reason is not None:
+        record_use(token, principal, outcome="denied", message=reason, **event)
+        raise PKCS11Error(C.CKR_KEY_FUNCTION_NOT_PERMITTED, reason)
+    record_use(token, principal, outcome="allowed", **event, fail_closed=True)
+
+
+def _USES_OF(rec) -> set:
+    """The uses a key's usage set allows (a MAC key verifies what it made)."""
+    uses = set(rec.usage)
+    if "mac" in uses:
+        uses.add("mac_verify")
+    return uses
+
+
+def record_use(token, principal, fail_closed: bool = False, **event) -> None:
+    """Write the audit record of a governed key's use (durable before it returns).
+    `fail_closed`: a record that cannot be written refuses the use with
+    CKR_FUNCTION_FAILED; a refusal's record that cannot be written is only logged."""
+    audit = getattr(token, "audit", None)
+    try:
+        if audit is None:
+            raise AuditUnavailable("no audit log is configured for this token")
+        audit.record(principal, **event)
+    except Exception as exc:      # noqa: BLE001 - any failure to record is the same refusal
+        LOG.error("audit record of %s on key %s not written: %s", event.get("action"), event.get("key_id"), exc)
+        if fail_closed:
+            raise PKCS11Error(C.CKR_FUNCTION_FAILED, "the audit record could not be written") from None
+
+
+def use(token, key, usage: int | None, mech: int, principal, invalid: int = C.CKR_KEY_HANDLE_INVALID,
+        disallowed: int = C.CKR_MECHANISM_INVALID):
+    """The key `key`, checked for use with `mech` by `principal`, its sealed values
+    opened. A mechanism not in its CKA_ALLOWED_MECHANISMS is `disallowed`
+    (CKR_MECHANISM_INVALID, as SoftHSM2 answers, for the key an operation is started with).
+    `usage` None: the key is only read (the IV counter of a message operation's key)."""
+    if key.cls not in KEY_CLASSES:
+        raise PKCS11Error(invalid, "not a key")
+    if usage is not None and not key.flag(usage):     # (reasons are built only on failure: hot path)
+        raise PKCS11Error(C.CKR_KEY_FUNCTION_NOT_PERMITTED, C.name_of("CKA_", usage) + " is false")
+    allowed = key.attrs.get(C.CKA_ALLOWED_MECHANISMS)
+    if allowed and mech not in allowed:
+        raise PKCS11Error(disallowed, "not in CKA_ALLOWED_MECHANISMS")
+    if usage is not None and C.CKA_FERRO_KEY_ID in key.attrs:
+        _governed_check(token, key, use_of(key, usage), principal, mech)
+    return token.open(key)
+
+
+def export(token, key, principal, approved: bool = False) -> None:
+    """A governed key leaving the token (wrapped out): only if its record says
+    `exportable`, and, where its tags ask for dual control, never through PKCS#11
+    (no approval can be named there): CKR_FUNCTION_REJECTED."""
+    if C.CKA_FERRO_KEY_ID not in key.attrs:
+        return
+    key_id = key.attrs[C.CKA_FERRO_KEY_ID]
+    version = key.attrs.get(C.CKA_FERRO_VERSION)
+    _, rec = key_record(token, key_id)
+    event = dict(action="pkcs11.export", key_id=key_id.decode(errors="replace"), key_version=version)
+    if rec is None or not rec.exportable:
+        record_use(token, principal, outcome="denied", message="not exportable", **event)
+        raise PKCS11Error(C.CKR_KEY_UNEXTRACTABLE, "the governed key is not exportable")
+    if not approved and dual_controlled(token, rec):
+        record_use(token, principal, outcome="denied", message="export needs an approval", **event)
+        raise PKCS11Error(C.CKR_FUNCTION_REJECTED, "export of this key needs dual-control approval")
+    record_use(token, principal, outcome="allowed", **event, fail_closed=True)
+
+
+def dual_controlled(token, rec) -> bool:
+    """Does one of the key's policy tags ask for dual control? (A tag that is not found
+    counts as asking: a missing tag must not lift a control.)"""
+    wanted = set(rec.tags)
+    if not wanted:
+        return False
+    found = {}
+    for obj in token.index.candidates({C.CKA_CLASS: C.CKO_FERRO_POLICY_TAG}):
+        if token.visible(obj) and token.loaded(obj):
+            tag = R.PolicyTag.decode(token.open(obj).attrs[C.CKA_FERRO_RECORD])
+            found[tag.name] = tag
+    return any(name not in found or found[name].dual_control for name in wanted)
+
+
+def governance_object(obj) -> bool:
+    """A governance record, or a version of a governed key: lifecycle changes go
+    through the governance API, never through PKCS#11."""
+    return obj.cls in RECORD_CLASSES or C.CKA_FERRO_KEY_ID in obj.attrs
