@@ -2,7 +2,7 @@
 to its own answer: a JSON 4xx, a CK_RV) and a message that never holds key material."""
 
 CODES = ("not_found", "conflict", "invalid_argument", "failed_precondition", "permission_denied",
-         "approval_required")
+         "approval_required", "unavailable")      # unavailable: the audit record cannot be written
 
 
 class GovernanceError(Exception):

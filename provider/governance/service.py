@@ -36,6 +36,7 @@ import uuid
 from .. import constants as C
 from .. import gate, keygen
 from ..errors import PKCS11Error
+from ..log import LOG
 from ..principal import SCHEDULER, Principal
 from ..store.base import Conflict
 from . import algorithms as A
@@ -194,36 +195,69 @@ class Governance:
         return self._mutable(found)
 
     # --- writing ----------------------------------------------------------------------
-    def _write(self, step):
+    def _write(self, step, actor: Principal = SCHEDULER, action: str = "", subject: str | None = None):
         """Run `step()` (reads, checks, writes, audit events) as one store transaction
         under the token's lock after the head check; again from the start on Conflict.
-        A step returning _Pending committed an approval request: approval_required."""
+        A step returning _Pending committed an approval request: approval_required.
+        A refusal is audited on its own (outcome "denied"); an audit record that cannot
+        be written refuses the change (fail closed: `unavailable`, nothing written)."""
         token = self.token
         with token.lock:
-            for _ in range(TRIES):
-                self._events, self._fresh = [], set()
-                try:
-                    with token.transaction():
-                        token.refresh()
-                        self._ready()
-                        result = step()
-                        for event in self._events:
-                            self.audit(event)
-                    break
-                except Conflict:
-                    token.refresh()
-                    continue
-                except PKCS11Error as err:           # the engine refused (a key template, a device)
-                    raise GovernanceError("failed_precondition", err.reason or C.name_of("CKR_", err.rv)) \
-                        from None
-                finally:
-                    self._events, self._fresh = [], set()
-            else:
-                _fail("conflict", "the records kept changing in the store; try again")
+            try:
+                result = self._attempts(step)
+            except GovernanceError as err:
+                if err.code not in ("approval_required", "unavailable"):
+                    self._refused(actor, action, subject, err)
+                raise
         if isinstance(result, _Pending):
             raise GovernanceError("approval_required", f"{result.approval.action} needs dual-control approval "
                                   f"(approval {result.approval.id})", approval=result.approval)
         return result
+
+    def _attempts(self, step):
+        token = self.token
+        for _ in range(TRIES):
+            self._events, self._fresh = [], set()
+            try:
+                with token.transaction():
+                    token.refresh()
+                    self._ready()
+                    result = step()
+                    self._flush()
+                return result
+            except Conflict:
+                token.refresh()
+            except PKCS11Error as err:           # the engine refused (a key template, a device)
+                raise GovernanceError("failed_precondition", err.reason or C.name_of("CKR_", err.rv)) from None
+            finally:
+                self._events, self._fresh = [], set()
+        _fail("conflict", "the records kept changing in the store; try again")
+
+    def _flush(self) -> None:
+        """Hand the transition's audit events to the audit log, inside its transaction."""
+        for event in self._events:
+            try:
+                self.audit(event)
+            except Exception as exc:        # noqa: BLE001 - any failure to record refuses the change
+                LOG.error("governance: audit record of %s not written (%s): nothing changed",
+                          event["action"], type(exc).__name__)
+                raise GovernanceError("unavailable", "the audit record could not be written; nothing "
+                                      "was changed") from None
+
+    def _refused(self, actor: Principal, action: str, subject, err: GovernanceError) -> None:
+        """Audit a refused request in a transaction of its own (best effort: the
+        refusal stands whether or not its record is written)."""
+        self._events = []
+        self._event(actor, action if "." in action else f"key.{action}", None, outcome="denied",
+                    message=err.message, key_id=None, subject=subject if isinstance(subject, str) else None,
+                    code=err.code)
+        try:
+            with self.token.transaction():
+                self._flush()
+        except GovernanceError:
+            pass
+        finally:
+            self._events = []
 
     def _event(self, actor: Principal, action: str, key: R.KeyRecord | None = None, version: int | None = None,
                outcome: str = "ok", message: str = "", **extra) -> None:
@@ -382,7 +416,7 @@ class Governance:
             self._commit_key(None, rec)
             self._event(actor, "key.create", rec, 1, message=f"{algorithm} {','.join(usage)}")
             return rec
-        return self._write(step)
+        return self._write(step, actor, "create", name)
 
     def _find_by_name(self, name: str):
         for obj in self._objects(C.CKO_FERRO_GOVERNED_KEY, name):
@@ -432,7 +466,7 @@ class Governance:
         def step():
             obj, rec = self._key_for_write(key)
             return self._rotate(actor, obj, rec, pending, "key.rotate")
-        return self._write(step)
+        return self._write(step, actor, "rotate", key)
 
     def _rotate(self, actor, obj, rec: R.KeyRecord, pending: bool, action: str) -> R.KeyRecord:
         now = self.clock()
@@ -467,7 +501,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.update_primary", rec, version)
             return rec
-        return _closed(self._write(step))
+        return _closed(self._write(step, actor, "update_primary", key))
 
     def enable_version(self, actor: Principal, key: str, version: int) -> R.KeyRecord:
         def step():
@@ -482,7 +516,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.enable_version", rec, version)
             return rec
-        return self._write(step)
+        return self._write(step, actor, "enable_version", key)
 
     def disable_version(self, actor: Principal, key: str, version: int) -> R.KeyRecord:
         def step():
@@ -491,7 +525,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.disable_version", rec, version)
             return rec
-        return self._write(step)
+        return self._write(step, actor, "disable_version", key)
 
     def _disable(self, rec: R.KeyRecord, version: int, what: str) -> R.Version:
         v = self._version(rec, version)
@@ -515,7 +549,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.revoke", rec, version, message=reason)
             return rec
-        return self._write(step)
+        return self._write(step, actor, "revoke", key)
 
     def schedule_destroy(self, actor: Principal, key: str, version: int, approval_id=None) -> R.KeyRecord:
         """Destroy a version when its tags' grace period ends (restore cancels);
@@ -541,7 +575,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.schedule_destroy", rec, version, message=f"destroy at {v.destroy_at:.0f}")
             return rec
-        return _closed(self._write(step))
+        return _closed(self._write(step, actor, "schedule_destroy", key))
 
     def restore(self, actor: Principal, key: str, version: int) -> R.KeyRecord:
         """Cancel a scheduled destruction: the version comes back disabled."""
@@ -554,7 +588,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.restore", rec, version)
             return rec
-        return self._write(step)
+        return self._write(step, actor, "restore", key)
 
     def set_floors(self, actor: Principal, key: str, min_decrypt_version=None,
                    min_encrypt_version=None) -> R.KeyRecord:
@@ -581,7 +615,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.set_floors", rec, message=f"min_decrypt {dec} min_encrypt {enc}")
             return rec
-        return self._write(step)
+        return self._write(step, actor, "set_floors", key)
 
     def set_flags(self, actor: Principal, key: str, exportable=None, allow_plaintext_backup=None,
                   approval_id=None) -> R.KeyRecord:
@@ -611,15 +645,13 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.set_flags", rec, message=",".join(sorted(changes)))
             return rec
-        return _closed(self._write(step))
+        return _closed(self._write(step, actor, "set_flags", key))
 
     def adopt(self, actor: Principal, uid: str, name: str, algorithm: str, usage, public_uid: str | None = None,
               description: str = "", owner: str = "", tags=(), approval_id=None) -> R.KeyRecord:
         """Take a plain PKCS#11 key (a secret key, or a private key with its public key
         `public_uid`) into governance as version 1: it becomes unmodifiable and
         undestroyable through PKCS#11. Only an administrator; dual-controlled by `tags`."""
-        if "administrator" not in actor.roles:
-            _fail("permission_denied", "only an administrator adopts a key")
         _check_name(name)
         spec = A.SPECS.get(algorithm)
         if spec is None:
@@ -628,6 +660,8 @@ class Governance:
         tags = _check_tag_names(tags)
 
         def step():
+            if "administrator" not in actor.roles:
+                _fail("permission_denied", "only an administrator adopts a key")
             token = self.token
             objs = [token.by_uid.get(u) if isinstance(u, str) else None
                     for u in ([uid, public_uid] if spec.pair else [uid])]
@@ -669,7 +703,7 @@ class Governance:
             self._commit_key(None, rec)
             self._event(actor, "key.adopt", rec, 1, message=f"from object {uid}")
             return rec
-        return _closed(self._write(step))
+        return _closed(self._write(step, actor, "adopt", name))
 
     # --- policy tags ------------------------------------------------------------------
     def put_tag(self, actor: Principal, tag: R.PolicyTag, approval_id=None) -> R.PolicyTag:
@@ -694,7 +728,7 @@ class Governance:
             self._save(new, obj)
             self._event(actor, "tag.put", key_id=None, tag=tag.name, message=f"revision {new.revision}")
             return new
-        return _closed(self._write(step))
+        return _closed(self._write(step, actor, "tag.put", tag.name))
 
     def _bump_keys(self, tag_name: str) -> None:
         for kobj in self._objects(C.CKO_FERRO_GOVERNED_KEY):
@@ -717,7 +751,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.attach_tag", rec, message=tag)
             return rec
-        return self._write(step)
+        return self._write(step, actor, "attach_tag", key)
 
     def detach_tag(self, actor: Principal, key: str, tag: str, approval_id=None) -> R.KeyRecord:
         """Detaching a dual-control tag is dual-controlled (it lifts a control)."""
@@ -735,7 +769,7 @@ class Governance:
             self._commit_key(obj, rec)
             self._event(actor, "key.detach_tag", rec, message=tag)
             return rec
-        return _closed(self._write(step))
+        return _closed(self._write(step, actor, "detach_tag", key))
 
     # --- approvals --------------------------------------------------------------------
     def approve(self, actor: Principal, approval_id: str) -> R.Approval:
@@ -745,10 +779,9 @@ class Governance:
         return self._decide(actor, approval_id, "deny")
 
     def _decide(self, actor: Principal, approval_id: str, what: str) -> R.Approval:
-        if not APPROVERS & set(actor.roles):
-            _fail("permission_denied", "only an operator or administrator approves")
-
         def step():
+            if not APPROVERS & set(actor.roles):
+                _fail("permission_denied", "only an operator or administrator approves")
             obj, found = self._find(R.Approval, approval_id) if isinstance(approval_id, str) else (None, None)
             if found is None:
                 _fail("not_found", f"no approval {approval_id!r}")
@@ -777,7 +810,7 @@ class Governance:
             self._event(actor, f"approval.{'approved' if what == 'approve' else 'denied'}", key_id=approval.key_id,
                         approval_id=approval.id, message=f"{len(approval.approvals)}/{approval.quorum}")
             return approval
-        return _closed(self._write(step))
+        return _closed(self._write(step, actor, f"approval.{what}", approval_id))
 
     def _revision_moved(self, approval: R.Approval) -> bool:
         """Has the policy the approval was asked under changed since?"""

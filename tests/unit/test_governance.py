@@ -99,7 +99,7 @@ def test_usage_attributes_follow_the_usage_set(gov):
 ])
 def test_create_refuses_bad_input(gov, kwargs, code):
     refused(code, gov.create_key, ALICE, **kwargs)
-    assert gov.list_keys() == ([], None) and gov.events == []
+    assert gov.list_keys() == ([], None) and all(e["outcome"] == "denied" for e in gov.events)
 
 
 def test_names_are_unique(gov):
@@ -210,7 +210,8 @@ def test_revoke_records_why_and_compromise_never_returns(gov):
     rec = gov.revoke(ALICE, "k", 2, "key_compromise")
     refused("failed_precondition", gov.enable_version, ALICE, "k", 2)
     refused("failed_precondition", gov.update_primary, ALICE, "k", 2)
-    assert gov.events[-1]["message"] == "key_compromise"
+    assert [e["message"] for e in gov.events if e["action"] == "key.revoke" and e["outcome"] == "ok"] == [
+        "superseded", "key_compromise"]
 
 
 def test_floors_only_rise(gov):
@@ -355,8 +356,9 @@ def test_dual_control_destroy_needs_two_distinct_approvers_never_the_requester(d
     assert gov.get_approval(approval.id).status == "executed"
     gov.restore(ALICE, "k", 1)
     refused("failed_precondition", gov.schedule_destroy, ALICE, "k", 1, approval_id=approval.id)   # replayed
-    assert [a for a in actions(gov) if a.startswith("approval.")] == [
+    assert [e["action"] for e in gov.events if e["action"].startswith("approval.") and e["outcome"] == "ok"] == [
         "approval.requested", "approval.approved", "approval.approved", "approval.executed"]
+    assert [e["action"] for e in gov.events if e["outcome"] == "denied"].count("approval.approve") == 3
 
 
 def test_dual_control_rollback_and_deny(dual):
@@ -485,3 +487,28 @@ def test_records_are_not_made_through_pkcs11_templates():
                               schema.F.CREATE)
     with pytest.raises(Exception):
         schema.check_required(table, {C.CKA_CLASS: C.CKO_FERRO_GOVERNED_KEY})
+
+
+# --- audit: refusals, fail closed ---------------------------------------------------------------
+def test_a_refusal_is_audited(gov):
+    gov.create_key(ALICE, "k", "aes-256-gcm", ["encrypt", "decrypt"])
+    refused("failed_precondition", gov.disable_version, BOB, "k", 1)
+    event = gov.events[-1]
+    assert event["action"] == "key.disable_version" and event["outcome"] == "denied"
+    assert event["actor"] is BOB and event["subject"] == "k" and event["code"] == "failed_precondition"
+    assert "primary" in event["message"]
+
+
+def test_the_audit_fails_closed(gov):
+    gov.create_key(ALICE, "k", "aes-256-gcm", ["encrypt", "decrypt"])
+    before = gov.get_key("k")
+    objects = len(gov.token.by_uid)
+
+    def broken(event):
+        raise OSError("disk full")
+    gov.audit = broken
+    refused("unavailable", gov.rotate, ALICE, "k")
+    refused("unavailable", gov.create_key, ALICE, "k2", "aes-256-gcm", ["encrypt"])
+    gov.token.refresh()
+    assert gov.get_key("k") == before and len(gov.token.by_uid) == objects    # nothing half-written
+    refused("not_found", gov.get_key, "k2")
