@@ -59,6 +59,19 @@ TOML, every key optional:
                              # (python-pkcs11's default capabilities do). It opens Clulow's
                              # attack (wrap a key, decrypt the blob) again: see SECURITY.md.
 
+    [audit]                  # the audit chain of every key use (provider/audit/)
+    hmac_key = ""            # the records' HMAC key: "env:NAME" | "file:PATH"; "" (default):
+                             # <tokens directory>/audit-hmac.key, 32 random bytes made 0600
+                             # at first need (verifying MACs needs it; the signed checkpoints
+                             # need only the public key: `ferrohsm audit public-key`)
+    file = ""                # also a JSON-lines copy of every record here ("" = none)
+    checkpoint_file = ""     # each signed checkpoint also appended here, for an auditor
+                             # to keep elsewhere ("" = the store only)
+    checkpoint_every = 10000 # a checkpoint after this many records,
+    checkpoint_seconds = 60  # or this many seconds, whichever comes first
+    retention_days = 0       # prune records older than this (0 = keep them all); the
+                             # cut keeps a signed anchor, so the rest still verifies
+
     # Device backends (provider/backends/engine.py), each named; "soft" (the engine's
     # own keys) always exists.  Settings per type:
     [backends.tpm]
@@ -148,6 +161,40 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The [audit] table (see the module docstring; provider/audit/__init__.py reads it)."""
+    hmac_key: str = ""
+    file: str = ""
+    checkpoint_file: str = ""
+    checkpoint_every: int = 10_000
+    checkpoint_seconds: float = 60.0
+    retention_days: int = 0
+
+    @classmethod
+    def parse(cls, table: dict, source: str) -> "AuditSettings":
+        fields = cls.__dataclass_fields__
+        bad = set(table) - set(fields)
+        for name in ("hmac_key", "file", "checkpoint_file"):
+            bad |= {name} if name in table and not isinstance(table[name], str) else set()
+        key = table.get("hmac_key", "")
+        if key and key.partition(":")[0] not in ("env", "file"):
+            bad.add("hmac_key")
+        every, secs, days = (table.get(k, getattr(cls, k)) for k in ("checkpoint_every", "checkpoint_seconds",
+                                                                      "retention_days"))
+        if type(every) is not int or every < 1:
+            bad.add("checkpoint_every")
+        if type(secs) not in (int, float) or not 0 < secs <= 86400:
+            bad.add("checkpoint_seconds")
+        if type(days) is not int or days < 0:
+            bad.add("retention_days")
+        if bad:
+            raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [audit] {sorted(bad)}: hmac_key = \"env:NAME\" | "
+                                                   "\"file:PATH\", file and checkpoint_file paths, checkpoint_every "
+                                                   ">= 1, checkpoint_seconds 0..86400, retention_days >= 0")
+        return cls(**{**table, "checkpoint_seconds": float(secs)})
+
+
+@dataclass(frozen=True)
 class Config:
     token_dir: Path
     log_level: str = "WARNING"
@@ -165,6 +212,7 @@ class Config:
     store_dsn: str = ""
     store_head_cache: float = 0.0
     store_anchor: str = ""       # a [backends.NAME] of type tpm2, or ""
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @staticmethod
     def default_path() -> Path:
@@ -202,6 +250,7 @@ class Config:
             source=source,
             limits=Limits.parse(data.get("limits", {}), source),
             policy=Policy.parse(data.get("policy", {}), source),
+            audit=AuditSettings.parse(data.get("audit", {}), source),
             **_store(data.get("store", {}), source),
             **_backends(data, source),
         )

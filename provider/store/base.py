@@ -258,6 +258,42 @@ class TokenStore(ABC):
         """Open a sealed value; CKR_USER_NOT_LOGGED_IN if its key is not held,
         CKR_DEVICE_ERROR (logged) if its integrity check fails."""
 
+    # --- the audit log (schema 5; the chain itself is provider/audit's) ---------------
+    # Two append-only tables of rows (seq, digest, data): `records`, the audit records,
+    # and `checkpoints`, the signed checkpoints. The store does not read `data`; it
+    # keeps the rows in seq order, refuses a gap or a rewrite, and writes them in the
+    # open transaction, so that a change and its record commit together. Audit
+    # writes do not move head(): the object change feed is not woken by them.
+    @abstractmethod
+    def audit_head(self) -> tuple:
+        """(seq, digest) of the last record; with none left after a prune, of the
+        checkpoint the prune kept (the anchor); (0, b"") for a log never written."""
+
+    @abstractmethod
+    def audit_append(self, rows: list) -> None:
+        """Append records [(seq, digest, data)], their seqs following audit_head()'s
+        one by one, else Conflict (another writer came first). In the open transaction
+        (durable when it commits), or one of its own."""
+
+    @abstractmethod
+    def audit_read(self, after: int, limit: int) -> list:
+        """Up to `limit` records with seq > after, in seq order."""
+
+    @abstractmethod
+    def audit_put_checkpoint(self, seq: int, digest: bytes, data: bytes) -> None:
+        """Keep a checkpoint made at record `seq` (a record there, or the anchor);
+        ValueError if seq is beyond audit_head() or not above the last checkpoint."""
+
+    @abstractmethod
+    def audit_checkpoints(self, after: int = -1) -> list:
+        """The checkpoints [(seq, digest, data)] with seq > after, in seq order."""
+
+    @abstractmethod
+    def audit_prune(self, through: int) -> int:
+        """Retention: delete the records with seq <= through and the checkpoints
+        before it; the checkpoint at `through` must exist (ValueError) and stays, the
+        anchor the remaining chain verifies from. Returns the records deleted."""
+
     @abstractmethod
     def close(self) -> None: ...
 

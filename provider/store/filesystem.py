@@ -17,6 +17,9 @@ Layout of a token directory (files 0600, directories 0700):
                       with no version file left, so the uid is never written again (the
                       tombstone outlives pruning, which only shortens changes.log)
   counters/<name>     an IV counter's next value (name percent-encoded)
+  audit-records.log, audit-checkpoints.log   (schema 5) the audit log (base.TokenStore.audit_*):
+                      one line `seq <digest hex> <data base64>` per row, in seq order, appended
+                      by the journal like changes.log (a prune replaces the file)
 
 Every file is written by `write_atomic`: temp file, fsync, rename, directory fsync (the
 temp files in the token directory: after a crash, recovery removes them from there).
@@ -65,10 +68,12 @@ from .. import files
 from ..errors import PKCS11Error
 from ..log import LOG
 from .base import Catalog, Entry
-from .sealing import SCHEMA_VERSION, TOKEN_FIELDS, PinPolicy, SealingStore
+from .sealing import AUDIT_TABLES, SCHEMA_VERSION, TOKEN_FIELDS, PinPolicy, SealingStore
 
 TOKEN_FILE, LOCK_FILE, JOURNAL_FILE, LOG_FILE = "token.json", "lock", "journal.json", "changes.log"
 KEYS_DIR, COUNTERS_DIR = "keys", "counters"
+AUDIT_FILES = {table: f"audit-{table}.log" for table in AUDIT_TABLES}
+_TAIL_BLOCK = 65536       # bytes read back from a log's end at a time to find its last line
 CURRENT_FILE, TOMBSTONE_FILE = "current.json", "tombstone.json"
 BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt", "user_wrap",
                           "so_tries", "user_tries", "manifest", "anchor"})
@@ -76,7 +81,8 @@ BYTES_FIELDS = frozenset({"label", "pub_key", "so_salt", "so_wrap", "user_salt",
 # (read as if present; the next write of token.json writes today's schema)
 MIGRATIONS = {2: {"so_kdf": None, "so_tries": None, "user_kdf": None, "user_tries": None,
                   "manifest": None},
-              3: {"anchor": None}}
+              3: {"anchor": None},
+              4: {}}
 POINTER_FIELDS = ("version", "lineage", "seq", "entry")
 MAX_NAME = 200
 _VERSION_FILE = re.compile(r"v(\d{8,})\.json")
@@ -209,9 +215,14 @@ class _Tx:
         self.counters: dict[str, int] = {}     # counter name -> next value
         self.lines: list[str] = []             # change log lines
         self.prune: int | None = None
+        self.audit: dict[str, list] = {table: [] for table in AUDIT_TABLES}   # audit log lines
+        self.audit_cut: int | None = None      # audit_prune's `through`
+
+    def audited(self) -> bool:
+        return any(self.audit.values()) or self.audit_cut is not None
 
     def empty(self) -> bool:
-        return not (self.token_dirty or self.objects or self.counters)
+        return not (self.token_dirty or self.objects or self.counters or self.audited())
 
 
 class FilesystemStore(SealingStore):
@@ -320,10 +331,10 @@ class FilesystemStore(SealingStore):
     def _commit(self, tx: _Tx) -> None:
         if tx.empty():
             return
-        if not (tx.objects or tx.counters):            # the token record alone: one atomic replace
+        if not (tx.objects or tx.counters or tx.audited()):     # the token record alone: one atomic replace
             self._replace(self._token_path, encode_token(tx.token))
             return
-        if not (tx.objects or tx.token_dirty) and len(tx.counters) == 1:    # one IV counter: the same
+        if not (tx.objects or tx.token_dirty or tx.audited()) and len(tx.counters) == 1:   # one IV counter
             ((name, value),) = tx.counters.items()
             self._replace(self._counters_dir / file_name(name), str(value).encode())
             return
@@ -345,7 +356,15 @@ class FilesystemStore(SealingStore):
             log = {"replace": "".join(self._log_lines_after(tx.prune)) + lines}
         else:
             log = {"size": self._log_size(), "lines": lines}
-        journal = {"puts": puts, "deletes": deletes, "log": log,
+        audit = {}
+        for table, added in tx.audit.items():
+            if tx.audit_cut is not None:
+                cut = tx.audit_cut + (table == "records")      # records <= cut go, checkpoints < cut
+                kept = self._log_lines_after(cut - 1, self.root / AUDIT_FILES[table])
+                audit[table] = {"replace": "".join(kept) + "".join(added)}
+            elif added:
+                audit[table] = {"size": self._log_size(self.root / AUDIT_FILES[table]), "lines": "".join(added)}
+        journal = {"puts": puts, "deletes": deletes, "log": log, "audit": audit,
                    "counters": {file_name(k): v for k, v in tx.counters.items()},
                    "token": encode_token(tx.token).decode() if tx.token_dirty else None}
         self._replace(self._journal_path, _dumps(journal))     # the commit point
@@ -384,11 +403,20 @@ class FilesystemStore(SealingStore):
             dirs.add(self._counters_dir)
             for name, value in journal["counters"].items():
                 self._replace(self._counters_dir / name, str(value).encode(), sync_dir=False)
-        log = journal["log"]
+        self._apply_log(self._log_path, journal["log"])
+        for table, log in journal.get("audit", {}).items():     # (a journal from before schema 5: none)
+            self._apply_log(self.root / AUDIT_FILES[table], log)
+        if journal["token"] is not None:
+            self._replace(self._token_path, journal["token"].encode(), sync_dir=False)
+        for directory in dirs:
+            fsync_dir(directory)
+
+    def _apply_log(self, path, log: dict) -> None:
+        """Replace an append-only log, or append lines at the size it had before them."""
         if "replace" in log:
-            self._replace(self._log_path, log["replace"].encode(), sync_dir=False)
+            self._replace(path, log["replace"].encode(), sync_dir=False)
         elif log["lines"]:                          # (none when only IV counters changed)
-            fd = os.open(self._log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.ftruncate(fd, log["size"])       # drop what a dead writer appended of these lines
                 os.lseek(fd, log["size"], os.SEEK_SET)
@@ -396,26 +424,23 @@ class FilesystemStore(SealingStore):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        if journal["token"] is not None:
-            self._replace(self._token_path, journal["token"].encode(), sync_dir=False)
-        for directory in dirs:
-            fsync_dir(directory)
 
     def _end_journal(self) -> None:
         _unlink(self._journal_path)
         fsync_dir(self.root)
 
     # the change log ------------------------------------------------------------------
-    def _log_size(self) -> int:
+    def _log_size(self, path=None) -> int:
         try:
-            return os.stat(self._log_path).st_size
+            return os.stat(path or self._log_path).st_size
         except FileNotFoundError:
             return 0
 
-    def _log_lines_after(self, cursor: int) -> list:
-        """The change log's lines with seq > cursor: bisection, then reading from there on."""
+    def _log_lines_after(self, cursor: int, path=None, limit: int | None = None) -> list:
+        """A log's lines (the change log's by default) with seq > cursor, `limit` at
+        most: bisection, then reading from there on."""
         try:
-            f = open(self._log_path, "rb")
+            f = open(path or self._log_path, "rb")
         except FileNotFoundError:
             return []
         with f:
@@ -434,10 +459,30 @@ class FilesystemStore(SealingStore):
                     lo = start + len(line)
             f.seek(lo)
             out = []
-            for line in f.read().decode().splitlines(keepends=True):
-                if int(line.split(" ", 1)[0]) > cursor:
-                    out.append(line)
+            for line in f:
+                if int(line.split(b" ", 1)[0]) > cursor:
+                    out.append(line.decode())
+                    if limit is not None and len(out) >= limit:
+                        break
         return out
+
+    def _last_line(self, path) -> str | None:
+        """The last line of a log, reading back from its end."""
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        with f:
+            end = os.fstat(f.fileno()).st_size
+            tail, pos = b"", end
+            while pos > 0:
+                pos = max(0, pos - _TAIL_BLOCK)
+                f.seek(pos)
+                tail = f.read(end - pos)
+                if tail.count(b"\n") >= 2 or pos == 0:
+                    break
+            lines = tail.splitlines()
+            return lines[-1].decode() if lines else None
 
     # reading ----------------------------------------------------------------------------
     def _read_token(self) -> dict:
@@ -674,12 +719,48 @@ class FilesystemStore(SealingStore):
     def _set_counter(self, name: str, value: int) -> None:
         self._tx.counters[name] = value
 
+    # the audit log ----------------------------------------------------------------------
+    def _audit_last(self, table: str) -> tuple | None:
+        with self._reading():
+            tx = self._tx if self._depth else None
+            lines = list(tx.audit[table]) if tx else []
+            if not lines:
+                last = self._last_line(self.root / AUDIT_FILES[table])
+                lines = [last] if last else []
+            row = _audit_row(lines[-1]) if lines else None
+            if row and tx and tx.audit_cut is not None and row[0] <= tx.audit_cut - (table == "checkpoints"):
+                return None                    # pruned in this transaction, nothing after it yet
+            return row and row[:2]
+
+    def _audit_put(self, table: str, rows: list) -> None:
+        self._tx.audit[table].extend(f"{seq} {digest.hex()} {_b64(data)}\n" for seq, digest, data in rows)
+
+    def _audit_rows(self, table: str, after: int, limit: int) -> list:
+        with self._reading():
+            tx = self._tx if self._depth else None
+            if tx and tx.audit_cut is not None:
+                after = max(after, tx.audit_cut - (table == "checkpoints"))
+            lines = self._log_lines_after(after, self.root / AUDIT_FILES[table], limit)
+            if tx:
+                lines += [line for line in tx.audit[table] if int(line.split(" ", 1)[0]) > after]
+            return [_audit_row(line) for line in lines[:limit]]
+
+    def _audit_delete(self, through: int) -> int:
+        before = len(self._audit_rows("records", -1, 1 << 62))
+        self._tx.audit_cut = through if self._tx.audit_cut is None else max(through, self._tx.audit_cut)
+        return before - len(self._audit_rows("records", -1, 1 << 62))
+
     def close(self) -> None:
         with self._lock:
             super().close()
             if self._fd is not None and self._pid == os.getpid() and not self._depth:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _audit_row(line: str) -> tuple:
+    seq, digest, data = line.split()
+    return int(seq), bytes.fromhex(digest), _unb64(data)
 
 
 def _entry_of(saved) -> Entry | None:

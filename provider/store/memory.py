@@ -6,6 +6,7 @@ Two MemoryStore objects given the same `data` behave like two processes sharing
 one token: each sees the other's writes through changes(), and a write
 transaction holds the data's lock and is undone whole if it fails."""
 
+import bisect
 import copy
 import threading
 from contextlib import contextmanager
@@ -13,14 +14,15 @@ from contextlib import contextmanager
 from .. import constants as C
 from ..errors import PKCS11Error
 from .base import Catalog
-from .sealing import PinPolicy, SealingStore
+from .sealing import AUDIT_TABLES, PinPolicy, SealingStore
 
 
 def new_data() -> dict:
     """The shared state: token record (None until initialized), objects
-    (uid -> [version, lineage, seq, record, tag]), tombstones (uid -> seq), counters."""
-    return {"token": None, "objects": {}, "tombstones": {}, "counters": {}, "lock": threading.RLock(),
-            "depth": 0}
+    (uid -> [version, lineage, seq, record, tag]), tombstones (uid -> seq), counters,
+    audit (table -> [(seq, digest, data)] in seq order)."""
+    return {"token": None, "objects": {}, "tombstones": {}, "counters": {},
+            "audit": {table: [] for table in AUDIT_TABLES}, "lock": threading.RLock(), "depth": 0}
 
 
 class MemoryStore(SealingStore):
@@ -49,6 +51,7 @@ class MemoryStore(SealingStore):
                     data["depth"] -= 1
                 return
             saved = {k: copy.copy(data[k]) for k in ("token", "objects", "tombstones", "counters")}  # O(n): tests
+            saved["audit"] = {table: list(rows) for table, rows in data["audit"].items()}
             data["depth"] = 1
             try:
                 yield
@@ -109,6 +112,27 @@ class MemoryStore(SealingStore):
 
     def _set_counter(self, name: str, value: int) -> None:
         self.data["counters"][name] = value
+
+    def _audit_last(self, table: str) -> tuple | None:
+        rows = self.data["audit"][table]
+        return rows[-1][:2] if rows else None
+
+    def _audit_put(self, table: str, rows: list) -> None:
+        self.data["audit"][table].extend(rows)
+
+    def _audit_rows(self, table: str, after: int, limit: int) -> list:
+        with self.data["lock"]:
+            rows = self.data["audit"][table]
+            start = bisect.bisect_right(rows, after, key=lambda r: r[0])
+            return rows[start:start + limit]
+
+    def _audit_delete(self, through: int) -> int:
+        audit = self.data["audit"]
+        records = audit["records"]
+        cut = bisect.bisect_right(records, through, key=lambda r: r[0])
+        audit["records"] = records[cut:]
+        audit["checkpoints"] = [r for r in audit["checkpoints"] if r[0] >= through]
+        return cut
 
 
 class MemoryCatalog(Catalog):

@@ -11,6 +11,8 @@ older database is brought to it in place, see MIGRATIONS; a newer one is refused
                     cls NULL: none, the record is then read to list the object)
   ferro_tombstones  (token, uid): seq of its deletion
   ferro_counters    (token, name): next value of an IV counter
+  ferro_audit_records, ferro_audit_checkpoints   (token, seq): digest, data - the audit
+                    log (schema 5, base.TokenStore.audit_*), written in the change's transaction
 The object tables reference ferro_tokens with ON DELETE CASCADE: a token's rows go with it.
 
 Transactions.  Each process keeps one connection per catalog (a PostgresStore opened on
@@ -90,6 +92,12 @@ CREATE INDEX ferro_tombstones_seq ON ferro_tombstones (token, seq);
 CREATE TABLE ferro_counters (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     name text NOT NULL, next bigint NOT NULL, PRIMARY KEY (token, name));
+CREATE TABLE ferro_audit_records (
+    token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
+    seq bigint NOT NULL, digest bytea NOT NULL, data bytea NOT NULL, PRIMARY KEY (token, seq));
+CREATE TABLE ferro_audit_checkpoints (
+    token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
+    seq bigint NOT NULL, digest bytea NOT NULL, data bytea NOT NULL, PRIMARY KEY (token, seq));
 """
 # schema version -> the statements that bring a database at that version to the next.
 # The PostgreSQL store began at schema 2; a later schema adds its step here.
@@ -99,6 +107,14 @@ ALTER TABLE ferro_tokens ADD COLUMN so_kdf text, ADD COLUMN so_tries bytea,
     ADD COLUMN user_kdf text, ADD COLUMN user_tries bytea, ADD COLUMN manifest bytea;
 """,
     3: "ALTER TABLE ferro_tokens ADD COLUMN anchor bytea",
+    4: """
+CREATE TABLE ferro_audit_records (
+    token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
+    seq bigint NOT NULL, digest bytea NOT NULL, data bytea NOT NULL, PRIMARY KEY (token, seq));
+CREATE TABLE ferro_audit_checkpoints (
+    token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
+    seq bigint NOT NULL, digest bytea NOT NULL, data bytea NOT NULL, PRIMARY KEY (token, seq));
+""",
 }
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1e9)::bigint"   # the server's clock: one for every client
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM ferro_tokens WHERE name = %s"
@@ -565,6 +581,28 @@ class PostgresStore(SealingStore):
     def _set_counter(self, name: str, value: int) -> None:
         self._run("INSERT INTO ferro_counters (token, name, next) VALUES (%s, %s, %s) "
                   "ON CONFLICT (token, name) DO UPDATE SET next = excluded.next", name, value)
+
+    def _audit_last(self, table: str) -> tuple | None:
+        return self._run(f"SELECT seq, digest FROM ferro_audit_{table} WHERE token = %s "
+                         "ORDER BY seq DESC LIMIT 1").fetchone()
+
+    def _audit_put(self, table: str, rows: list) -> None:
+        with self.db.lock:
+            cur = self.db.conn().cursor()
+            try:
+                cur.executemany(f"INSERT INTO ferro_audit_{table} (token, seq, digest, data) "
+                                "VALUES (%s, %s, %s, %s)", [(self.name, *row) for row in rows])
+            except psycopg.Error as exc:
+                raise self.db.failure("query failed", exc) from None
+
+    def _audit_rows(self, table: str, after: int, limit: int) -> list:
+        with self._read():
+            return self._run(f"SELECT seq, digest, data FROM ferro_audit_{table} WHERE token = %s "
+                             "AND seq > %s ORDER BY seq LIMIT %s", after, limit).fetchall()
+
+    def _audit_delete(self, through: int) -> int:
+        self._run("DELETE FROM ferro_audit_checkpoints WHERE token = %s AND seq < %s", through)
+        return self._run("DELETE FROM ferro_audit_records WHERE token = %s AND seq <= %s", through).rowcount
 
 
 class PostgresCatalog(Catalog):

@@ -65,10 +65,12 @@ from . import records
 from .anchor import NO_ANCHOR, guard
 from .base import BLINDED, Changes, Conflict, Locked, Sealed, TokenStore, stub_of, under_master
 
-SCHEMA_VERSION = 4         # 1: the first release (no versions); 2: versions, counters, pruning;
+SCHEMA_VERSION = 5         # 1: the first release (no versions); 2: versions, counters, pruning;
 #                            3: per-PIN KDF parameters and recorded tries ({who}_kdf, {who}_tries),
 #                            records sealed whole under the master key, the object list (manifest);
-#                            4: the TPM anchor (anchor.py: token field `anchor`)
+#                            4: the TPM anchor (anchor.py: token field `anchor`);
+#                            5: the audit log (base.TokenStore.audit_*: records, checkpoints)
+AUDIT_TABLES = ("records", "checkpoints")
 TOMBSTONE_WINDOW = 1000    # tombstones kept for the last this-many changes; older readers resync
 IV_PREFIX, LEGACY_PREFIX = "iv:", "legacy:"
 KEY_LEN, SALT_LEN, NONCE_LEN = 32, 16, 12
@@ -425,6 +427,23 @@ class SealingStore(TokenStore):
 
     @abstractmethod
     def _set_counter(self, name: str, value: int) -> None: ...
+
+    @abstractmethod
+    def _audit_last(self, table: str) -> tuple | None:
+        """(seq, digest) of the last row of an audit table (AUDIT_TABLES), or None."""
+
+    @abstractmethod
+    def _audit_put(self, table: str, rows: list) -> None:
+        """Append rows (seq, digest, data) in the open write transaction."""
+
+    @abstractmethod
+    def _audit_rows(self, table: str, after: int, limit: int) -> list:
+        """Up to `limit` rows with seq > after, in seq order, as one snapshot."""
+
+    @abstractmethod
+    def _audit_delete(self, through: int) -> int:
+        """In the open write transaction: delete records with seq <= through and
+        checkpoints with seq < through; the number of records deleted."""
 
     # token record --------------------------------------------------------------------
     def initialized(self) -> bool:
@@ -936,6 +955,42 @@ class SealingStore(TokenStore):
                 LOG.error("token %s: sealed %s of object %s fails its integrity check",
                           serial, C.name_of("CKA_", cka), uid)
                 raise PKCS11Error(C.CKR_DEVICE_ERROR, "sealed value fails its integrity check") from None
+
+    # the audit log (base.TokenStore.audit_*) ------------------------------------------
+    def audit_head(self) -> tuple:
+        with self._lock:
+            last = self._audit_last("records") or self._audit_last("checkpoints")
+            return (last[0], bytes(last[1])) if last else (0, b"")
+
+    def audit_append(self, rows: list) -> None:
+        if not rows:
+            return
+        with self._lock, self._write():
+            seq = self.audit_head()[0]
+            if [r[0] for r in rows] != list(range(seq + 1, seq + 1 + len(rows))):
+                raise Conflict(f"audit record {rows[0][0]} (the log is at {seq})")
+            self._audit_put("records", [(s, bytes(d), bytes(data)) for s, d, data in rows])
+
+    def audit_read(self, after: int, limit: int) -> list:
+        with self._lock:
+            return [(s, bytes(d), bytes(data)) for s, d, data in self._audit_rows("records", after, limit)]
+
+    def audit_put_checkpoint(self, seq: int, digest: bytes, data: bytes) -> None:
+        with self._lock, self._write():
+            last = self._audit_last("checkpoints")
+            if seq > self.audit_head()[0] or (last is not None and seq <= last[0]):
+                raise ValueError(f"checkpoint at {seq}: beyond the log or not after the last one")
+            self._audit_put("checkpoints", [(seq, bytes(digest), bytes(data))])
+
+    def audit_checkpoints(self, after: int = -1) -> list:
+        with self._lock:
+            return [(s, bytes(d), bytes(data)) for s, d, data in self._audit_rows("checkpoints", after, 1 << 62)]
+
+    def audit_prune(self, through: int) -> int:
+        with self._lock, self._write():
+            if not any(s == through for s, _, _ in self._audit_rows("checkpoints", through - 1, 1)):
+                raise ValueError(f"no checkpoint at record {through} to keep as the anchor")
+            return self._audit_delete(through)
 
     def close(self) -> None:
         self.logout()

@@ -11,7 +11,7 @@ The file does not exist until initialize(): a free slot's path is only a name.
 It is created 0600 (its WAL and shared-memory files inherit that mode), its
 directory 0700 when we create it.
 
-Tables (schema 4, in PRAGMA user_version; older files are upgraded in place
+Tables (schema 5, in PRAGMA user_version; older files are upgraded in place
 when first opened, see MIGRATIONS):
   token       one row: label, serial, epoch, seq (last change number), pruned
               (tombstones up to it are gone), public sealing key, per PIN salt /
@@ -25,6 +25,8 @@ when first opened, see MIGRATIONS):
               none, as in rows from schema 1, whose record is then read to list it)
   tombstones  uid, seq of its deletion; kept so that every process sees deletes
   counters    name -> next value: IV counters, "iv:<lineage uid>"
+  audit_records, audit_checkpoints   (schema 5) seq, digest, data: the audit log
+              (base.TokenStore.audit_*), appended in the write transaction of the change
 changes(cursor) first reads token.seq (one row); only if it moved does it read
 the objects and tombstones with seq > cursor, in one read transaction.
 Compare-and-set: a write transaction is BEGIN IMMEDIATE, so the version a write
@@ -64,6 +66,8 @@ CREATE INDEX objects_entry ON objects (uid, version, cls, label, cka_id, key_typ
 CREATE TABLE tombstones (uid TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE INDEX tombstones_seq ON tombstones (seq);
 CREATE TABLE counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
+CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL, data BLOB NOT NULL);
+CREATE TABLE audit_checkpoints (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL, data BLOB NOT NULL);
 """
 # schema version -> the statements that bring a file at that version to the next.
 # Version 1 (user_version 0) is the first release's file: no object versions, no
@@ -89,6 +93,10 @@ ALTER TABLE token ADD COLUMN user_tries BLOB;
 ALTER TABLE token ADD COLUMN manifest BLOB;
 """,
     3: "ALTER TABLE token ADD COLUMN anchor BLOB;",
+    4: """
+CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL, data BLOB NOT NULL);
+CREATE TABLE audit_checkpoints (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL, data BLOB NOT NULL);
+""",
 }
 LEGACY_IV_FILE = "gcm-iv-counters.json"
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM token WHERE id = 1"
@@ -323,6 +331,22 @@ class SqliteStore(SealingStore):
 
     def _set_counter(self, name: str, value: int) -> None:
         self._db().execute("INSERT OR REPLACE INTO counters (name, next) VALUES (?, ?)", (name, value))
+
+    def _audit_last(self, table: str) -> tuple | None:
+        return self._db().execute(f"SELECT seq, digest FROM audit_{table} ORDER BY seq DESC LIMIT 1").fetchone()
+
+    def _audit_put(self, table: str, rows: list) -> None:
+        self._db().executemany(f"INSERT INTO audit_{table} (seq, digest, data) VALUES (?, ?, ?)", rows)
+
+    def _audit_rows(self, table: str, after: int, limit: int) -> list:
+        with self._transaction("BEGIN"):
+            return self._db().execute(f"SELECT seq, digest, data FROM audit_{table} WHERE seq > ? "
+                                      "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+
+    def _audit_delete(self, through: int) -> int:
+        db = self._db()
+        db.execute("DELETE FROM audit_checkpoints WHERE seq < ?", (through,))
+        return db.execute("DELETE FROM audit_records WHERE seq <= ?", (through,)).rowcount
 
 
 class SqliteCatalog(Catalog):

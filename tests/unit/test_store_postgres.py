@@ -566,6 +566,7 @@ def test_schema_2_database_gains_the_pin_columns_and_wraps_are_replaced_at_login
     with psycopg.connect(dsn, autocommit=True) as raw:
         raw.execute("ALTER TABLE ferro_tokens DROP COLUMN so_kdf, DROP COLUMN so_tries, "
                     "DROP COLUMN user_kdf, DROP COLUMN user_tries, DROP COLUMN manifest, DROP COLUMN anchor")
+        raw.execute("DROP TABLE ferro_audit_records, ferro_audit_checkpoints")     # (schema 5's)
         raw.execute("UPDATE ferro_schema SET version = 2")
     cat = PostgresCatalog(dsn, pin_policy=FAST)
     cat.open(name).login(C.CKU_USER, USER)
