@@ -73,8 +73,11 @@ class _Pending:
 
 class Governance:
     def __init__(self, token, audit=lambda event: None, backends=None, separated: bool = False,
-                 clock=time.time, validation_seconds: int = VALIDATION_SECONDS):
+                 clock=time.time, validation_seconds: int = VALIDATION_SECONDS, placement=None):
         self.token = token
+        # (security level the key's tags ask, backend name) -> why not, or None: the
+        # environment's rule (backends' check_placement with the environment bound); None: no rule
+        self.placement = placement
         self.audit = audit                 # event dict -> None, inside the open store transaction
         self.backends = backends           # provider.backends.engine.Backends, or None: the engine makes keys
         self.separated = separated         # [policy] key_separation
@@ -457,8 +460,20 @@ class Governance:
             made = keygen.generate_key(self.token, spec.mech, None, given, self.separated, engine_set)
             backend, uids = "soft", [made.uid]
         self._fresh.update(uids)
+        self._check_placement(rec, backend)
         return R.Version(number=number, state=state, created_at=now, objects=uids, backend=backend,
                          enabled_at=now if state == R.ENABLED else now + self.validation_seconds)
+
+    def _check_placement(self, rec: R.KeyRecord, backend: str) -> None:
+        """A version on a backend its tags' security level (or the environment) refuses is
+        not kept (the transaction rolls back)."""
+        if self.placement is None:
+            return
+        tags = self._tags_of(rec)
+        level = "hardware" if any(t.security_level == "hardware" for t in tags) else "software"
+        reason = self.placement(level, backend)
+        if reason:
+            _fail("failed_precondition", f"{rec.name}: {reason}")
 
     def rotate(self, actor: Principal, key: str, pending: bool = False) -> R.KeyRecord:
         """Make version N+1 and move primary to it; `pending`: it waits out the validation
@@ -745,6 +760,9 @@ class Governance:
             if tag in rec.tags:
                 return rec
             rec.tags.append(tag)
+            for v in rec.versions:           # a hardware tag on a key held in software: refused
+                if v.state != R.DESTROYED:
+                    self._check_placement(rec, v.backend)
             rec.policy_revision += 1
             if rec.rotation_period_days is None and found.rotation_period_days and rec.next_rotation_at is None:
                 rec.next_rotation_at = self.clock() + found.rotation_period_days * DAY

@@ -512,3 +512,39 @@ def test_the_audit_fails_closed(gov):
     gov.token.refresh()
     assert gov.get_key("k") == before and len(gov.token.by_uid) == objects    # nothing half-written
     refused("not_found", gov.get_key, "k2")
+
+
+# --- placement (the environment's rule) and the scheduler thread ------------------------------
+def test_a_hardware_tag_refuses_a_software_backend(gov):
+    asked = []
+
+    def placement(level, backend):
+        asked.append((level, backend))
+        return "production refuses a software backend for hardware keys" if (level, backend) == (
+            "hardware", "soft") else None
+    gov.placement = placement
+    gov.put_tag(CAROL, R.PolicyTag("hsm", security_level="hardware"))
+    refused("failed_precondition", gov.create_key, ALICE, "k", "ec-p256", ["sign", "verify"], tags=["hsm"])
+    assert gov.list_keys() == ([], None) and len(gov.token.by_uid) == 1        # (the tag record only)
+    gov.create_key(ALICE, "k", "ec-p256", ["sign", "verify"])
+    refused("failed_precondition", gov.attach_tag, ALICE, "k", "hsm")
+    assert gov.get_key("k").tags == []
+    assert asked == [("hardware", "soft"), ("software", "soft"), ("hardware", "soft")]
+
+
+def test_the_scheduler_thread_ticks(gov):
+    import time as _time
+
+    from provider.governance import Scheduler
+    gov.create_key(ALICE, "k", "aes-256-gcm", ["encrypt"], rotation_period_days=1)
+    gov.clock.advance(DAY)
+    scheduler = Scheduler(gov, interval=0.05).start()
+    try:
+        deadline = _time.monotonic() + 10
+        while gov.get_key("k").primary != 2 and _time.monotonic() < deadline:
+            _time.sleep(0.02)
+    finally:
+        scheduler.stop(timeout=5)
+    assert gov.get_key("k").primary == 2 and scheduler.ticks >= 1
+    with pytest.raises(ValueError):
+        Scheduler(gov, interval=0)
