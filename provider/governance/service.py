@@ -44,10 +44,10 @@ from . import record as R
 from .errors import GovernanceError
 
 DAY = 86400
-DEFAULT_ROTATION_DAYS = 90            # when a tag asks for automatic rotation without a period
 VALIDATION_SECONDS = DAY              # a pending version's validation window (dual signing)
 DEFAULT_DESTROY_GRACE = DAY
 APPROVERS = frozenset({"operator", "administrator"})
+DONE = frozenset({"executed", "denied", "expired", "invalidated"})     # approvals that are over
 TRIES = 5
 MAX_NAME = 128
 MAX_PAGE = 1000
@@ -73,8 +73,10 @@ class _Pending:
 
 class Governance:
     def __init__(self, token, audit=lambda event: None, backends=None, separated: bool = False,
-                 clock=time.time, validation_seconds: int = VALIDATION_SECONDS, placement=None):
+                 clock=time.time, validation_seconds: int = VALIDATION_SECONDS, placement=None,
+                 approval_retention_days: float | None = None):
         self.token = token
+        self.approval_retention_days = approval_retention_days   # completed approvals kept this long (None: ever)
         # (security level the key's tags ask, backend name) -> why not, or None: the
         # environment's rule (backends' check_placement with the environment bound); None: no rule
         self.placement = placement
@@ -861,7 +863,19 @@ class Governance:
         for approval in approvals:
             if approval.status in ("pending", "approved") and now >= approval.expires_at:
                 done.extend(self._write(lambda approval_id=approval.id: self._expire(approval_id, now)))
+            elif self.approval_retention_days is not None and approval.status in DONE and \
+                    now >= approval.created_at + self.approval_retention_days * DAY:
+                done.extend(self._write(lambda approval_id=approval.id: self._prune(approval_id, now)))
         return done
+
+    def _prune(self, approval_id: str, now: float) -> list:
+        """A completed approval past its retention leaves the store (its audit records stay)."""
+        obj, found = self._find(R.Approval, approval_id)
+        if found is None or found.status not in DONE:
+            return []
+        self.token.remove_object(obj)
+        self._event(SCHEDULER, "approval.pruned", key_id=found.key_id, approval_id=found.id, message=found.status)
+        return [("approval.pruned", found.id, None)]
 
     def _tick_key(self, key_id: str, now: float) -> list:
         obj, rec = self._key_for_write(key_id)

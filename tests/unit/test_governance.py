@@ -548,3 +548,17 @@ def test_the_scheduler_thread_ticks(gov):
     assert gov.get_key("k").primary == 2 and scheduler.ticks >= 1
     with pytest.raises(ValueError):
         Scheduler(gov, interval=0)
+
+
+def test_completed_approvals_are_pruned_after_their_retention(dual):
+    gov = dual
+    gov.approval_retention_days = 30
+    done = refused("approval_required", gov.update_primary, ALICE, "k", 1).approval
+    gov.deny(BOB, done.id)
+    gov.clock.advance(2 * DAY)
+    live = refused("approval_required", gov.update_primary, ALICE, "k", 2).approval
+    gov.clock.advance(29 * DAY)
+    result = gov.tick()
+    assert ("approval.pruned", done.id, None) in result and ("approval.expired", live.id, None) in result
+    assert [a.id for a in gov.list_approvals()] == [live.id]
+    refused("not_found", gov.get_approval, done.id)
