@@ -405,3 +405,24 @@ def test_checkpoint_key_is_a_private_sensitive_token_key(lib, slot):
     with token.lock:
         with pytest.raises(Exception):
             token_signer(token)                              # no user logged in: no signing
+
+
+def test_the_checkpointer_signs_every_n_records_and_every_t_seconds(store, signer):
+    from provider.audit import Checkpointer
+    audit = Audit(store, KEY, signer, checkpoint_every=10, checkpoint_seconds=1.5)
+    thread = Checkpointer(audit)
+    thread.start()
+    try:
+        for i in range(10):
+            audit.record(event(i))
+        deadline = time.monotonic() + 5
+        while not store.audit_checkpoints() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [c[0] for c in store.audit_checkpoints()] == [10]       # the count, well before T
+        audit.record(event(11))
+        while len(store.audit_checkpoints()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [c[0] for c in store.audit_checkpoints()] == [10, 11]   # the time
+    finally:
+        thread.stop()
+    assert verify(V.rows_of(store), V.checkpoints_of_store(store), signer.public, KEY).checkpoints == 2
