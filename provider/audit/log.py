@@ -148,6 +148,10 @@ class Audit:
 
     # --- writing ---------------------------------------------------------------------
     def record(self, event: Event) -> Receipt:
+        """Append `event` in a store transaction of its own (shared with the callers
+        that queue meanwhile); returns once it is durable, or raises AuditUnavailable.
+        Not inside an open store transaction (the commit it waits for would wait for
+        that transaction): there, record_in."""
         slot = _Slot(event)
         with self._cv:
             self._queue.append(slot)
