@@ -84,11 +84,19 @@ TOML, every key optional:
     management_key = "0102...08"          # hex; default the PIV default 3DES key
     management_key_algorithm = "3des"     # 3des | aes128 | aes192 | aes256
     pin_tries = 3
+    [backends.vault]
+    type = "pkcs11"                       # any PKCS#11 module: a network HSM, SoftHSM2, FerroHSM
+    module = "/opt/hsm/lib/libhsm.so"
+    token_label = "ferro"                 # or slot = 3 (a CK_SLOT_ID), not both
+    pin = "file:/etc/ferrohsm/vault.pin"  # PIN source: "file:PATH" or "env:VARIABLE"
+    security = "hardware"                 # what its keys are: hardware | software (default)
+    timeout = 10.0                        # seconds per module call
+    env = { LIBHSM_CONF = "/etc/hsm.conf" }   # set before the module's first C_Initialize
     [backends.shsm]
-    type = "softhsm"
+    type = "softhsm"                      # the pkcs11 type preset for SoftHSM2 (security software)
     module = "/usr/lib/softhsm/libsofthsm2.so"
     token_label = "ferro"
-    pin = "file:/etc/ferrohsm/softhsm.pin"  # PIN source: "file:PATH" or "env:VARIABLE"
+    pin = "file:/etc/ferrohsm/softhsm.pin"
     conf = ""                             # SOFTHSM2_CONF to use ("" = the environment's)
 
     # Per token (by label): backend precedence and fallback policy.
@@ -114,7 +122,7 @@ from .store.sealing import ARGON2_MAX_KIB, ARGON2_MIN_KIB, Argon2id, PinPolicy
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 STORE_KINDS = ("sqlite", "filesystem", "postgres", "memory")
-BACKEND_TYPES = ("soft", "tpm2", "piv", "softhsm")
+BACKEND_TYPES = ("soft", "tpm2", "piv", "pkcs11", "softhsm")
 FALLBACKS = ("software", "none")
 
 

@@ -43,8 +43,11 @@ FULL_CAPABILITIES = frozenset({(op, k) for op in ("generate", "sign") for k in K
 
 @dataclass(frozen=True)
 class Health:
+    """A backend's answer to a health probe: down (not ok), degraded (works, but something
+    is wrong: a PIN count low, slow answers), or available."""
     ok: bool
     reason: str = ""
+    degraded: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 FACTORIES maps a type to (builder(name, settings) -> Backend, what its login() gets):
 "pin" (the user PIN as typed: a PIV card checks it itself), "derived" (a secret only a
 logged-in user can compute, see SealingStore.backend_secret), or None (nothing: the
-backend has its own credentials, e.g. the SoftHSM2 PIN source).  tpm2, piv and softhsm
-need optional packages and are imported only when configured.
+backend has its own credentials, e.g. a PKCS#11 module's PIN source).  tpm2, piv and
+pkcs11 (softhsm is its SoftHSM2 preset) need optional packages and are imported only
+when configured.
 """
 
 from __future__ import annotations
@@ -65,10 +66,30 @@ def _piv(name, s):
                       timeout=float(s.get("timeout", 10.0)), max_pin_tries=int(s.get("pin_tries", 3)))
 
 
+def _pkcs11(name, s):
+    from .pkcs11 import Pkcs11Backend
+    env = s.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ValueError("env must be a table of strings")
+    slot = s.get("slot")
+    if slot is not None and type(slot) is not int:
+        raise ValueError("slot must be an integer (a CK_SLOT_ID)")
+    return Pkcs11Backend(s["module"], _pin_source(s["pin"]), token_label=s.get("token_label"),
+                         slot=slot, security=s.get("security", "software"), env=env,
+                         timeout=float(s.get("timeout", 10.0)), name=name)
+
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
 def _softhsm(name, s):
-    from .softhsm import SoftHsmBackend
-    return SoftHsmBackend(s.get("module", "/usr/lib/softhsm/libsofthsm2.so"), s["token_label"],
-                          _pin_source(s["pin"]), conf=s.get("conf") or None, name=name)
+    """The pkcs11 backend preset for SoftHSM2: its module, software keys, `conf` as
+    SOFTHSM2_CONF (configurations written for the softhsm type keep working)."""
+    settings = {"module": SOFTHSM_MODULE, **s, "security": "software"}
+    conf = settings.pop("conf", "")
+    if conf:
+        settings["env"] = {**settings.get("env", {}), "SOFTHSM2_CONF": conf}
+    return _pkcs11(name, settings)
 
 
 # backend type -> (builder(name, settings), what login() gets: "pin" | "derived" | None)
@@ -76,5 +97,6 @@ FACTORIES = {
     "soft": (lambda name, s: SoftBackend(name), None),
     "tpm2": (_tpm2, "derived"),
     "piv": (_piv, "pin"),
+    "pkcs11": (_pkcs11, None),
     "softhsm": (_softhsm, None),
 }
