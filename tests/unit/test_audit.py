@@ -19,7 +19,7 @@ from pymerkle import InmemoryTree, verify_consistency, verify_inclusion
 from provider import constants as C
 from provider.audit import Audit, AuditUnavailable, Event, Signer, merkle, token_signer, verify
 from provider.audit import verifier as V
-from provider.audit.record import MAC_LEN, line_of, parse_line
+from provider.audit.record import MAC_LEN, parse_line
 from provider.principal import Principal
 from provider.store.memory import MemoryStore
 from provider.store.sqlite import SqliteStore
