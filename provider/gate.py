@@ -16,6 +16,7 @@ so a state another process changed is seen at the next use.
 """
 
 from . import constants as C
+from .audit import AuditUnavailable, Event
 from .errors import PKCS11Error
 from .governance import record as R
 from .log import LOG
@@ -26,10 +27,6 @@ KEY_CLASSES = (C.CKO_SECRET_KEY, C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY)
 RECORD_CLASSES = frozenset({C.CKO_FERRO_GOVERNED_KEY, C.CKO_FERRO_POLICY_TAG, C.CKO_FERRO_APPROVAL,
                             C.CKO_FERRO_MIGRATION})
 RECORD = "governance record"       # Obj.cache slot of a decoded record
-
-
-class AuditUnavailable(Exception):
-    """The audit record of a use could not be made durable: the use does not run."""
 
 
 def governed(key) -> bool:
@@ -82,12 +79,12 @@ def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
         reason = f"{rec.name} is not for {use}"
     else:
         reason = R.permits(rec, version, use)
-    event = dict(action=f"pkcs11.{use or 'use'}", key_id=key_id.decode(errors="replace"), key_version=version,
-                 mechanism=C.name_of("CKM_", mech))
+    event = dict(action=f"pkcs11.{use or 'use'}", key_id=key_id.decode(errors="replace"), key_version=version)
+    mechanism = C.name_of("CKM_", mech)
     if reason is not None:
-        record_use(token, principal, outcome="denied", message=reason, **event)
+        record_use(token, principal, outcome="denied", message=f"{mechanism}: {reason}", **event)
         raise PKCS11Error(C.CKR_KEY_FUNCTION_NOT_PERMITTED, reason)
-    record_use(token, principal, outcome="allowed", **event, fail_closed=True)
+    record_use(token, principal, message=mechanism, **event, fail_closed=True)
 
 
 def _USES_OF(rec) -> set:
@@ -98,17 +95,25 @@ def _USES_OF(rec) -> set:
     return uses
 
 
-def record_use(token, principal, fail_closed: bool = False, **event) -> None:
-    """Write the audit record of a governed key's use (durable before it returns).
-    `fail_closed`: a record that cannot be written refuses the use with
-    CKR_FUNCTION_FAILED; a refusal's record that cannot be written is only logged."""
-    audit = getattr(token, "audit", None)
+def record_use(token, principal, action: str, key_id: str, key_version: int, outcome: str = "ok",
+               message: str = "", fail_closed: bool = False) -> None:
+    """Write the audit record of a governed key's use (durable before it returns; inside
+    a store transaction the caller holds, it commits with it). `fail_closed`: a record
+    that cannot be written refuses the use with CKR_FUNCTION_FAILED; a refusal's record
+    that cannot be written is only logged."""
     try:
+        audit = token.audit
         if audit is None:
             raise AuditUnavailable("no audit log is configured for this token")
-        audit.record(principal, **event)
+        event = Event(actor=principal, action=action, key_id=key_id, key_version=key_version or 0,
+                      outcome=outcome, message=message)
+        if token.in_transaction:
+            audit.record_in(event)
+        else:
+            with token.let_go():     # other threads' records share its commit (group commit)
+                audit.record(event)
     except Exception as exc:      # noqa: BLE001 - any failure to record is the same refusal
-        LOG.error("audit record of %s on key %s not written: %s", event.get("action"), event.get("key_id"), exc)
+        LOG.error("audit record of %s on key %s not written: %s", action, key_id, exc)
         if fail_closed:
             raise PKCS11Error(C.CKR_FUNCTION_FAILED, "the audit record could not be written") from None
 
@@ -147,7 +152,7 @@ def export(token, key, principal, approved: bool = False) -> None:
     if not approved and dual_controlled(token, rec):
         record_use(token, principal, outcome="denied", message="export needs an approval", **event)
         raise PKCS11Error(C.CKR_FUNCTION_REJECTED, "export of this key needs dual-control approval")
-    record_use(token, principal, outcome="allowed", **event, fail_closed=True)
+    record_use(token, principal, **event, fail_closed=True)
 
 
 def dual_controlled(token, rec) -> bool:

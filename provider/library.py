@@ -28,6 +28,7 @@ import threading
 
 from . import constants as C
 from . import files, log
+from .audit import open_audit
 from .backends.engine import Backends
 from .config import Config
 from .errors import PKCS11Error
@@ -147,7 +148,11 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
     def _new_token(self, slot: int, store) -> Token:
         if store is not None:
             store.anchor = self.anchor
-        return Token(slot, store, self._handles, on_change=self._object_changed)
+        token = Token(slot, store, self._handles, on_change=self._object_changed)
+        if store is not None:
+            config = self.config
+            token.open_audit = lambda: open_audit(config, store, token)
+        return token
 
     # --- locks ----------------------------------------------------------------
     def _lock_of(self, handle: int):

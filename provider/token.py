@@ -92,6 +92,8 @@ class Token:
         self.index.blind = self.blind
         self.by_uid: dict[str, Obj] = {}
         self.governed_ids: dict[bytes, str] = {}   # governed key id -> its record's uid (provider/gate.py)
+        self.open_audit = None              # () -> the token's audit log (provider/audit), set by the Library
+        self._audit = None
         self._handles = handles
         self._cursor = None
         self._pending: list | None = None   # index changes waiting for the transaction's commit
@@ -372,6 +374,18 @@ class Token:
                 self.index.replace(obj, got[1])
                 obj.version = got[0]
                 self.index.changed(obj)
+
+    @property
+    def audit(self):
+        """This token's audit log, opened at first need (the first use of a governed key);
+        None if the token has none."""
+        if self._audit is None and self.open_audit is not None:
+            self._audit = self.open_audit()
+        return self._audit
+
+    @audit.setter
+    def audit(self, audit) -> None:
+        self._audit = audit
 
     def close(self) -> None:
         if self.store is None:
