@@ -44,6 +44,8 @@ out["record_search"] = len(find(s, CLASS=0x80000000 | 0x46520001))
 (pub,) = find(s, LABEL="sig", CLASS=P.CKO_PUBLIC_KEY)
 sig = s.sign(key, b"artefact", mech)
 out["verify"] = rv(s.verify, pub, b"artefact", sig, mech)
+(data,) = find(s, LABEL="data", CLASS=P.CKO_SECRET_KEY)
+out["gcm"] = [rv(s.encrypt, data, b"x" * 64, P.AES_GCM_Mechanism(bytes([i]) * 12, b"", 128)) for i in range(3)]
 '''
 
 
@@ -74,6 +76,7 @@ def test_a_rollback_is_seen_by_a_pkcs11_client_in_another_process_and_its_uses_a
         gov.create_key(ALICE, "sig", "ec-p256", ["sign", "verify"])
         gov.rotate(ALICE, "sig")
         gov.update_primary(ALICE, "sig", 1)                  # rollback: version 1 is the primary again
+        gov.create_key(ALICE, "data", "aes-256-gcm", ["encrypt", "decrypt"])
     finally:
         lib.finalize()
     out = attack(token, CLIENT)
@@ -81,13 +84,15 @@ def test_a_rollback_is_seen_by_a_pkcs11_client_in_another_process_and_its_uses_a
     assert out["sign"] == "CKR_OK"
     assert out["sign_old"] == "CKR_KEY_FUNCTION_NOT_PERMITTED"   # version 2: verify only now
     assert out["destroy"] == out["relabel"] == out["copy"] == "CKR_ACTION_PROHIBITED"
-    assert out["record_search"] == 1 and out["all"] == 4     # two pairs; the record only by its class
+    assert out["record_search"] == 2 and out["all"] == 5     # two pairs and a secret key; the records only by class
     assert out["verify"] == "CKR_OK"
+    assert out["gcm"] == ["CKR_OK"] * 3
     records = _records(token)
     uses = [(r["action"], r["key_version"], r["outcome"], r["interface"]) for r in records
             if r["action"].startswith("pkcs11.")]
     assert uses == [("pkcs11.sign", 1, "ok", "pkcs11"), ("pkcs11.sign", 2, "denied", "pkcs11"),
-                    ("pkcs11.sign", 1, "ok", "pkcs11"), ("pkcs11.verify", 1, "ok", "pkcs11")]
+                    ("pkcs11.sign", 1, "ok", "pkcs11"), ("pkcs11.verify", 1, "ok", "pkcs11")] \
+        + [("pkcs11.encrypt", 1, "ok", "pkcs11")] * 3      # each init a record: none taken by the fast path
     assert [r["action"] for r in records if r["action"].startswith("key.")][:3] == [
         "key.create", "key.rotate", "key.update_primary"]
     assert all(r["actor"].startswith("pkcs11:") for r in records if r["action"].startswith("pkcs11."))
