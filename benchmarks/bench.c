@@ -13,6 +13,10 @@
  *                                             find-by-label p50/p99 over 2,000 lookups
  *   bench MODULE LABEL PIN login N            C_Login (user) + C_Logout N times on one session:
  *                                             the first C_Login, the median and the slowest
+ *   bench MODULE LABEL PIN governed SECONDS   keys labelled "gov-ec" and "gov-aes" (governed keys,
+ *                                             made by benchmarks/governed.py) beside plain ones
+ *                                             made here: ECDSA P-256 sign on 1 and 8 threads,
+ *                                             AES-GCM init+encrypt and C_EncryptMessage, 64 B
  *
  * Every AES-GCM op is C_EncryptInit (a fresh IV) + C_Encrypt, as a client of a
  * token must do per message. A figure the module cannot do prints "n/a". */
@@ -106,10 +110,12 @@ static void *loop(void *p)
 }
 
 /* ops per second of fn on `threads` sessions at once (each a thread) */
+#define MAX_THREADS 8
+
 static double rate(op_fn fn, CK_SESSION_HANDLE *s, void *arg, int threads)
 {
-    struct run r[2];
-    pthread_t t[2];
+    struct run r[MAX_THREADS];
+    pthread_t t[MAX_THREADS];
     double t0 = now();
     long ops = 0;
     for (int i = 0; i < threads; i++) {
@@ -249,6 +255,48 @@ static void sign_figures(CK_SESSION_HANDLE *s)
     figure("ed25519_sign", g.key ? rate(sign_op, s, &g, 1) : -1, "ops/s");
 }
 
+/* --- governed keys (benchmarks/governed.py) ------------------------------------- */
+static CK_OBJECT_HANDLE labelled(CK_SESSION_HANDLE s, CK_ULONG cls, const char *label)
+{
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE h = 0;
+    CK_ULONG n = 0;
+    CK(F->C_FindObjectsInit(s, t, 2));
+    CK(F->C_FindObjects(s, &h, 1, &n));
+    CK(F->C_FindObjectsFinal(s));
+    if (n != 1)
+        die(label, 0);
+    return h;
+}
+
+static void message_figure(const char *name, CK_SESSION_HANDLE *s, struct gcm *g)
+{
+    CK_MECHANISM m = {CKM_AES_GCM, NULL, 0};
+    int ok = F3 && F3->C_MessageEncryptInit(s[0], &m, g->key) == CKR_OK;
+    figure(name, ok ? rate(msg_op, s, g, 1) : -1, "ops/s");
+    if (ok)
+        F3->C_MessageEncryptFinal(s[0]);
+}
+
+static void governed_figures(CK_SESSION_HANDLE *s)
+{
+    static CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_ATTRIBUTE ec[] = {{CKA_TOKEN, &YES, 1}, {CKA_VERIFY, &YES, 1}, {CKA_EC_PARAMS, p256, sizeof p256}};
+    CK_BYTE *in = calloc(1, 64);
+    struct sig g = {{CKM_ECDSA, NULL, 0}, labelled(s[0], CKO_PRIVATE_KEY, "gov-ec"), 32};
+    struct sig plain = {{CKM_ECDSA, NULL, 0}, key_pair(s[0], CKM_EC_KEY_PAIR_GEN, ec, 3), 32};
+    struct gcm gov = {labelled(s[0], CKO_SECRET_KEY, "gov-aes"), 64, in};
+    struct gcm ungov = {aes_key(s[0], CK_TRUE), 64, in};
+    figure("governed_ecdsa_p256_sign", rate(sign_op, s, &g, 1), "ops/s");
+    figure("governed_ecdsa_p256_sign_8t", rate(sign_op, s, &g, 8), "ops/s");
+    figure("plain_ecdsa_p256_sign", rate(sign_op, s, &plain, 1), "ops/s");
+    figure("governed_gcm_64", rate(gcm_op, s, &gov, 1), "ops/s");
+    figure("plain_gcm_64", rate(gcm_op, s, &ungov, 1), "ops/s");
+    message_figure("governed_encrypt_message_64", s, &gov);
+    message_figure("plain_encrypt_message_64", s, &ungov);
+    free(in);
+}
+
 /* --- objects ----------------------------------------------------------------- */
 static int create_data(CK_SESSION_HANDLE s, const char *label, CK_OBJECT_HANDLE *h)
 {
@@ -373,9 +421,10 @@ static void login_figures(const char *module, const char *label, const char *pin
 
 int main(int argc, char **argv)
 {
-    CK_SESSION_HANDLE s[2];
+    CK_SESSION_HANDLE s[MAX_THREADS];
     if (argc != 6) {
-        fprintf(stderr, "usage: %s MODULE LABEL PIN crypto|populate|objects|startup|login SECONDS|N\n", argv[0]);
+        fprintf(stderr, "usage: %s MODULE LABEL PIN crypto|populate|objects|startup|login|governed SECONDS|N\n",
+                argv[0]);
         return 2;
     }
     if (!strcmp(argv[4], "login")) {
@@ -390,7 +439,8 @@ int main(int argc, char **argv)
     }
     load(argv[1], argv[2]);
     s[0] = session(argv[3]);
-    s[1] = session(NULL);                     /* the login is per token */
+    for (int i = 1; i < MAX_THREADS; i++)
+        s[i] = session(NULL);                 /* the login is per token */
     if (!strcmp(argv[4], "populate")) {
         char label[32];
         CK_OBJECT_HANDLE h;
@@ -404,6 +454,8 @@ int main(int argc, char **argv)
         if (!strcmp(argv[4], "crypto")) {
             gcm_figures(s);
             sign_figures(s);
+        } else if (!strcmp(argv[4], "governed")) {
+            governed_figures(s);
         } else {
             object_figures(s);
         }
