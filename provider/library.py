@@ -149,10 +149,17 @@ class Library(BackendFunctions, ObjectFunctions, CryptoFunctions, KeyFunctions):
         if store is not None:
             store.anchor = self.anchor
         token = Token(slot, store, self._handles, on_change=self._object_changed)
-        if store is not None:
-            config = self.config
-            token.open_audit = lambda: open_audit(config, store, token)
+        token.open_audit = lambda: self._open_audit(token)
         return token
+
+    def _open_audit(self, token: Token):
+        """The token's audit log; its record() commits through a store object of its own."""
+        name = next((n for n, s in self.names.items() if s == token.slot_id), None)
+        writer = None
+        if name is not None:
+            writer = self.catalog.open(name)
+            writer.anchor = self.anchor
+        return open_audit(self.config, token.store, token, writer)
 
     # --- locks ----------------------------------------------------------------
     def _lock_of(self, handle: int):

@@ -379,7 +379,7 @@ class Token:
     def audit(self):
         """This token's audit log, opened at first need (the first use of a governed key);
         None if the token has none."""
-        if self._audit is None and self.open_audit is not None:
+        if self._audit is None and self.open_audit is not None and self.store is not None:
             self._audit = self.open_audit()
         return self._audit
 
@@ -390,6 +390,12 @@ class Token:
     def close(self) -> None:
         if self.store is None:
             return
+        writer = getattr(self._audit, "writer", self.store)
+        if writer is not self.store:
+            try:
+                writer.close()
+            except Exception:  # closing must not fail C_Finalize
+                LOG.exception("closing the audit writer of slot %d", self.slot_id)
         try:
             self.store.close()
         except Exception:  # closing must not fail C_Finalize

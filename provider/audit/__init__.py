@@ -38,9 +38,10 @@ def hmac_key(config) -> bytes:
     return _pin_source(spec)
 
 
-def open_audit(config, store, token=None) -> Audit:
+def open_audit(config, store, token=None, writer=None) -> Audit:
     """The audit log of `store` as [audit] configures it; checkpoints are signed by
-    `token`'s checkpoint key (made at first need, the user logged in)."""
+    `token`'s checkpoint key (made at first need, the user logged in). `writer`: a second
+    store object of the same token that record() commits through (Audit says why)."""
     settings = config.audit
     signer = None
     if token is not None:
@@ -49,4 +50,5 @@ def open_audit(config, store, token=None) -> Audit:
                 return token_signer(token)
     return Audit(store, hmac_key(config), signer, file=settings.file or None,
                  checkpoint_file=settings.checkpoint_file or None,
-                 checkpoint_every=settings.checkpoint_every, checkpoint_seconds=settings.checkpoint_seconds)
+                 checkpoint_every=settings.checkpoint_every, checkpoint_seconds=settings.checkpoint_seconds,
+                 writer=writer)

@@ -127,10 +127,14 @@ class Audit:
     at first need (checkpoint.token_signer over the token)."""
 
     def __init__(self, store, hmac_key: bytes, signer=None, file=None, checkpoint_file=None,
-                 checkpoint_every: int = 10_000, checkpoint_seconds: float = 60.0):
+                 checkpoint_every: int = 10_000, checkpoint_seconds: float = 60.0, writer=None):
         if len(hmac_key) < 16:
             raise ValueError("the audit HMAC key must be at least 16 bytes")
         self.store = store
+        # record()'s own store object on the same token (its own connection): its commits
+        # then do not hold up the token's reads (head checks) of the threads that queue
+        # behind them, so they queue here and share the next commit
+        self.writer = writer or store
         self._key = hmac_key
         self._signer = signer
         self.sink = FileSink(file) if file else None
@@ -176,10 +180,10 @@ class Audit:
         try:
             for attempt in range(APPEND_TRIES):
                 try:
-                    with self.store.transaction():
-                        receipts = self._append([s.event for s in batch])
+                    with self.writer.transaction():
+                        receipts = self._append([s.event for s in batch], self.writer)
                         if self.sink is not None:
-                            self.sink.catch_up(self.store)
+                            self.sink.catch_up(self.writer)
                     break
                 except Conflict:             # another process appended between head and write
                     if attempt == APPEND_TRIES - 1:
@@ -212,9 +216,10 @@ class Audit:
         self._note(receipt.seq)
         return receipt
 
-    def _append(self, events: list) -> list:
+    def _append(self, events: list, store=None) -> list:
         """In the open transaction: chain the events after the store's head, append."""
-        seq, prev = self.store.audit_head()
+        store = store or self.store
+        seq, prev = store.audit_head()
         prev = prev or bytes(32)
         rows, receipts = [], []
         now = time.time_ns()
@@ -224,7 +229,7 @@ class Audit:
             prev = chain(prev, body)
             rows.append((seq, prev, mac_of(self._key, prev) + body))
             receipts.append(Receipt(seq, prev))
-        self.store.audit_append(rows)
+        store.audit_append(rows)
         return receipts
 
     def _note(self, seq: int) -> None:
