@@ -72,6 +72,10 @@ TOML, every key optional:
     retention_days = 0       # prune records older than this (0 = keep them all); the
                              # cut keeps a signed anchor, so the rest still verifies
 
+    [environment]            # what the deployment refuses (provider/environment.py)
+    type = "local"           # production (no software fallback, hardware tags enforced, audit
+                             # kept >= 90 days) | staging (hardware tags enforced) | development | local
+
     # Device backends (provider/backends/engine.py), each named; "soft" (the engine's
     # own keys) always exists.  Settings per type:
     [backends.tpm]
@@ -117,6 +121,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import constants as C
+from . import environment
 from .errors import PKCS11Error
 from .store.sealing import ARGON2_MAX_KIB, ARGON2_MIN_KIB, Argon2id, PinPolicy
 
@@ -221,6 +226,7 @@ class Config:
     store_head_cache: float = 0.0
     store_anchor: str = ""       # a [backends.NAME] of type tpm2, or ""
     audit: AuditSettings = field(default_factory=AuditSettings)
+    environment: str = "local"   # [environment] type (provider/environment.py)
 
     @staticmethod
     def default_path() -> Path:
@@ -259,6 +265,7 @@ class Config:
             limits=Limits.parse(data.get("limits", {}), source),
             policy=Policy.parse(data.get("policy", {}), source),
             audit=AuditSettings.parse(data.get("audit", {}), source),
+            environment=environment.parse(data.get("environment", {}), source),
             **_store(data.get("store", {}), source),
             **_backends(data, source),
         )
@@ -269,6 +276,7 @@ class Config:
                                                    "of type tpm2")
         if not (1 <= conf.pin_min <= conf.pin_max) or conf.pin_max_failures < 1:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: bad [pin] limits")
+        environment.check(conf)
         return conf
 
 
