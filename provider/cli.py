@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import constants as C
+from .backends.base import Health
+from .backends.engine import status_of
 from .config import Config, with_store
 from .errors import PKCS11Error
 from .library import Library
@@ -206,11 +208,13 @@ def backends(key_store: str = KEY_STORE):
     lib = _library(key_store)
     try:
         table = Table("backend", "type", "class", "health", "capabilities")
-        for name, btype, kind, ok, reason, caps in lib.backends.describe():
+        colour = {"available": "green", "degraded": "yellow", "unavailable": "red"}
+        for name, btype, kind, ok, reason, caps, degraded in lib.backends.probe():
             by_op = {}
             for op, key_kind in sorted(caps):
                 by_op.setdefault(op, []).append(key_kind)
-            table.add_row(name, btype, kind, ("[green]ok[/green] " if ok else "[red]down[/red] ") + reason,
+            status = status_of(Health(ok, reason, degraded))
+            table.add_row(name, btype, kind, f"[{colour[status]}]{status}[/{colour[status]}] " + reason,
                           "\n".join(f"{op}: {', '.join(k)}" for op, k in by_op.items()))
         out.print(table)
         policies = Table("token", "precedence", "fallback")

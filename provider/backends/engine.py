@@ -31,6 +31,9 @@ connection per process) and binds each token that has a [token.LABEL] policy:
 
 from __future__ import annotations
 
+import threading
+import time
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
@@ -133,9 +136,21 @@ def _why(skipped) -> str:
     return "; ".join(f"{n}: {r}" for n, _, r in skipped)
 
 
+SLOW_SIGN_SECONDS = 0.5          # a device sign slower than this is counted and logged
+HEALTH_INTERVAL = 60.0           # seconds between two health checks of every backend
+
+
+def status_of(health: Health) -> str:
+    return "unavailable" if not health.ok else "degraded" if health.degraded else "available"
+
+
 class Backends:
     def __init__(self, config):
         self.config = config
+        self.slow_signs: dict[str, int] = {}        # backend name -> signs slower than SLOW_SIGN_SECONDS
+        self._report: dict = {}                     # backend name -> its last health check (health_report)
+        self._checker = None
+        self._stop = threading.Event()
         self._made: dict[str, Backend] = {}
         self._broken: dict[str, PKCS11Error] = {}   # backend name -> its configuration error
         self._bindings: dict[str, Binding] = {}
@@ -181,9 +196,45 @@ class Backends:
             raise _fail(C.CKR_TOKEN_NOT_PRESENT, f"token {b.label!r}: {b.reason}")
 
     def close(self) -> None:
+        self._stop.set()
+        if self._checker is not None:
+            self._checker.join(timeout=5)
         for backend in self._made.values():
             backend.close()
         self._made.clear()
+
+    # --- health --------------------------------------------------------------------------
+    def check_health(self) -> dict:
+        """Probe every configured backend now: name -> {status (available | degraded |
+        unavailable), reason, kind, checked_at, slow_signs}."""
+        report = {}
+        for name, _, kind, ok, reason, _, degraded in self.probe():
+            report[name] = dict(status=status_of(Health(ok, reason, degraded)), reason=reason, kind=kind,
+                                checked_at=time.time(), slow_signs=self.slow_signs.get(name, 0))
+        self._report = report
+        return report
+
+    def health_report(self) -> dict:
+        """The last check (made now if none was), with the current slow-sign counts."""
+        report = self._report or self.check_health()
+        return {name: {**row, "slow_signs": self.slow_signs.get(name, 0)} for name, row in report.items()}
+
+    def start_health_checks(self, interval: float = HEALTH_INTERVAL) -> None:
+        """Re-check every backend each `interval` seconds in a daemon thread, until close()."""
+        if self._checker is not None:
+            return
+
+        def run():
+            while not self._stop.is_set():
+                try:
+                    for name, row in self.check_health().items():
+                        if row["status"] != "available":
+                            LOG.warning("backend %s is %s: %s", name, row["status"], row["reason"])
+                except Exception:   # noqa: BLE001 - a probe's failure must not end the checks
+                    LOG.exception("backend health check failed")
+                self._stop.wait(interval)
+        self._checker = threading.Thread(target=run, name="ferrohsm-backend-health", daemon=True)
+        self._checker.start()
 
     # --- login -------------------------------------------------------------------------
     def login(self, token, pin: bytes) -> None:
@@ -235,7 +286,7 @@ class Backends:
             return 0
 
     # --- key use -------------------------------------------------------------------------
-    def use(self, token, key, fn):
+    def use(self, token, key, fn, op: str = "use"):
         """fn(backend, ref) for a backend-held key, after the backend's login; the device
         call runs with the token's lock let go (a 10 s card timeout holds up no other
         call, on this token or another)."""
@@ -243,7 +294,15 @@ class Backends:
         self.enter(token, backend)
         ref = key_ref(key)
         with token.let_go():
-            return fn(backend, ref)
+            started = time.monotonic()
+            try:
+                return fn(backend, ref)
+            finally:
+                took = time.monotonic() - started
+                if op == "sign" and took > SLOW_SIGN_SECONDS:
+                    self.slow_signs[backend.name] = self.slow_signs.get(backend.name, 0) + 1
+                    LOG.warning("backend %s: a sign took %.0f ms (slow: over %.0f ms)", backend.name,
+                                took * 1e3, SLOW_SIGN_SECONDS * 1e3)
 
     def keygen_backend(self, token, mech: int, pub: dict, priv: dict) -> tuple | None:
         """(backend, kind) that generates this key pair, or None: the engine does."""
@@ -264,8 +323,8 @@ class Backends:
         LOG.info("token %r: %s not on %s: made in software", b.label, kind, backend.name)
         return None
 
-    def describe(self) -> list[tuple]:
-        """(name, type, kind, healthy, reason, capabilities) per configured backend."""
+    def probe(self) -> list[tuple]:
+        """(name, type, kind, healthy, reason, capabilities, degraded) per configured backend."""
         rows = []
         for name, settings in self.config.backends.items():
             try:
@@ -273,7 +332,7 @@ class Backends:
                 health, caps, kind = backend.health(), backend.capabilities(), backend.kind
             except PKCS11Error as e:
                 health, caps, kind = Health(False, e.reason or str(e)), frozenset(), "?"
-            rows.append((name, settings["type"], kind, health.ok, health.reason, caps))
+            rows.append((name, settings["type"], kind, health.ok, health.reason, caps, health.degraded))
         return rows
 
 
@@ -372,7 +431,7 @@ def context(backends: Backends, token, key, kind: str, mech):
     backend_mech = Mechanism(asked, mech.param)
 
     def sign(data: bytes) -> bytes:
-        return backends.use(token, key, lambda b, r: b.sign(r, backend_mech, prefix + data))
+        return backends.use(token, key, lambda b, r: b.sign(r, backend_mech, prefix + data), "sign")
     size = _signature_size(key)
     if digest_mech is None:
         return OneShot(sign, lambda n: size)
