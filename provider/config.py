@@ -194,6 +194,66 @@ class AuditSettings:
         return cls(**{**table, "checkpoint_seconds": float(secs)})
 
 
+ROLES = ("administrator", "operator", "auditor", "service")     # provider/service/roles.py
+DEFAULT_RATES = {"administrator": (20.0, 40), "operator": (20.0, 40), "auditor": (20.0, 40),
+                 "service": (500.0, 1000)}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The [server] table of `ferrohsm serve` (provider/service): where it listens, its
+    TLS files (TLS 1.3 only; plain HTTP only on loopback with --insecure-dev), the token
+    it serves and the PIN source that unlocks it once at start, the JWT check (an HS256
+    secret read from the environment variable named here, never from the file), and the
+    per-role token-bucket rates ({role = [per_second, burst]})."""
+    listen: str = "127.0.0.1:8443"
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    token: str = ""                         # token label ("": the first initialised token)
+    pin: str = ""                           # "env:NAME" | "file:PATH"
+    jwt_secret_env: str = "FERROHSM_JWT_SECRET"
+    jwt_issuer: str = "ferrohsm"
+    jwt_audience: str = "ferrohsm"
+    jwt_max_lifetime: int = 3600            # seconds between iat and exp, at most
+    jwt_leeway: int = 30
+    roles_claim: str = "roles"
+    keys_claim: str = "keys"                # a service token's keys (names or ids)
+    max_body: int = 1 << 20
+    max_header: int = 8192
+    rate: dict = field(default_factory=lambda: dict(DEFAULT_RATES))
+
+    @classmethod
+    def parse(cls, table: dict, source: str) -> "ServerSettings":
+        fields = cls.__dataclass_fields__
+        bad = set(table) - set(fields)
+        for name, f in fields.items():
+            if name in table and name != "rate" and type(table[name]) is not type(getattr(cls, name)):
+                bad.add(name)
+        pin = table.get("pin", "")
+        if isinstance(pin, str) and pin and pin.partition(":")[0] not in ("env", "file"):
+            bad.add("pin")
+        for name in ("jwt_max_lifetime", "max_body", "max_header"):
+            if type(table.get(name, 1)) is int and table.get(name, 1) < 1:
+                bad.add(name)
+        rate = dict(DEFAULT_RATES)
+        given = table.get("rate", {})
+        if not isinstance(given, dict):
+            bad.add("rate")
+            given = {}
+        for role, value in given.items():
+            if role not in ROLES or not isinstance(value, list) or len(value) != 2 \
+                    or type(value[0]) not in (int, float) or type(value[1]) is not int or value[0] <= 0 or value[1] < 1:
+                bad.add("rate")
+            else:
+                rate[role] = (float(value[0]), value[1])
+        if bad:
+            raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [server] {sorted(bad)}: listen \"HOST:PORT\", tls_cert/"
+                                                   "tls_key/client_ca paths, pin = \"env:NAME\" | \"file:PATH\", "
+                                                   "positive integer limits, rate = {ROLE = [per_second, burst]}")
+        return cls(**{**table, "rate": rate})
+
+
 @dataclass(frozen=True)
 class Config:
     token_dir: Path
@@ -213,6 +273,7 @@ class Config:
     store_head_cache: float = 0.0
     store_anchor: str = ""       # a [backends.NAME] of type tpm2, or ""
     audit: AuditSettings = field(default_factory=AuditSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     @staticmethod
     def default_path() -> Path:
@@ -251,6 +312,7 @@ class Config:
             limits=Limits.parse(data.get("limits", {}), source),
             policy=Policy.parse(data.get("policy", {}), source),
             audit=AuditSettings.parse(data.get("audit", {}), source),
+            server=ServerSettings.parse(data.get("server", {}), source),
             **_store(data.get("store", {}), source),
             **_backends(data, source),
         )

@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing FerroHSM into .venv (builds the PKCS#11 module)"
 .venv/bin/python -m pip install -q --upgrade pip wheel     # wheel: the e2e fixture reinstalls with --no-build-isolation
-.venv/bin/python -m pip install -q ".[test,postgres]"   # postgres: the [store] kind = "postgres" driver
+.venv/bin/python -m pip install -q ".[test,postgres,service]"   # postgres: the [store] kind = "postgres" driver; service: ferrohsm serve
 .venv/bin/python -m pip install -q -r conformance/requirements.txt
 .venv/bin/python -m pip install -q -r requirements-backends.txt
 echo "==> module: $(.venv/bin/ferrohsm module-path)"
