@@ -12,22 +12,15 @@ import pytest
 import uvicorn
 
 from provider.config import ServerSettings
+from provider.audit import Audit
 from provider.governance import Governance
+from provider.governance.auditing import recorder
+from provider.service.auditing import UseAudit
 from provider.service.app import create_app
 from tests.unit.govkit import Clock, new_token
 
 SECRET = b"s" * 48
 ISS = AUD = "ferrohsm"
-
-
-class Uses:
-    """The token's audit of key uses (gate.record_use calls record(principal, **event))."""
-
-    def __init__(self):
-        self.events = []
-
-    def record(self, principal, **event):
-        self.events.append((principal, event))
 
 
 def make_jwt(sub="alice", roles=("operator",), lifetime=300, secret=SECRET, alg="HS256", headers=None, **claims):
@@ -68,16 +61,21 @@ class Running:
 @pytest.fixture
 def service(tmp_path):
     token = new_token("sqlite", tmp_path)
-    token.audit = Uses()
+    audit = Audit(token.store, b"h" * 32)
+    token.audit = UseAudit(audit)
     events = []
-    gov = Governance(token, events.append, clock=Clock(time.time()))
+
+    def both(event):                       # the chain, and a list the tests read the actors from
+        events.append(event)
+        recorder(audit)(event)
+    gov = Governance(token, both, clock=Clock(time.time()))
     gov.events = events
     settings = ServerSettings(rate={"administrator": (1000.0, 1000), "operator": (1000.0, 1000),
                                     "auditor": (1000.0, 1000), "service": (1000.0, 1000)})
     app = create_app(gov, settings, SECRET)
     running = Running(app)
     client = httpx.Client(base_url=running.url, timeout=10)
-    client.gov, client.app, client.uses = gov, app, token.audit
+    client.gov, client.app, client.audit = gov, app, audit
     yield client
     client.close()
     running.stop()
