@@ -1,0 +1,181 @@
+"""Step 4: the /v1 routes over the governance API and the gate, through real uvicorn:
+keys (create, list with page tokens and ETag, get, rotate, rollback, enable/disable,
+schedule destroy and restore), AES-256-GCM encrypt/decrypt with aad and versioned
+ciphertexts, sign/verify, dual-control approvals, the audit query."""
+
+import base64
+
+import pytest
+
+from provider.governance import record as R
+from tests.unit.govkit import CAROL
+
+from .conftest import bearer
+
+OP = bearer(sub="alice", roles=["operator"])
+BOB = bearer(sub="bob", roles=["operator"])
+ADMIN = bearer(sub="carol", roles=["administrator"])
+AUDITOR = bearer(sub="dave", roles=["auditor"])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def svc(*keys):
+    return bearer(sub="app", roles=["service"], keys=list(keys))
+
+
+def create(service, name, algorithm="aes-256-gcm", usage=("encrypt", "decrypt"), **kw):
+    r = service.post("/v1/keys", headers=OP, json={"name": name, "algorithm": algorithm, "usage": list(usage), **kw})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def code(r):
+    return r.json()["error"]["code"]
+
+
+def test_create_get_list_pages_and_etag(service):
+    made = [create(service, f"key-{i:02}") for i in range(5)]
+    assert made[0]["primary"] == 1 and made[0]["versions"][0]["state"] == "enabled"
+    assert service.get(f"/v1/keys/{made[0]['id']}", headers=AUDITOR).json()["name"] == "key-00"
+    assert service.get("/v1/keys/key-00", headers=AUDITOR).json()["id"] == made[0]["id"]
+    assert code(service.post("/v1/keys", headers=OP, json={"name": "key-00", "algorithm": "aes-256-gcm",
+                                                           "usage": ["encrypt"]})) == "conflict"
+    names, page = [], None
+    while True:
+        r = service.get("/v1/keys", headers=AUDITOR, params={"page_size": 2, **({"page_token": page} if page else {})})
+        assert r.status_code == 200
+        body = r.json()
+        names += [k["name"] for k in body["keys"]]
+        page = body["next_page_token"]
+        if not page:
+            break
+    assert names == [f"key-{i:02}" for i in range(5)]
+    assert [k["name"] for k in service.get("/v1/keys", headers=AUDITOR, params={"name_prefix": "key-0"}).json()["keys"]]
+    r = service.get("/v1/keys", headers=AUDITOR)
+    etag = r.headers["etag"]
+    again = service.get("/v1/keys", headers={**AUDITOR, "If-None-Match": etag})
+    assert again.status_code == 304 and again.headers["etag"] == etag and again.content == b""
+    create(service, "key-99")
+    assert service.get("/v1/keys", headers={**AUDITOR, "If-None-Match": etag}).status_code == 200
+
+
+def test_encrypt_decrypt_with_aad_across_rotation_and_disable(service):
+    create(service, "data")
+    app = svc("data")
+    r = service.post("/v1/keys/data/encrypt", headers=app, json={"plaintext": b64(b"hello"), "aad": b64(b"ctx")})
+    assert r.status_code == 200, r.text
+    ct1 = r.json()["ciphertext"]
+    assert ct1.startswith("ferrohsm:v1:") and r.json()["key_version"] == 1
+    dec = service.post("/v1/keys/data/decrypt", headers=app, json={"ciphertext": ct1, "aad": b64(b"ctx")})
+    assert base64.b64decode(dec.json()["plaintext"]) == b"hello"
+    # wrong aad, tampered body, malformed: 400 invalid_ciphertext
+    assert code(service.post("/v1/keys/data/decrypt", headers=app, json={"ciphertext": ct1, "aad": b64(b"x")})) \
+        == "invalid_ciphertext"
+    raw = bytearray(base64.b64decode(ct1.split(":")[2]))
+    raw[-1] ^= 1
+    assert code(service.post("/v1/keys/data/decrypt", headers=app,
+                             json={"ciphertext": "ferrohsm:v1:" + b64(bytes(raw)), "aad": b64(b"ctx")})) \
+        == "invalid_ciphertext"
+    for bad in ("nope", "ferrohsm:v0:AAAA", "ferrohsm:v1:%%%", "ferrohsm:v1:AAAA"):
+        r = service.post("/v1/keys/data/decrypt", headers=app, json={"ciphertext": bad})
+        assert r.status_code == 400 and code(r) == "invalid_ciphertext", (bad, r.text)
+    assert code(service.post("/v1/keys/data/encrypt", headers=app, json={"plaintext": "***"})) == "invalid_argument"
+    # rotate: new ciphertexts are v2, v1 still decrypts
+    rot = service.post("/v1/keys/data/rotate", headers=OP)
+    assert rot.status_code == 200 and rot.json()["primary"] == 2
+    ct2 = service.post("/v1/keys/data/encrypt", headers=app, json={"plaintext": b64(b"two")}).json()["ciphertext"]
+    assert ct2.startswith("ferrohsm:v2:")
+    assert service.post("/v1/keys/data/decrypt", headers=app, json={"ciphertext": ct1, "aad": b64(b"ctx")}) \
+        .status_code == 200
+    # v1 disabled: its ciphertexts are refused, re-enabled: accepted again
+    assert service.post("/v1/keys/data/versions/1/disable", headers=OP).status_code == 200
+    r = service.post("/v1/keys/data/decrypt", headers=app, json={"ciphertext": ct1, "aad": b64(b"ctx")})
+    assert r.status_code == 409 and code(r) == "failed_precondition"
+    assert service.post("/v1/keys/data/versions/1/enable", headers=OP).status_code == 200
+    # rollback to v1: encrypt uses v1 again
+    assert service.post("/v1/keys/data/primary", headers=OP, json={"version": 1}).json()["primary"] == 1
+    ct = service.post("/v1/keys/data/encrypt", headers=app, json={"plaintext": b64(b"x")}).json()["ciphertext"]
+    assert ct.startswith("ferrohsm:v1:")
+    assert code(service.post("/v1/keys/data/primary", headers=OP, json={"version": 9})) in ("not_found",
+                                                                                            "failed_precondition")
+    # the uses are in the audit chain, with the REST principal and the request id
+    r = service.get("/v1/audit", headers=AUDITOR, params={"limit": 1000})
+    records = r.json()["records"]
+    uses = [x for x in records if x["action"] == "pkcs11.encrypt" and x["actor"] == "app"]
+    assert len(uses) == 3 and all(u["interface"] == "rest" and u["correlation_id"] for u in uses)
+    assert any(x["action"] == "key.rotate" and x["actor"] == "alice" for x in records)
+    assert "hello" not in r.text and b64(b"hello") not in r.text
+    assert r.json()["next_after"] == records[-1]["seq"]
+    assert service.get("/v1/audit", headers=AUDITOR, params={"after": records[-1]["seq"]}).json()["records"] == []
+
+
+def test_a_signing_key_does_not_encrypt(service):
+    create(service, "sig", "ec-p256", ("sign", "verify"))
+    r = service.post("/v1/keys/sig/encrypt", headers=svc("sig"), json={"plaintext": b64(b"x")})
+    assert r.status_code == 409 and code(r) == "failed_precondition"
+    create(service, "enc-only", usage=("encrypt",))
+    ct = service.post("/v1/keys/enc-only/encrypt", headers=svc("enc-only"), json={"plaintext": b64(b"x")})
+    r = service.post("/v1/keys/enc-only/decrypt", headers=svc("enc-only"), json={"ciphertext": ct.json()["ciphertext"]})
+    assert r.status_code == 409 and code(r) == "failed_precondition"
+
+
+@pytest.mark.parametrize("algorithm", ["ec-p256", "ec-p384", "ed25519", "rsa-2048"])
+def test_sign_verify(service, algorithm):
+    create(service, "s", algorithm, ("sign", "verify"))
+    app = svc("s")
+    r = service.post("/v1/keys/s/sign", headers=app, json={"message": b64(b"msg")})
+    assert r.status_code == 200, r.text
+    sig = r.json()["signature"]
+    if algorithm.startswith("ec-"):
+        assert base64.b64decode(sig)[0] == 0x30          # DER SEQUENCE
+    ok = service.post("/v1/keys/s/verify", headers=app, json={"message": b64(b"msg"), "signature": sig})
+    assert ok.status_code == 200 and ok.json()["valid"] is True
+    bad = service.post("/v1/keys/s/verify", headers=app, json={"message": b64(b"other"), "signature": sig})
+    assert bad.status_code == 200 and bad.json()["valid"] is False
+    junk = service.post("/v1/keys/s/verify", headers=app, json={"message": b64(b"msg"), "signature": b64(b"x")})
+    assert junk.status_code == 200 and junk.json()["valid"] is False
+
+
+def test_schedule_destroy_and_restore(service):
+    create(service, "old")
+    service.post("/v1/keys/old/rotate", headers=OP)
+    r = service.post("/v1/keys/old/versions/1/schedule-destroy", headers=OP)
+    assert r.status_code == 200, r.text
+    assert r.json()["versions"][0]["state"] == R.DESTROY_SCHEDULED
+    assert code(service.post("/v1/keys/old/versions/2/schedule-destroy", headers=OP)) == "failed_precondition"
+    r = service.post("/v1/keys/old/versions/1/restore", headers=OP)
+    assert r.status_code == 200 and r.json()["versions"][0]["state"] != R.DESTROY_SCHEDULED
+
+
+def test_dual_control_destroy_needs_two_other_operators(service):
+    service.gov.put_tag(CAROL, R.PolicyTag("guarded", dual_control=True, quorum=2))
+    create(service, "vault", tags=["guarded"])
+    service.post("/v1/keys/vault/rotate", headers=OP)
+    r = service.post("/v1/keys/vault/versions/1/schedule-destroy", headers=OP)
+    assert r.status_code == 428 and code(r) == "approval_required", r.text
+    approval = r.json()["error"]["approval"]["id"]
+    listed = service.get("/v1/approvals", headers=AUDITOR, params={"status": "pending"}).json()["approvals"]
+    assert [a["id"] for a in listed] == [approval]
+    # the requester may not approve; an auditor may not; a second operator and an administrator may
+    r = service.post(f"/v1/approvals/{approval}/approve", headers=OP)
+    assert r.status_code == 403 and code(r) == "permission_denied"
+    assert service.post(f"/v1/approvals/{approval}/approve", headers=AUDITOR).status_code == 403
+    assert service.post(f"/v1/approvals/{approval}/approve", headers=BOB).status_code == 200
+    assert code(service.post("/v1/keys/vault/versions/1/schedule-destroy", headers=OP,
+                             json={"approval_id": approval})) in ("approval_required", "failed_precondition")
+    assert service.post(f"/v1/approvals/{approval}/approve", headers=ADMIN).json()["status"] == "approved"
+    r = service.post("/v1/keys/vault/versions/1/schedule-destroy", headers=OP, json={"approval_id": approval})
+    assert r.status_code == 200, r.text
+    # replayed: the approval was single use
+    service.post("/v1/keys/vault/versions/1/restore", headers=OP)
+    r = service.post("/v1/keys/vault/versions/1/schedule-destroy", headers=OP, json={"approval_id": approval})
+    assert r.status_code in (409, 428) and r.status_code < 500
+    # deny
+    r = service.post("/v1/keys/vault/versions/1/schedule-destroy", headers=OP)
+    other = r.json()["error"]["approval"]["id"]
+    assert service.post(f"/v1/approvals/{other}/deny", headers=BOB).json()["status"] == "denied"
+    assert code(service.post("/v1/approvals/00000000-0000-0000-0000-000000000000/approve", headers=BOB)) \
+        == "not_found"
