@@ -249,3 +249,185 @@ def migrate_key(
     out.print(table)
     if record["outcome"] != "ok":
         raise typer.Exit(1)
+
+
+# --- the audit log (provider/audit/) ----------------------------------------------------------
+audit_app = typer.Typer(help="The audit log: verify, export, checkpoint, prune.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+def _audit_token(lib: Library, label: str | None, slot: int | None):
+    if label is None and slot is None:
+        out.print("[red]error:[/red] give --token LABEL or --slot N")
+        raise typer.Exit(2)
+    return lib.tokens[_find_slot(lib, label, slot)]
+
+
+def _public_key_of(token) -> bytes | None:
+    """The raw public key of the token's checkpoint key (a public object: no login)."""
+    from .audit import checkpoint
+    token.refresh()
+    wanted = {C.CKA_CLASS: C.CKO_PUBLIC_KEY, C.CKA_LABEL: checkpoint.KEY_LABEL, C.CKA_ID: checkpoint.KEY_ID}
+    for obj in list(token.by_uid.values()):
+        if token.matches(obj, wanted):
+            point = bytes(obj.attrs[C.CKA_EC_POINT])
+            return point[2:] if point[:2] == b"\x04\x20" else point      # DER OCTET STRING of 32 bytes
+    return None
+
+
+def _read_public_key(spec: str) -> bytes:
+    """--public-key: the key's 64 hex digits, or a file holding them."""
+    import os
+    text = open(spec).read().strip() if os.path.exists(spec) else spec.strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        out.print("[red]error:[/red] --public-key takes an Ed25519 public key as 64 hex digits (or a file of them)")
+        raise typer.Exit(2)
+    return key
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: str = typer.Option(None, "--file", help="An export (JSON lines) to verify, offline."),
+    checkpoints: str = typer.Option(None, help="The checkpoint file to verify against (default with --file: "
+                                               "none; from a token: the store's checkpoints)."),
+    public_key: str = typer.Option(None, help="The checkpoint key (64 hex digits or a file): "
+                                              "`ferrohsm audit public-key`."),
+    hmac_key: str = typer.Option(None, help="Also check the records' HMACs: file:PATH | env:NAME."),
+    label: str = typer.Option(None, "--token", help="Verify this token's log in the store instead of --file."),
+    slot: int = typer.Option(None, help="Slot id (instead of --token)."),
+    key_store: str = KEY_STORE,
+):
+    """Verify an audit log (chain, MACs, signed checkpoints, Merkle roots); report the
+    first record that does not verify. Exit status 1 if one does not."""
+    from .audit import verify
+    from .audit import verifier as V
+    from .backends.factory import _pin_source
+    key = _read_public_key(public_key) if public_key else None
+    mac_key = _pin_source(hmac_key) if hmac_key else None
+    try:
+        if file is not None:
+            report = verify(V.lines_of(file), V.checkpoints_of_file(checkpoints) if checkpoints else [], key, mac_key)
+        else:
+            lib = _library(key_store)
+            try:
+                store = _audit_token(lib, label, slot).store
+                cps = V.checkpoints_of_file(checkpoints) if checkpoints else V.checkpoints_of_store(store)
+                report = verify(V.rows_of(store), cps, key, mac_key)
+            finally:
+                lib.finalize()
+    except (OSError, ValueError) as exc:
+        out.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    except PKCS11Error as err:
+        _fail(err)
+    for note in report.notes:
+        out.print(f"note: {note}")
+    out.print(report.text())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    output: str = typer.Option(..., "--out", help="Write the records here (JSON lines)."),
+    checkpoints_out: str = typer.Option(None, help="Also write the checkpoints here."),
+    label: str = typer.Option(None, "--token", help="Token label."),
+    slot: int = typer.Option(None, help="Slot id (instead of --token)."),
+    key_store: str = KEY_STORE,
+):
+    """Export a token's audit log (and its checkpoints) for `ferrohsm audit verify --file`."""
+    from .audit import verifier as V
+    from .audit.record import line_of
+    lib = _library(key_store)
+    try:
+        store = _audit_token(lib, label, slot).store
+        count = 0
+        with open(output, "wb") as f:
+            for mac, body in V.rows_of(store):
+                f.write(line_of(mac, body))
+                count += 1
+        if checkpoints_out:
+            with open(checkpoints_out, "wb") as f:
+                f.write(b"".join(cp.line() for cp in V.checkpoints_of_store(store)))
+    except PKCS11Error as err:
+        _fail(err)
+    finally:
+        lib.finalize()
+    out.print(f"{count} records written to {output}")
+
+
+@audit_app.command("public-key")
+def audit_public_key(
+    label: str = typer.Option(None, "--token", help="Token label."),
+    slot: int = typer.Option(None, help="Slot id (instead of --token)."),
+    key_store: str = KEY_STORE,
+):
+    """Print the token's checkpoint public key (hex), for `ferrohsm audit verify --public-key`."""
+    lib = _library(key_store)
+    try:
+        key = _public_key_of(_audit_token(lib, label, slot))
+    except PKCS11Error as err:
+        _fail(err)
+    finally:
+        lib.finalize()
+    if key is None:
+        out.print("[red]error:[/red] this token has no checkpoint key yet (made at its first checkpoint)")
+        raise typer.Exit(1)
+    print(key.hex())
+
+
+def _logged_in_audit(lib: Library, label, slot, pin: str):
+    from .audit import open_audit
+    token = _audit_token(lib, label, slot)
+    session = lib.open_session(token.slot_id, C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION)
+    lib.login(session, C.CKU_USER, pin.encode())
+    return token, open_audit(lib.config, token.store, token)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    label: str = typer.Option(None, "--token", help="Token label."),
+    slot: int = typer.Option(None, help="Slot id (instead of --token)."),
+    pin: str = typer.Option(..., prompt=True, hide_input=True, help="User PIN (the checkpoint key is private)."),
+    key_store: str = KEY_STORE,
+):
+    """Sign a checkpoint at the log's head now."""
+    lib = _library(key_store)
+    try:
+        _, audit = _logged_in_audit(lib, label, slot, pin)
+        made = audit.checkpoint()
+    except PKCS11Error as err:
+        _fail(err)
+    finally:
+        lib.finalize()
+    out.print("no new records since the last checkpoint" if made is None else
+              f"checkpoint at record {made.seq}: root {made.root.hex()}")
+
+
+@audit_app.command("prune")
+def audit_prune(
+    label: str = typer.Option(None, "--token", help="Token label."),
+    slot: int = typer.Option(None, help="Slot id (instead of --token)."),
+    retention_days: int = typer.Option(None, "--audit-retention-days",
+                                       help="Keep this many days (default: [audit] retention_days)."),
+    pin: str = typer.Option(..., prompt=True, hide_input=True, help="User PIN (a checkpoint is signed)."),
+    key_store: str = KEY_STORE,
+):
+    """Delete records older than the retention, keeping a signed anchor at the cut."""
+    lib = _library(key_store)
+    try:
+        days = lib.config.audit.retention_days if retention_days is None else retention_days
+        if days <= 0:
+            out.print("retention is 0 (keep everything): nothing pruned")
+            return
+        _, audit = _logged_in_audit(lib, label, slot, pin)
+        deleted = audit.prune(days)
+    except PKCS11Error as err:
+        _fail(err)
+    finally:
+        lib.finalize()
+    out.print(f"{deleted} records pruned")

@@ -57,6 +57,8 @@ class Checkpoint:
             raise ValueError(f"not a checkpoint: {exc}") from None
         if canonical(f) != body or type(cp.seq) is not int or len(sig) != SIG_LEN:
             raise ValueError("not a checkpoint in canonical form")
+        if frontier.root() != cp.root:
+            raise ValueError("a checkpoint whose root is not its frontier's")
         return cp
 
     @classmethod

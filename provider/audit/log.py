@@ -148,6 +148,10 @@ class Audit:
 
     # --- writing ---------------------------------------------------------------------
     def record(self, event: Event) -> Receipt:
+        """Append `event` in a store transaction of its own (shared with the callers
+        that queue meanwhile); returns once it is durable, or raises AuditUnavailable.
+        Not inside an open store transaction (the commit it waits for would wait for
+        that transaction): there, record_in."""
         slot = _Slot(event)
         with self._cv:
             self._queue.append(slot)
@@ -319,20 +323,20 @@ class Checkpointer(threading.Thread):
         super().__init__(name="ferrohsm-audit-checkpointer", daemon=True)
         self.audit = audit
         self.interval = audit.checkpoint_seconds if interval is None else interval
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.audit.due.wait(self.interval)
-            if self._stop.is_set():
+            if self._halt.is_set():
                 break
             try:
                 self.audit.checkpoint()
             except Exception as exc:      # noqa: BLE001 - the next round tries again
                 LOG.error("audit checkpoint failed: %s: %s", type(exc).__name__, exc)
-                self._stop.wait(min(self.interval, 5.0))
+                self._halt.wait(min(self.interval, 5.0))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.audit.due.set()
         self.join()

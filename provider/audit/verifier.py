@@ -106,7 +106,9 @@ def verify(records, checkpoints: list, public_key: bytes | None, hmac_key: bytes
         prev, frontier = anchor.head, anchor.frontier.copy()
         report.notes.append(f"starts after the anchor checkpoint at {anchor.seq}")
     else:
-        return report.fail(first, "the log starts after record 1 with no signed anchor checkpoint before it")
+        missing = max((s for s in cps if s < first), default=0) + 1
+        return report.fail(missing, f"the log starts at record {first} with no signed anchor checkpoint at "
+                                    f"{first - 1}: records from {missing} on are missing")
     report.first = expected = first
     append, loads = frontier.append, json.loads
     while True:

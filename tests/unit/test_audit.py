@@ -19,7 +19,7 @@ from pymerkle import InmemoryTree, verify_consistency, verify_inclusion
 from provider import constants as C
 from provider.audit import Audit, AuditUnavailable, Event, Signer, merkle, token_signer, verify
 from provider.audit import verifier as V
-from provider.audit.record import MAC_LEN, line_of, parse_line
+from provider.audit.record import MAC_LEN, parse_line
 from provider.principal import Principal
 from provider.store.memory import MemoryStore
 from provider.store.sqlite import SqliteStore
@@ -405,3 +405,73 @@ def test_checkpoint_key_is_a_private_sensitive_token_key(lib, slot):
     with token.lock:
         with pytest.raises(Exception):
             token_signer(token)                              # no user logged in: no signing
+
+
+def test_the_checkpointer_signs_every_n_records_and_every_t_seconds(store, signer):
+    from provider.audit import Checkpointer
+    audit = Audit(store, KEY, signer, checkpoint_every=10, checkpoint_seconds=1.5)
+    thread = Checkpointer(audit)
+    thread.start()
+    try:
+        for i in range(10):
+            audit.record(event(i))
+        deadline = time.monotonic() + 5
+        while not store.audit_checkpoints() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [c[0] for c in store.audit_checkpoints()] == [10]       # the count, well before T
+        audit.record(event(11))
+        while len(store.audit_checkpoints()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [c[0] for c in store.audit_checkpoints()] == [10, 11]   # the time
+    finally:
+        thread.stop()
+    assert verify(V.rows_of(store), V.checkpoints_of_store(store), signer.public, KEY).checkpoints == 2
+
+
+WRITER = r"""
+import os, sys
+sys.path.insert(0, os.getcwd())
+from provider.audit import Audit, Event
+from provider.principal import Principal
+from provider.store.sqlite import SqliteStore
+from tests.unit.stores import FAST
+store = SqliteStore(sys.argv[1], pin_policy=FAST)
+audit = Audit(store, b"k" * 32)
+for i in range(int(sys.argv[2])):
+    audit.record(Event(Principal(f"pid:{os.getpid()}"), "sign.init", f"k{i}"))
+"""
+
+
+def test_processes_writing_one_log_keep_one_chain(tmp_path):
+    """Three processes append to one token's log at once: one chain, no record lost."""
+    new_store("sqlite", tmp_path).close()
+    path = str(tmp_path / "t.sqlite")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, "150"], cwd=root) for _ in range(2)]
+    store = SqliteStore(path, pin_policy=FAST)
+    audit = Audit(store, KEY)
+    for i in range(150):
+        audit.record(event(i))
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    report = verify(V.rows_of(store), [], None, KEY)
+    assert report.ok and report.records == 450, report.text()
+    actors = {json.loads(body)["actor"] for _, body in V.rows_of(store)}
+    assert len(actors) == 3
+    store.close()
+
+
+def test_the_hmac_key_source(tmp_path, monkeypatch):
+    from provider.audit import hmac_key
+    from provider.config import Config
+    conf = Config.parse(f'[tokens]\ndirectory = "{tmp_path / "tok"}"\n', str(tmp_path / "c.conf"))
+    first = hmac_key(conf)                                    # default: made at first need, 0600
+    path = tmp_path / "tok" / "audit-hmac.key"
+    assert len(first) == 64 and os.stat(path).st_mode & 0o777 == 0o600
+    assert hmac_key(conf) == first
+    monkeypatch.setenv("FERRO_AUDIT_KEY", "x" * 40)
+    conf = Config.parse('[audit]\nhmac_key = "env:FERRO_AUDIT_KEY"\n', str(tmp_path / "c.conf"))
+    assert hmac_key(conf) == b"x" * 40
+    os.chmod(path, 0o644)                                     # a key others can read is refused
+    conf = Config.parse(f'[audit]\nhmac_key = "file:{path}"\n', str(tmp_path / "c.conf"))
+    with pytest.raises(Exception, match="group/others"):
+        hmac_key(conf)

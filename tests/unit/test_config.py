@@ -60,3 +60,15 @@ def test_pin_kdf_refused(table):
     with pytest.raises(PKCS11Error) as err:
         Config.parse(f"[pin]\n{table}\n", "test")
     assert err.value.rv == C.CKR_GENERAL_ERROR
+
+
+def test_audit_table():
+    from provider.config import AuditSettings, Config
+    assert Config.parse("", "t").audit == AuditSettings()
+    conf = Config.parse('[audit]\nhmac_key = "file:/k"\nfile = "/var/log/a.jsonl"\ncheckpoint_every = 500\n'
+                        'checkpoint_seconds = 5\nretention_days = 90\n', "t")
+    assert conf.audit == AuditSettings("file:/k", "/var/log/a.jsonl", "", 500, 5.0, 90)
+    for bad in ('hmac_key = "plain"', "checkpoint_every = 0", "checkpoint_seconds = -1", "retention_days = 1.5",
+                'file = 3', "unknown = 1"):
+        with pytest.raises(PKCS11Error, match=r"\[audit\]"):
+            Config.parse(f"[audit]\n{bad}\n", "t")

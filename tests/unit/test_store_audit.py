@@ -117,3 +117,40 @@ def test_prune_of_everything_leaves_the_anchor_as_head(backend, store):
     finally:
         other.close()
     assert store.audit_read(0, 10) == rows(4, 1)
+
+
+def test_the_audit_log_over_this_store(backend, store):
+    """provider/audit's Audit on this store kind: concurrent record() (group commit), a
+    record in a change's transaction, a checkpoint, a prune; it verifies from another
+    store object on the token."""
+    import threading
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from provider.audit import Audit, Event, Signer, verify
+    from provider.audit import verifier as V
+    from provider.principal import Principal
+
+    key, signer = b"h" * 32, Signer(Ed25519PrivateKey.generate())
+    audit = Audit(store, key, signer)
+    threads = [threading.Thread(target=lambda t=t: [audit.record(Event(Principal(f"t{t}"), "sign.init", f"k{i}"))
+                                                   for i in range(15)]) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.login(C.CKU_USER, USER)
+    with store.transaction():
+        store.save_object("obj-1", aes_key(), AES_SECRET)
+        audit.record_in(Event(Principal("op"), "key.create", "obj-1"))
+    assert audit.checkpoint().seq == 61 and audit.records == 60 and audit.commits <= 60
+    audit.record(Event(Principal("op"), "key.rotate", "obj-1"))
+    assert audit.prune(0, now_ns=time.time_ns() + 86400 * 10**9) == 62
+    audit.record(Event(Principal("op"), "key.rotate", "obj-1"))
+    other = backend.open()
+    try:
+        report = verify(V.rows_of(other), V.checkpoints_of_store(other), signer.public, key)
+        assert report.ok and report.first == 63 and report.records == 1, report.text()
+    finally:
+        other.close()
