@@ -238,7 +238,7 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
 
     # --- audit ---------------------------------------------------------------------------------
     @route("GET", "/v1/audit", "audit.read")
-    def audit(after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000), p=Depends(allow("audit.read"))):
+    def audit(after: int = Query(0, ge=0, le=2**62), limit: int = Query(100, ge=1, le=1000), p=Depends(allow("audit.read"))):
         from ..audit.record import MAC_LEN
         token = gov.token
         with token.lock:
