@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..governance import GovernanceError
+from ..governance import record as R
 from .auth import Authenticator
 from .crypto import Crypto, unb64
 from .errors import ApiError, answer, install
@@ -35,6 +36,7 @@ VERSION = Field(ge=1, le=2**31 - 1)
 PATH_VERSION = Path(ge=1, le=2**31 - 1)
 KEY = Path(min_length=1, max_length=256)
 APPROVAL = Path(min_length=1, max_length=64)
+TAG = Path(min_length=1, max_length=128)
 B64 = Field(max_length=1 << 20)
 
 
@@ -58,6 +60,32 @@ class Primary(Body):
 
 
 class Approved(Body):
+    approval_id: str | None = Field(None, max_length=64)
+
+
+class Revoke(Body):
+    reason: str = Field(max_length=64)
+
+
+class Floors(Body):
+    min_decrypt_version: int | None = Field(None, ge=1, le=2**31 - 1)
+    min_encrypt_version: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
+class Flags(Body):
+    exportable: bool | None = None
+    allow_plaintext_backup: bool | None = None
+    approval_id: str | None = Field(None, max_length=64)
+
+
+class Tag(Body):
+    dual_control: bool = False
+    quorum: int = Field(2, ge=-2**31, le=2**31)
+    approval_ttl_seconds: int = Field(86400, ge=-2**31, le=2**40)
+    retention_days: int = Field(0, ge=-2**31, le=2**31)
+    destroy_grace_seconds: int = Field(86400, ge=-2**31, le=2**40)
+    rotation_period_days: int | None = Field(None, ge=-2**31, le=2**31)
+    security_level: str = Field("software", max_length=32)
     approval_id: str | None = Field(None, max_length=64)
 
 
@@ -204,6 +232,43 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     @route("POST", "/v1/keys/{key}/versions/{version}/restore", "keys.manage")
     def restore(key: str = KEY, version: int = PATH_VERSION, p=Depends(allow("keys.manage"))):
         return plain(gov.restore(p, key, version))
+
+    @route("POST", "/v1/keys/{key}/versions/{version}/revoke", "keys.manage")
+    def revoke(body: Revoke, key: str = KEY, version: int = PATH_VERSION, p=Depends(allow("keys.manage"))):
+        return plain(gov.revoke(p, key, version, body.reason))
+
+    # --- policy: tags, floors, flags (administrators) ----------------------------------------
+    @route("GET", "/v1/tags", "policy.read")
+    def list_tags(p=Depends(allow("policy.read"))):
+        return {"tags": [plain(t) for t in gov.list_tags()]}
+
+    @route("GET", "/v1/tags/{name}", "policy.read")
+    def get_tag(name: str = TAG, p=Depends(allow("policy.read"))):
+        return plain(gov.get_tag(name))
+
+    @route("PUT", "/v1/tags/{name}", "policy.manage")
+    def put_tag(body: Tag, name: str = TAG, p=Depends(allow("policy.manage"))):
+        fields = body.model_dump(exclude={"approval_id"})
+        return plain(gov.put_tag(p, R.PolicyTag(name=name, **fields), approval_id=body.approval_id))
+
+    @route("POST", "/v1/keys/{key}/tags/{name}", "policy.manage")
+    def attach_tag(key: str = KEY, name: str = TAG, p=Depends(allow("policy.manage"))):
+        return plain(gov.attach_tag(p, key, name))
+
+    @route("DELETE", "/v1/keys/{key}/tags/{name}", "policy.manage")
+    def detach_tag(key: str = KEY, name: str = TAG, approval_id: str | None = Query(None, max_length=64),
+                   p=Depends(allow("policy.manage"))):
+        return plain(gov.detach_tag(p, key, name, approval_id=approval_id))
+
+    @route("POST", "/v1/keys/{key}/floors", "policy.manage")
+    def set_floors(body: Floors, key: str = KEY, p=Depends(allow("policy.manage"))):
+        return plain(gov.set_floors(p, key, min_decrypt_version=body.min_decrypt_version,
+                                    min_encrypt_version=body.min_encrypt_version))
+
+    @route("POST", "/v1/keys/{key}/flags", "policy.manage")
+    def set_flags(body: Flags, key: str = KEY, p=Depends(allow("policy.manage"))):
+        return plain(gov.set_flags(p, key, exportable=body.exportable,
+                                   allow_plaintext_backup=body.allow_plaintext_backup, approval_id=body.approval_id))
 
     # --- key uses ----------------------------------------------------------------------------
     @route("POST", "/v1/keys/{key}/encrypt", "keys.use")
