@@ -172,6 +172,13 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
         token = gov.token
         status = {"status": "ok", "token": {"initialized": bool(token.initialized), "logged_in": token.user is not None},
                   "jwt_failures": auth.failures, "rate_limited": buckets.rejected}
+        try:
+            with token.lock:
+                status["audit"] = {"head": token.store.audit_head()[0]}
+            status["approvals_pending"] = len(gov.list_approvals(status="pending"))
+        except Exception as exc:          # noqa: BLE001 - a health check reports, never fails
+            status["status"] = "degraded"
+            status["error"] = type(exc).__name__
         if health is not None:
             status.update(health())
         if not status["token"]["logged_in"]:
