@@ -99,6 +99,17 @@ class Decrypt(Body):
     aad: str = Field("", max_length=1 << 16)
 
 
+MAX_BATCH = 1000
+
+
+class EncryptBatch(Body):
+    items: list[Encrypt] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class DecryptBatch(Body):
+    items: list[Decrypt] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class Sign(Body):
     message: str = B64
 
@@ -285,6 +296,14 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     @route("POST", "/v1/keys/{key}/decrypt", "keys.use")
     def decrypt(body: Decrypt, key: str = KEY, p=Depends(allow("keys.use"))):
         return crypto.decrypt(p, key, body.ciphertext, unb64(body.aad, "aad"))
+
+    @route("POST", "/v1/keys/{key}/encrypt/batch", "keys.use")
+    def encrypt_batch(body: EncryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.encrypt_batch(p, key, [(unb64(i.plaintext, "plaintext"), unb64(i.aad, "aad")) for i in body.items])
+
+    @route("POST", "/v1/keys/{key}/decrypt/batch", "keys.use")
+    def decrypt_batch(body: DecryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.decrypt_batch(p, key, [(i.ciphertext, unb64(i.aad, "aad")) for i in body.items])
 
     @route("POST", "/v1/keys/{key}/sign", "keys.use")
     def sign(body: Sign, key: str = KEY, p=Depends(allow("keys.use"))):

@@ -208,3 +208,28 @@ def test_tags_floors_flags_revoke(service):
     assert r.json()["versions"][1]["revocation"]["reason"] == "key_compromise"
     assert code(service.post("/v1/keys/f/versions/2/revoke", headers=OP, json={"reason": "bored"})) \
         == "invalid_argument"
+
+
+def test_batch_encrypt_decrypt(service):
+    create(service, "bulk")
+    app = svc("bulk")
+    items = [{"plaintext": b64(f"item {i}".encode()), "aad": b64(str(i).encode())} for i in range(200)]
+    before = len(service.get("/v1/audit", headers=AUDITOR, params={"limit": 1000}).json()["records"])
+    r = service.post("/v1/keys/bulk/encrypt/batch", headers=app, json={"items": items})
+    assert r.status_code == 200, r.text
+    cts = r.json()["ciphertexts"]
+    assert len(cts) == 200 and len(set(cts)) == 200 and all(c.startswith("ferrohsm:v1:") for c in cts)
+    service.post("/v1/keys/bulk/rotate", headers=OP)
+    v2 = service.post("/v1/keys/bulk/encrypt", headers=app, json={"plaintext": b64(b"new")}).json()["ciphertext"]
+    batch = [{"ciphertext": c, "aad": b64(str(i).encode())} for i, c in enumerate(cts[:3])]
+    batch += [{"ciphertext": cts[3], "aad": b64(b"wrong")}, {"ciphertext": "junk"}, {"ciphertext": v2}]
+    res = service.post("/v1/keys/bulk/decrypt/batch", headers=app, json={"items": batch}).json()["results"]
+    assert [base64.b64decode(x["plaintext"]) for x in res[:3]] == [b"item 0", b"item 1", b"item 2"]
+    assert res[3]["error"]["code"] == "invalid_ciphertext" and res[4]["error"]["code"] == "invalid_ciphertext"
+    assert res[5]["key_version"] == 2 and base64.b64decode(res[5]["plaintext"]) == b"new"
+    records = service.get("/v1/audit", headers=AUDITOR, params={"limit": 1000}).json()["records"]
+    uses = [x["action"] for x in records[before:] if x["action"].startswith("pkcs11.")]
+    assert uses == ["pkcs11.encrypt", "pkcs11.encrypt", "pkcs11.decrypt", "pkcs11.decrypt"]   # once per batch/version
+    assert service.post("/v1/keys/bulk/encrypt/batch", headers=app, json={"items": []}).status_code == 422
+    assert service.post("/v1/keys/bulk/encrypt/batch", headers=app,
+                        json={"items": [{"plaintext": ""}] * 1001}).status_code == 422
