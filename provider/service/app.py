@@ -25,7 +25,7 @@ from .auth import Authenticator
 from .crypto import Crypto, unb64
 from .errors import ApiError, answer, install
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .ratelimit import Buckets
+from .ratelimit import UNAUTHENTICATED, Buckets
 from .roles import PERMISSIONS, allowed
 
 LOG = logging.getLogger("ferrohsm.service")
@@ -141,6 +141,7 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     metrics = Metrics()
     auth = Authenticator(settings, secret, lambda reason: metrics.jwt_failures.labels(reason).inc())
     buckets = Buckets(settings.rate)
+    refusals = Buckets({"unauthenticated": UNAUTHENTICATED})
     crypto = Crypto(gov, metrics)
     app.state.gov, app.state.metrics, app.state.auth, app.state.buckets = gov, metrics, auth, buckets
 
@@ -163,7 +164,15 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
 
         def check(request: Request):
             client = request.client.host if request.client else ""
-            principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client)
+            try:
+                principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client)
+            except ApiError:
+                wait = refusals.take(f"source:{client}", ("unauthenticated",))
+                if wait:
+                    metrics.rate_limited.labels("unauthenticated").inc()
+                    raise ApiError(429, "rate_limited", "too many refused requests from this address",
+                                   headers={"Retry-After": Buckets.retry_after(wait)}) from None
+                raise
             if not allowed(principal.roles, permission):
                 raise ApiError(403, "permission_denied", f"{permission} is not granted to your roles")
             wait = buckets.take(principal.subject, principal.roles)
