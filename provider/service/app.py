@@ -165,7 +165,9 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
         def check(request: Request):
             client = request.client.host if request.client else ""
             try:
-                principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client)
+                tls = request.scope.get("extensions", {}).get("tls", {})
+                principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client,
+                                           tls.get("client_fingerprint", ""))
             except ApiError:
                 wait = refusals.take(f"source:{client}", ("unauthenticated",))
                 if wait:

@@ -33,7 +33,9 @@ class Authenticator:
         self.on_failure(reason)
         raise ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    def principal(self, authorization: str | None, correlation_id: str, source: str) -> Principal:
+    def principal(self, authorization: str | None, correlation_id: str, source: str, client: str = "") -> Principal:
+        """`client`: the mTLS client certificate's fingerprint, when there is one (else
+        the JWT key's id names the client)."""
         if not authorization:
             self.failures += 1
             self.on_failure("missing")
@@ -86,4 +88,4 @@ class Authenticator:
             keys = frozenset(named)
         session = claims.get("jti") or claims.get("sid") or ""
         return Principal(subject=sub, roles=roles, interface="rest", session=str(session)[:128],
-                         client=f"jwt:{self._kid}", source=source, correlation_id=correlation_id, keys=keys)
+                         client=client or f"jwt:{self._kid}", source=source, correlation_id=correlation_id, keys=keys)

@@ -6,6 +6,7 @@ decrypt, the use in the audit chain), and SIGTERM ends the process cleanly. Also
 start-up refusals: plain HTTP off loopback, no TLS files, no secret."""
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import signal
@@ -168,7 +169,16 @@ def test_serve_mtls_requires_a_client_certificate(tmp_path, pki):
         url = f"https://127.0.0.1:{port}/healthz"
         with pytest.raises((ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             httpx.get(url, verify=_client_ctx(pki)).raise_for_status()
-        assert httpx.get(url, verify=_client_ctx(pki, cert=True)).status_code == 200
+        with httpx.Client(verify=_client_ctx(pki, cert=True)) as c:
+            assert c.get(url).status_code == 200
+            base = url.removesuffix("/healthz")
+            r = c.post(base + "/v1/keys", headers=bearer(sub="alice", roles=["operator"]),
+                       json={"name": "m", "algorithm": "aes-256-gcm", "usage": ["encrypt"]})
+            assert r.status_code == 201, r.text
+            records = c.get(base + "/v1/audit", headers=bearer(sub="dave", roles=["auditor"])).json()["records"]
+        der = x509.load_pem_x509_certificate(Path(pki["client"]).read_bytes()).public_bytes(serialization.Encoding.DER)
+        made = [x for x in records if x["action"] == "key.create"]
+        assert made and made[0]["client"] == "sha256:" + hashlib.sha256(der).hexdigest()
     finally:
         assert _stop(proc) == 0
 
