@@ -120,6 +120,12 @@ class Verify(Body):
     version: int | None = Field(None, ge=1, le=2**31 - 1)
 
 
+class MacVerify(Body):
+    message: str = B64
+    mac: str = Field(max_length=4096)
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
 def plain(record) -> dict:
     return dataclasses.asdict(record)
 
@@ -324,6 +330,14 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     def verify(body: Verify, key: str = KEY, p=Depends(allow("keys.use"))):
         return crypto.verify(p, key, unb64(body.message, "message"), unb64(body.signature, "signature"),
                              body.version)
+
+    @route("POST", "/v1/keys/{key}/mac", "keys.use")
+    def mac(body: Sign, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.mac(p, key, unb64(body.message, "message"))
+
+    @route("POST", "/v1/keys/{key}/mac/verify", "keys.use")
+    def mac_verify(body: MacVerify, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.mac_verify(p, key, unb64(body.message, "message"), unb64(body.mac, "mac"), body.version)
 
     # --- approvals ---------------------------------------------------------------------------
     @route("GET", "/v1/approvals", "approvals.read")

@@ -24,7 +24,9 @@ CIPHERTEXT = re.compile(r"ferrohsm:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})\Z")
 SIGNING = {"ec-p256": (C.CKM_ECDSA_SHA256, 32), "ec-p384": (C.CKM_ECDSA_SHA384, 48), "ed25519": (C.CKM_EDDSA, 0),
            "rsa-2048": (C.CKM_SHA256_RSA_PKCS, 0), "rsa-3072": (C.CKM_SHA256_RSA_PKCS, 0),
            "rsa-4096": (C.CKM_SHA256_RSA_PKCS, 0)}
-USAGE_CKA = {"encrypt": C.CKA_ENCRYPT, "decrypt": C.CKA_DECRYPT, "sign": C.CKA_SIGN, "verify": C.CKA_VERIFY}
+MACS = {"hmac-sha256": C.CKM_SHA256_HMAC}
+USAGE_CKA = {"encrypt": C.CKA_ENCRYPT, "decrypt": C.CKA_DECRYPT, "sign": C.CKA_SIGN, "verify": C.CKA_VERIFY,
+             "mac": C.CKA_SIGN, "mac_verify": C.CKA_VERIFY}
 
 
 def b64(data: bytes) -> str:
@@ -51,7 +53,8 @@ class Crypto:
         if rec.algorithm not in algorithms:
             raise ApiError(409, "failed_precondition", f"{rec.name} is {rec.algorithm}: it cannot {use} here")
         obj = self.gov.version_object(rec.id, version, use)
-        mech = C.CKM_AES_GCM if rec.algorithm == "aes-256-gcm" else SIGNING[rec.algorithm][0]
+        mech = C.CKM_AES_GCM if rec.algorithm == "aes-256-gcm" else MACS.get(rec.algorithm) \
+            or SIGNING[rec.algorithm][0]
         token = self.gov.token
         with token.lock:
             token.refresh()
@@ -115,6 +118,22 @@ class Crypto:
         if size:
             sig = encode_dss_signature(int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big"))
         return {"key_id": rec.id, "key_version": number, "signature": b64(sig)}
+
+    def mac(self, principal, key: str, message: bytes) -> dict:
+        rec, opened, number, mech = self._key(principal, key, "mac", None, MACS)
+        tag = registry.get(mech).impl.sign_init(opened, None).oneshot(message)
+        return {"key_id": rec.id, "key_version": number, "mac": b64(tag)}
+
+    def mac_verify(self, principal, key: str, message: bytes, tag: bytes, version: int | None) -> dict:
+        rec, opened, number, mech = self._key(principal, key, "mac_verify", version, MACS)
+        try:
+            registry.get(mech).impl.verify_init(opened, None).oneshot(message, tag)
+            valid = True
+        except PKCS11Error as err:
+            if err.rv not in (C.CKR_SIGNATURE_INVALID, C.CKR_SIGNATURE_LEN_RANGE):
+                raise
+            valid = False
+        return {"key_id": rec.id, "key_version": number, "valid": valid}
 
     def verify(self, principal, key: str, message: bytes, signature: bytes, version: int | None) -> dict:
         rec, opened, number, mech = self._key(principal, key, "verify", version, SIGNING)

@@ -233,3 +233,21 @@ def test_batch_encrypt_decrypt(service):
     assert service.post("/v1/keys/bulk/encrypt/batch", headers=app, json={"items": []}).status_code == 422
     assert service.post("/v1/keys/bulk/encrypt/batch", headers=app,
                         json={"items": [{"plaintext": ""}] * 1001}).status_code == 422
+
+
+def test_mac_and_verify(service):
+    create(service, "hm", "hmac-sha256", ("mac",))
+    app = svc("hm")
+    r = service.post("/v1/keys/hm/mac", headers=app, json={"message": b64(b"m")})
+    assert r.status_code == 200, r.text
+    tag = r.json()["mac"]
+    assert len(base64.b64decode(tag)) == 32
+    ok = service.post("/v1/keys/hm/mac/verify", headers=app, json={"message": b64(b"m"), "mac": tag})
+    assert ok.json()["valid"] is True
+    assert service.post("/v1/keys/hm/mac/verify", headers=app, json={"message": b64(b"n"), "mac": tag}) \
+        .json()["valid"] is False
+    assert service.post("/v1/keys/hm/mac/verify", headers=app, json={"message": b64(b"m"), "mac": b64(b"x")}) \
+        .json()["valid"] is False
+    create(service, "notmac")
+    r = service.post("/v1/keys/notmac/mac", headers=svc("notmac"), json={"message": b64(b"m")})
+    assert r.status_code == 409 and code(r) == "failed_precondition"
