@@ -63,6 +63,20 @@ def _find_slot(lib: Library, label: str | None, slot: int | None) -> int:
     raise PKCS11Error(C.CKR_SLOT_ID_INVALID, f"no token with label {label!r}" if label else f"no slot {slot}")
 
 
+@app.command("serve")
+def serve(insecure_dev: bool = typer.Option(False, "--insecure-dev",
+                                            help="Plain HTTP, on a loopback address only (development).")):
+    r"""Run the REST service (the \[server] table of the configuration) until SIGTERM/SIGINT."""
+    try:
+        from .service.serve import Service
+        service = Service(Config.load(), insecure_dev=insecure_dev)
+    except PKCS11Error as err:
+        _fail(err)
+    scheme = "http" if insecure_dev else "https"
+    out.print(f"ferrohsm: serving on {scheme}://{service.host}:{service.port}", highlight=False)
+    service.run()
+
+
 @app.command("init-token")
 def init_token(
     label: str = typer.Option(..., help="Token label (up to 32 bytes)."),

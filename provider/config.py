@@ -76,6 +76,23 @@ TOML, every key optional:
     type = "local"           # production (no software fallback, hardware tags enforced, audit
                              # kept >= 90 days) | staging (hardware tags enforced) | development | local
 
+    [server]                 # `ferrohsm serve`: the REST service (provider/service/)
+    listen = "127.0.0.1:8443"
+    tls_cert = ""            # server certificate chain and key (PEM); required: TLS 1.3
+    tls_key = ""             # only (plain HTTP only with --insecure-dev, on loopback)
+    client_ca = ""           # CA (PEM) of client certificates: set = mTLS required
+    token = ""               # label of the token served ("" = the first initialised one)
+    pin = "env:FERROHSM_PIN" # its user PIN source, read once at start: "env:NAME" | "file:PATH"
+    jwt_secret_env = "FERROHSM_JWT_SECRET"   # the variable holding the HS256 secret (>= 32 bytes)
+    jwt_issuer = "ferrohsm"  # required `iss` and `aud` of bearer tokens
+    jwt_audience = "ferrohsm"
+    jwt_max_lifetime = 3600  # exp - iat at most (seconds); jwt_leeway = 30 for clock skew
+    roles_claim = "roles"    # administrator | operator | auditor | service
+    keys_claim = "keys"      # a service token's keys (names or ids); absent = none
+    max_body = 1048576       # bytes; max_header = 8192 (one header line)
+    rate = { service = [500, 1000] }   # per-subject token bucket [per second, burst] by
+                             # role (defaults: service 500/1000, the others 20/40)
+
     # Device backends (provider/backends/engine.py), each named; "soft" (the engine's
     # own keys) always exists.  Settings per type:
     [backends.tpm]
@@ -207,6 +224,66 @@ class AuditSettings:
         return cls(**{**table, "checkpoint_seconds": float(secs)})
 
 
+ROLES = ("administrator", "operator", "auditor", "service")     # provider/service/roles.py
+DEFAULT_RATES = {"administrator": (20.0, 40), "operator": (20.0, 40), "auditor": (20.0, 40),
+                 "service": (500.0, 1000)}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The [server] table of `ferrohsm serve` (provider/service): where it listens, its
+    TLS files (TLS 1.3 only; plain HTTP only on loopback with --insecure-dev), the token
+    it serves and the PIN source that unlocks it once at start, the JWT check (an HS256
+    secret read from the environment variable named here, never from the file), and the
+    per-role token-bucket rates ({role = [per_second, burst]})."""
+    listen: str = "127.0.0.1:8443"
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    token: str = ""                         # token label ("": the first initialised token)
+    pin: str = ""                           # "env:NAME" | "file:PATH"
+    jwt_secret_env: str = "FERROHSM_JWT_SECRET"
+    jwt_issuer: str = "ferrohsm"
+    jwt_audience: str = "ferrohsm"
+    jwt_max_lifetime: int = 3600            # seconds between iat and exp, at most
+    jwt_leeway: int = 30
+    roles_claim: str = "roles"
+    keys_claim: str = "keys"                # a service token's keys (names or ids)
+    max_body: int = 1 << 20
+    max_header: int = 8192
+    rate: dict = field(default_factory=lambda: dict(DEFAULT_RATES))
+
+    @classmethod
+    def parse(cls, table: dict, source: str) -> "ServerSettings":
+        fields = cls.__dataclass_fields__
+        bad = set(table) - set(fields)
+        for name, f in fields.items():
+            if name in table and name != "rate" and type(table[name]) is not type(getattr(cls, name)):
+                bad.add(name)
+        pin = table.get("pin", "")
+        if isinstance(pin, str) and pin and pin.partition(":")[0] not in ("env", "file"):
+            bad.add("pin")
+        for name in ("jwt_max_lifetime", "max_body", "max_header"):
+            if type(table.get(name, 1)) is int and table.get(name, 1) < 1:
+                bad.add(name)
+        rate = dict(DEFAULT_RATES)
+        given = table.get("rate", {})
+        if not isinstance(given, dict):
+            bad.add("rate")
+            given = {}
+        for role, value in given.items():
+            if role not in ROLES or not isinstance(value, list) or len(value) != 2 \
+                    or type(value[0]) not in (int, float) or type(value[1]) is not int or value[0] <= 0 or value[1] < 1:
+                bad.add("rate")
+            else:
+                rate[role] = (float(value[0]), value[1])
+        if bad:
+            raise PKCS11Error(C.CKR_GENERAL_ERROR, f"{source}: [server] {sorted(bad)}: listen \"HOST:PORT\", tls_cert/"
+                                                   "tls_key/client_ca paths, pin = \"env:NAME\" | \"file:PATH\", "
+                                                   "positive integer limits, rate = {ROLE = [per_second, burst]}")
+        return cls(**{**table, "rate": rate})
+
+
 @dataclass(frozen=True)
 class Config:
     token_dir: Path
@@ -227,6 +304,7 @@ class Config:
     store_anchor: str = ""       # a [backends.NAME] of type tpm2, or ""
     audit: AuditSettings = field(default_factory=AuditSettings)
     environment: str = "local"   # [environment] type (provider/environment.py)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     @staticmethod
     def default_path() -> Path:
@@ -266,6 +344,7 @@ class Config:
             policy=Policy.parse(data.get("policy", {}), source),
             audit=AuditSettings.parse(data.get("audit", {}), source),
             environment=environment.parse(data.get("environment", {}), source),
+            server=ServerSettings.parse(data.get("server", {}), source),
             **_store(data.get("store", {}), source),
             **_backends(data, source),
         )

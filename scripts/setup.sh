@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libssl-dev opensc openssl softhsm2
           swtpm swtpm-tools tpm2-tools libtss2-dev pcscd vsmartcard-vpcd libpcsclite-dev systemd
           libengine-pkcs11-openssl p11-kit gnutls-bin libnss3-tools openjdk-17-jdk-headless
-          python3-cryptography python3-cffi-backend postgresql)
+          python3-cryptography python3-cffi-backend postgresql
+          prometheus)   # promtool: tests/service checks /metrics with `promtool check metrics`
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing FerroHSM into .venv (builds the PKCS#11 module)"
 .venv/bin/python -m pip install -q --upgrade pip wheel     # wheel: the e2e fixture reinstalls with --no-build-isolation
-.venv/bin/python -m pip install -q ".[test,postgres]"   # postgres: the [store] kind = "postgres" driver
+.venv/bin/python -m pip install -q ".[test,postgres,service]"   # postgres: the [store] kind = "postgres" driver; service: ferrohsm serve
 .venv/bin/python -m pip install -q -r conformance/requirements.txt
 .venv/bin/python -m pip install -q -r requirements-backends.txt
 echo "==> module: $(.venv/bin/ferrohsm module-path)"

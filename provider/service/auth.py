@@ -1,0 +1,91 @@
+"""JWT bearer tokens → Principal. HS256 only, with a secret the operator puts in an
+environment variable (the [server] table names the variable, never the secret). The
+algorithm is pinned: a token whose header asks for anything else (`none`, RS256 — the
+HS/RS confusion) is refused before its signature is looked at. `iss`, `aud`, `exp`,
+`nbf`, `iat` and `sub` are required; a token living longer than jwt_max_lifetime is
+refused. Roles come from the roles claim (unknown names are dropped); a service token's
+keys come from the keys claim (absent: no keys)."""
+
+import hashlib
+
+import jwt
+
+from ..principal import Principal
+from .errors import ApiError
+from .roles import ROLES
+
+ALGORITHM = "HS256"
+MAX_TOKEN = 8192
+
+
+class Authenticator:
+    def __init__(self, settings, secret: bytes, on_failure=lambda reason: None):
+        if len(secret) < 32:
+            raise ValueError("the JWT secret must be at least 32 bytes")
+        self.settings = settings
+        self._secret = secret
+        self._kid = hashlib.sha256(secret).hexdigest()[:16]     # names the key in the audit, reveals nothing
+        self.on_failure = on_failure
+        self.failures = 0
+
+    def _refuse(self, reason: str, message: str):
+        self.failures += 1
+        self.on_failure(reason)
+        raise ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    def principal(self, authorization: str | None, correlation_id: str, source: str, client: str = "") -> Principal:
+        """`client`: the mTLS client certificate's fingerprint, when there is one (else
+        the JWT key's id names the client)."""
+        if not authorization:
+            self.failures += 1
+            self.on_failure("missing")
+            raise ApiError(401, "unauthenticated", "a bearer token is required",
+                           headers={"WWW-Authenticate": "Bearer"})
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            self._refuse("malformed", "the Authorization header is not a bearer token")
+        if len(token) > MAX_TOKEN:
+            self._refuse("malformed", "the bearer token is too long")
+        s = self.settings
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            self._refuse("malformed", "the bearer token is not a JWT")
+        if header.get("alg") != ALGORITHM:
+            self._refuse("algorithm", f"only {ALGORITHM} tokens are accepted")
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=s.jwt_audience,
+                                issuer=s.jwt_issuer, leeway=s.jwt_leeway,
+                                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]})
+        except jwt.ExpiredSignatureError:
+            self._refuse("expired", "the bearer token has expired")
+        except jwt.ImmatureSignatureError:
+            self._refuse("not_yet_valid", "the bearer token is not valid yet")
+        except jwt.InvalidSignatureError:
+            self._refuse("signature", "the bearer token's signature does not verify")
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            self._refuse("issuer_audience", "the bearer token is not for this service")
+        except jwt.PyJWTError as exc:
+            self._refuse("invalid", f"the bearer token is invalid ({type(exc).__name__})")
+        exp, iat = claims["exp"], claims["iat"]
+        if not all(isinstance(v, (int, float)) for v in (exp, iat)) or exp - iat > s.jwt_max_lifetime:
+            self._refuse("lifetime", f"a bearer token lives at most {s.jwt_max_lifetime} s")
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not 1 <= len(sub) <= 256:
+            self._refuse("invalid", "sub must be a string")
+        roles = claims.get(s.roles_claim, [])
+        if isinstance(roles, str):
+            roles = roles.split()
+        if not isinstance(roles, list):
+            self._refuse("invalid", f"{s.roles_claim} must be a list of role names")
+        roles = frozenset(r for r in roles if r in ROLES)
+        keys = None
+        if "service" in roles:
+            named = claims.get(s.keys_claim, [])
+            if not isinstance(named, list) or not all(isinstance(k, str) for k in named):
+                self._refuse("invalid", f"{s.keys_claim} must be a list of key names or ids")
+            keys = frozenset(named)
+        session = claims.get("jti") or claims.get("sid") or ""
+        return Principal(subject=sub, roles=roles, interface="rest", session=str(session)[:128],
+                         client=client or f"jwt:{self._kid}", source=source, correlation_id=correlation_id, keys=keys)

@@ -1,0 +1,22 @@
+"""Who may do what: the one table. Every route names one permission (app.py's
+`allow(...)`, also in the OpenAPI schema as `x-permission`); a principal may call it
+when one of its roles holds that permission. Auditors read, never use keys; a service
+uses only the keys its token names (checked again per key in crypto.py)."""
+
+ROLES = ("administrator", "operator", "auditor", "service")
+
+PERMISSIONS = {
+    "keys.read":        {"administrator", "operator", "auditor"},
+    "keys.create":      {"administrator", "operator"},
+    "keys.manage":      {"administrator", "operator"},    # rotate, rollback, enable/disable, destroy, restore
+    "keys.use":         {"service"},                       # encrypt, decrypt, sign, verify
+    "policy.read":      {"administrator", "operator", "auditor"},
+    "policy.manage":    {"administrator"},                 # tags, attach/detach, floors, flags                       # encrypt, decrypt, sign, verify
+    "approvals.read":   {"administrator", "operator", "auditor"},
+    "approvals.decide": {"administrator", "operator"},
+    "audit.read":       {"administrator", "auditor"},
+}
+
+
+def allowed(roles, permission: str) -> bool:
+    return bool(PERMISSIONS[permission] & set(roles))

@@ -1,0 +1,82 @@
+"""The REST service on a real uvicorn (in a thread, plain HTTP on loopback) over a real
+token store and the governance API; JWTs made here with PyJWT; the gate's audit records
+of key uses kept in a list the tests read."""
+
+import socket
+import threading
+import time
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+
+from provider.config import ServerSettings
+from provider.audit import Audit
+from provider.governance import Governance
+from provider.governance.auditing import recorder
+from provider.service.auditing import UseAudit
+from provider.service.app import create_app
+from tests.unit.govkit import Clock, new_token
+
+SECRET = b"s" * 48
+ISS = AUD = "ferrohsm"
+
+
+def make_jwt(sub="alice", roles=("operator",), lifetime=300, secret=SECRET, alg="HS256", headers=None, **claims):
+    now = int(time.time())
+    body = {"sub": sub, "roles": list(roles), "iss": ISS, "aud": AUD, "iat": now, "nbf": now - 1,
+            "exp": now + lifetime, **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, secret, algorithm=alg, headers=headers)
+
+
+def bearer(**kw) -> dict:
+    return {"Authorization": f"Bearer {make_jwt(**kw)}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    def __init__(self, app, **config):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off", **config))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def service(tmp_path):
+    token = new_token("sqlite", tmp_path)
+    audit = Audit(token.store, b"h" * 32)
+    token.audit = UseAudit(audit)
+    events = []
+
+    def both(event):                       # the chain, and a list the tests read the actors from
+        events.append(event)
+        recorder(audit)(event)
+    gov = Governance(token, both, clock=Clock(time.time()))
+    gov.events = events
+    settings = ServerSettings(rate={"administrator": (1000.0, 1000), "operator": (1000.0, 1000),
+                                    "auditor": (1000.0, 1000), "service": (1000.0, 1000)})
+    app = create_app(gov, settings, SECRET)
+    running = Running(app)
+    client = httpx.Client(base_url=running.url, timeout=10)
+    client.gov, client.app, client.audit = gov, app, audit
+    yield client
+    client.close()
+    running.stop()
+    token.store.close()
