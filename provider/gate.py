@@ -79,7 +79,8 @@ def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
         reason = f"{rec.name} is not for {use}"
     else:
         reason = R.permits(rec, version, use)
-    event = dict(action=f"pkcs11.{use or 'use'}", key_id=key_id.decode(errors="replace"), key_version=version)
+    event = dict(action=f"{principal.interface}.{use or 'use'}", key_id=key_id.decode(errors="replace"),
+                 key_version=version)
     mechanism = C.name_of("CKM_", mech)
     if reason is not None:
         record_use(token, principal, outcome="denied", message=f"{mechanism}: {reason}", **event)
@@ -145,7 +146,7 @@ def export(token, key, principal, approved: bool = False) -> None:
     key_id = key.attrs[C.CKA_FERRO_KEY_ID]
     version = key.attrs.get(C.CKA_FERRO_VERSION)
     _, rec = key_record(token, key_id)
-    event = dict(action="pkcs11.export", key_id=key_id.decode(errors="replace"), key_version=version)
+    event = dict(action=f"{principal.interface}.export", key_id=key_id.decode(errors="replace"), key_version=version)
     if rec is None or not rec.exportable:
         record_use(token, principal, outcome="denied", message="not exportable", **event)
         raise PKCS11Error(C.CKR_KEY_UNEXTRACTABLE, "the governed key is not exportable")

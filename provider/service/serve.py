@@ -18,14 +18,12 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import constants as C
-from ..audit import Checkpointer, open_audit
+from ..audit import Checkpointer
 from ..backends.factory import _pin_source
 from ..errors import PKCS11Error
-from ..governance import Governance, Scheduler
-from ..governance.auditing import recorder
+from ..governance import Scheduler, governance_of
 from ..library import Library
 from .app import create_app
-from .auditing import UseAudit
 
 LOOPBACK = ("localhost",)
 
@@ -107,9 +105,8 @@ class Service:
         self.session = self.lib.open_session(slot, C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION)
         self.lib.login(self.session, C.CKU_USER, _pin_source(s.pin))
         token = self.lib._token(slot)
-        self.audit = open_audit(config, token.store, token)
-        token.audit = UseAudit(self.audit)
-        self.gov = Governance(token, recorder(self.audit), separated=getattr(config.policy, "key_separation", False))
+        self.audit = token.audit            # the token's audit chain (Library: its own writer connection)
+        self.gov = governance_of(self.lib, token)
         self.scheduler = Scheduler(self.gov, scheduler_interval)
         self.checkpointer = Checkpointer(self.audit)
         self.app = create_app(self.gov, s, secret)

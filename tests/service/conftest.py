@@ -15,7 +15,6 @@ from provider.config import ServerSettings
 from provider.audit import Audit
 from provider.governance import Governance
 from provider.governance.auditing import recorder
-from provider.service.auditing import UseAudit
 from provider.service.app import create_app
 from tests.unit.govkit import Clock, new_token
 
@@ -62,7 +61,7 @@ class Running:
 def service(tmp_path):
     token = new_token("sqlite", tmp_path)
     audit = Audit(token.store, b"h" * 32)
-    token.audit = UseAudit(audit)
+    token.audit = audit
     events = []
 
     def both(event):                       # the chain, and a list the tests read the actors from

@@ -14,7 +14,6 @@ from provider.config import ServerSettings
 from provider.governance import Governance
 from provider.governance.auditing import recorder
 from provider.service.app import create_app
-from provider.service.auditing import UseAudit
 from tests.unit.govkit import new_token
 
 from .conftest import SECRET, Running, bearer
@@ -24,7 +23,7 @@ def test_unwritable_audit_refuses_the_use(tmp_path):
     token = new_token("sqlite", tmp_path)
     sink = tmp_path / "audit.jsonl"
     audit = Audit(token.store, b"h" * 32, file=sink)
-    token.audit = UseAudit(audit)
+    token.audit = audit
     running = Running(create_app(Governance(token, recorder(audit)), ServerSettings(), SECRET))
     try:
         with httpx.Client(base_url=running.url) as c:
@@ -43,7 +42,7 @@ def test_unwritable_audit_refuses_the_use(tmp_path):
             sink.write_bytes(saved)
             assert c.post("/v1/keys/k/encrypt", headers=app, json=body).status_code == 200
             records = c.get("/v1/audit", headers=bearer(sub="dave", roles=["auditor"])).json()["records"]
-            assert [x["outcome"] for x in records if x["action"] == "pkcs11.encrypt"] == ["ok", "ok"]
+            assert [x["outcome"] for x in records if x["action"] == "rest.encrypt"] == ["ok", "ok"]
     finally:
         running.stop()
         token.store.close()

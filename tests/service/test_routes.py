@@ -103,7 +103,7 @@ def test_encrypt_decrypt_with_aad_across_rotation_and_disable(service):
     # the uses are in the audit chain, with the REST principal and the request id
     r = service.get("/v1/audit", headers=AUDITOR, params={"limit": 1000})
     records = r.json()["records"]
-    uses = [x for x in records if x["action"] == "pkcs11.encrypt" and x["actor"] == "app"]
+    uses = [x for x in records if x["action"] == "rest.encrypt" and x["actor"] == "app"]
     assert len(uses) == 3 and all(u["interface"] == "rest" and u["correlation_id"] for u in uses)
     assert any(x["action"] == "key.rotate" and x["actor"] == "alice" for x in records)
     assert "hello" not in r.text and b64(b"hello") not in r.text
@@ -228,8 +228,8 @@ def test_batch_encrypt_decrypt(service):
     assert res[3]["error"]["code"] == "invalid_ciphertext" and res[4]["error"]["code"] == "invalid_ciphertext"
     assert res[5]["key_version"] == 2 and base64.b64decode(res[5]["plaintext"]) == b"new"
     records = service.get("/v1/audit", headers=AUDITOR, params={"limit": 1000}).json()["records"]
-    uses = [x["action"] for x in records[before:] if x["action"].startswith("pkcs11.")]
-    assert uses == ["pkcs11.encrypt", "pkcs11.encrypt", "pkcs11.decrypt", "pkcs11.decrypt"]   # once per batch/version
+    uses = [x["action"] for x in records[before:] if x["action"].startswith("rest.")]
+    assert uses == ["rest.encrypt", "rest.encrypt", "rest.decrypt", "rest.decrypt"]   # once per batch/version
     assert service.post("/v1/keys/bulk/encrypt/batch", headers=app, json={"items": []}).status_code == 422
     assert service.post("/v1/keys/bulk/encrypt/batch", headers=app,
                         json={"items": [{"plaintext": ""}] * 1001}).status_code == 422

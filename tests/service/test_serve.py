@@ -151,7 +151,7 @@ def test_serve_tls13_end_to_end_and_sigterm(tmp_path, pki):
             assert pt.json()["plaintext"] == "aGVsbG8="
             audit = c.get("/v1/audit", headers=bearer(sub="dave", roles=["auditor"]), params={"limit": 1000}).json()
             actions = [r["action"] for r in audit["records"]]
-            assert "key.create" in actions and actions.count("pkcs11.encrypt") == n
+            assert "key.create" in actions and actions.count("rest.encrypt") == n
         with pytest.raises((ssl.SSLError, httpx.ConnectError)):
             httpx.get(url + "/healthz", verify=_client_ctx(pki, tls12=True))
     finally:
