@@ -213,6 +213,7 @@ class ServerSettings:
     token: str = ""                         # token label ("": the first initialised token)
     pin: str = ""                           # "env:NAME" | "file:PATH"
     jwt_secret_env: str = "FERROHSM_JWT_SECRET"
+    jwks_file: str = ""                     # RS256/ES256/EdDSA public keys (a JWKS, reloaded when it changes)
     jwt_issuer: str = "ferrohsm"
     jwt_audience: str = "ferrohsm"
     jwt_max_lifetime: int = 3600            # seconds between iat and exp, at most
