@@ -72,6 +72,23 @@ TOML, every key optional:
     retention_days = 0       # prune records older than this (0 = keep them all); the
                              # cut keeps a signed anchor, so the rest still verifies
 
+    [server]                 # `ferrohsm serve`: the REST service (provider/service/)
+    listen = "127.0.0.1:8443"
+    tls_cert = ""            # server certificate chain and key (PEM); required: TLS 1.3
+    tls_key = ""             # only (plain HTTP only with --insecure-dev, on loopback)
+    client_ca = ""           # CA (PEM) of client certificates: set = mTLS required
+    token = ""               # label of the token served ("" = the first initialised one)
+    pin = "env:FERROHSM_PIN" # its user PIN source, read once at start: "env:NAME" | "file:PATH"
+    jwt_secret_env = "FERROHSM_JWT_SECRET"   # the variable holding the HS256 secret (>= 32 bytes)
+    jwt_issuer = "ferrohsm"  # required `iss` and `aud` of bearer tokens
+    jwt_audience = "ferrohsm"
+    jwt_max_lifetime = 3600  # exp - iat at most (seconds); jwt_leeway = 30 for clock skew
+    roles_claim = "roles"    # administrator | operator | auditor | service
+    keys_claim = "keys"      # a service token's keys (names or ids); absent = none
+    max_body = 1048576       # bytes; max_header = 8192 (one header line)
+    rate = { service = [500, 1000] }   # per-subject token bucket [per second, burst] by
+                             # role (defaults: service 500/1000, the others 20/40)
+
     # Device backends (provider/backends/engine.py), each named; "soft" (the engine's
     # own keys) always exists.  Settings per type:
     [backends.tpm]

@@ -20,11 +20,12 @@ from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..governance import GovernanceError
+from ..governance import record as R
 from .auth import Authenticator
 from .crypto import Crypto, unb64
 from .errors import ApiError, answer, install
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .ratelimit import Buckets
+from .ratelimit import UNAUTHENTICATED, Buckets
 from .roles import PERMISSIONS, allowed
 from .tracing import instrument
 
@@ -36,6 +37,7 @@ VERSION = Field(ge=1, le=2**31 - 1)
 PATH_VERSION = Path(ge=1, le=2**31 - 1)
 KEY = Path(min_length=1, max_length=256)
 APPROVAL = Path(min_length=1, max_length=64)
+TAG = Path(min_length=1, max_length=128)
 B64 = Field(max_length=1 << 20)
 
 
@@ -62,6 +64,32 @@ class Approved(Body):
     approval_id: str | None = Field(None, max_length=64)
 
 
+class Revoke(Body):
+    reason: str = Field(max_length=64)
+
+
+class Floors(Body):
+    min_decrypt_version: int | None = Field(None, ge=1, le=2**31 - 1)
+    min_encrypt_version: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
+class Flags(Body):
+    exportable: bool | None = None
+    allow_plaintext_backup: bool | None = None
+    approval_id: str | None = Field(None, max_length=64)
+
+
+class Tag(Body):
+    dual_control: bool = False
+    quorum: int = Field(2, ge=-2**31, le=2**31)
+    approval_ttl_seconds: int = Field(86400, ge=-2**31, le=2**40)
+    retention_days: int = Field(0, ge=-2**31, le=2**31)
+    destroy_grace_seconds: int = Field(86400, ge=-2**31, le=2**40)
+    rotation_period_days: int | None = Field(None, ge=-2**31, le=2**31)
+    security_level: str = Field("software", max_length=32)
+    approval_id: str | None = Field(None, max_length=64)
+
+
 class Encrypt(Body):
     plaintext: str = B64
     aad: str = Field("", max_length=1 << 16)
@@ -70,6 +98,17 @@ class Encrypt(Body):
 class Decrypt(Body):
     ciphertext: str = Field(max_length=(1 << 20) + 64)
     aad: str = Field("", max_length=1 << 16)
+
+
+MAX_BATCH = 1000
+
+
+class EncryptBatch(Body):
+    items: list[Encrypt] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class DecryptBatch(Body):
+    items: list[Decrypt] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class Sign(Body):
@@ -103,6 +142,7 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     metrics = Metrics()
     auth = Authenticator(settings, secret, lambda reason: metrics.jwt_failures.labels(reason).inc())
     buckets = Buckets(settings.rate)
+    refusals = Buckets({"unauthenticated": UNAUTHENTICATED})
     crypto = Crypto(gov, metrics)
     app.state.gov, app.state.metrics, app.state.auth, app.state.buckets = gov, metrics, auth, buckets
 
@@ -125,7 +165,15 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
 
         def check(request: Request):
             client = request.client.host if request.client else ""
-            principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client)
+            try:
+                principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client)
+            except ApiError:
+                wait = refusals.take(f"source:{client}", ("unauthenticated",))
+                if wait:
+                    metrics.rate_limited.labels("unauthenticated").inc()
+                    raise ApiError(429, "rate_limited", "too many refused requests from this address",
+                                   headers={"Retry-After": Buckets.retry_after(wait)}) from None
+                raise
             if not allowed(principal.roles, permission):
                 raise ApiError(403, "permission_denied", f"{permission} is not granted to your roles")
             wait = buckets.take(principal.subject, principal.roles)
@@ -145,6 +193,13 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
         token = gov.token
         status = {"status": "ok", "token": {"initialized": bool(token.initialized), "logged_in": token.user is not None},
                   "jwt_failures": auth.failures, "rate_limited": buckets.rejected}
+        try:
+            with token.lock:
+                status["audit"] = {"head": token.store.audit_head()[0]}
+            status["approvals_pending"] = len(gov.list_approvals(status="pending"))
+        except Exception as exc:          # noqa: BLE001 - a health check reports, never fails
+            status["status"] = "degraded"
+            status["error"] = type(exc).__name__
         if health is not None:
             status.update(health())
         if not status["token"]["logged_in"]:
@@ -206,6 +261,43 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     def restore(key: str = KEY, version: int = PATH_VERSION, p=Depends(allow("keys.manage"))):
         return plain(gov.restore(p, key, version))
 
+    @route("POST", "/v1/keys/{key}/versions/{version}/revoke", "keys.manage")
+    def revoke(body: Revoke, key: str = KEY, version: int = PATH_VERSION, p=Depends(allow("keys.manage"))):
+        return plain(gov.revoke(p, key, version, body.reason))
+
+    # --- policy: tags, floors, flags (administrators) ----------------------------------------
+    @route("GET", "/v1/tags", "policy.read")
+    def list_tags(p=Depends(allow("policy.read"))):
+        return {"tags": [plain(t) for t in gov.list_tags()]}
+
+    @route("GET", "/v1/tags/{name}", "policy.read")
+    def get_tag(name: str = TAG, p=Depends(allow("policy.read"))):
+        return plain(gov.get_tag(name))
+
+    @route("PUT", "/v1/tags/{name}", "policy.manage")
+    def put_tag(body: Tag, name: str = TAG, p=Depends(allow("policy.manage"))):
+        fields = body.model_dump(exclude={"approval_id"})
+        return plain(gov.put_tag(p, R.PolicyTag(name=name, **fields), approval_id=body.approval_id))
+
+    @route("POST", "/v1/keys/{key}/tags/{name}", "policy.manage")
+    def attach_tag(key: str = KEY, name: str = TAG, p=Depends(allow("policy.manage"))):
+        return plain(gov.attach_tag(p, key, name))
+
+    @route("DELETE", "/v1/keys/{key}/tags/{name}", "policy.manage")
+    def detach_tag(key: str = KEY, name: str = TAG, approval_id: str | None = Query(None, max_length=64),
+                   p=Depends(allow("policy.manage"))):
+        return plain(gov.detach_tag(p, key, name, approval_id=approval_id))
+
+    @route("POST", "/v1/keys/{key}/floors", "policy.manage")
+    def set_floors(body: Floors, key: str = KEY, p=Depends(allow("policy.manage"))):
+        return plain(gov.set_floors(p, key, min_decrypt_version=body.min_decrypt_version,
+                                    min_encrypt_version=body.min_encrypt_version))
+
+    @route("POST", "/v1/keys/{key}/flags", "policy.manage")
+    def set_flags(body: Flags, key: str = KEY, p=Depends(allow("policy.manage"))):
+        return plain(gov.set_flags(p, key, exportable=body.exportable,
+                                   allow_plaintext_backup=body.allow_plaintext_backup, approval_id=body.approval_id))
+
     # --- key uses ----------------------------------------------------------------------------
     @route("POST", "/v1/keys/{key}/encrypt", "keys.use")
     def encrypt(body: Encrypt, key: str = KEY, p=Depends(allow("keys.use"))):
@@ -214,6 +306,14 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     @route("POST", "/v1/keys/{key}/decrypt", "keys.use")
     def decrypt(body: Decrypt, key: str = KEY, p=Depends(allow("keys.use"))):
         return crypto.decrypt(p, key, body.ciphertext, unb64(body.aad, "aad"))
+
+    @route("POST", "/v1/keys/{key}/encrypt/batch", "keys.use")
+    def encrypt_batch(body: EncryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.encrypt_batch(p, key, [(unb64(i.plaintext, "plaintext"), unb64(i.aad, "aad")) for i in body.items])
+
+    @route("POST", "/v1/keys/{key}/decrypt/batch", "keys.use")
+    def decrypt_batch(body: DecryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.decrypt_batch(p, key, [(i.ciphertext, unb64(i.aad, "aad")) for i in body.items])
 
     @route("POST", "/v1/keys/{key}/sign", "keys.use")
     def sign(body: Sign, key: str = KEY, p=Depends(allow("keys.use"))):

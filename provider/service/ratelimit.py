@@ -7,6 +7,10 @@ import threading
 import time
 
 
+# refused bearer tokens, per source address: a guesser is slowed down before any subject is known
+UNAUTHENTICATED = (5.0, 20)
+
+
 class Buckets:
     def __init__(self, rates: dict, clock=time.monotonic, max_subjects: int = 100_000):
         self.rates = rates            # role -> (per_second, burst)

@@ -111,3 +111,21 @@ def test_a_good_token_is_a_principal(service):
     assert actor.client.startswith("jwt:") and SECRET.hex()[:16] not in actor.client
     # unknown role names are dropped: no permission
     error(service.get("/v1/keys", headers=bearer(roles=["root"])), 403, "permission_denied")
+
+
+def test_structured_log_lines_carry_the_request_id(service, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="ferrohsm.service"):
+        service.get("/v1/keys", headers={**bearer(roles=["auditor"]), "X-Request-ID": "log-me"})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "ferrohsm.service"]
+    mine = [x for x in lines if x["request_id"] == "log-me"]
+    assert mine and mine[0]["route"] == "/v1/keys" and mine[0]["status"] == 200 and "ms" in mine[0]
+    assert all("Bearer" not in r.getMessage() for r in caplog.records)
+
+
+def test_healthz_reports_token_audit_and_counters(service):
+    service.get("/v1/keys", headers={"Authorization": "Bearer nope"})
+    h = service.get("/healthz").json()
+    assert h["status"] == "ok" and h["token"] == {"initialized": True, "logged_in": True}
+    assert h["jwt_failures"] >= 1 and h["rate_limited"] == 0
+    assert h["audit"]["head"] >= 0 and h["approvals_pending"] == 0

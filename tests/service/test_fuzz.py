@@ -44,7 +44,7 @@ def test_no_input_is_a_server_error(service):
             for role, headers in tokens.items():
                 for _ in range(12):
                     url = path
-                    for part in ("{key}", "{version}", "{approval_id}"):
+                    for part in ("{key}", "{version}", "{approval_id}", "{name}"):
                         url = url.replace(part, rng.choice(["k1", "s1", "1", "2"] + ODD[:4] + ODD[5:]) or "x")
                     query = {p["name"]: str(values(rng)) for p in params if rng.random() < 0.5}
                     if rng.random() < 0.1:
@@ -57,4 +57,4 @@ def test_no_input_is_a_server_error(service):
                     assert r.status_code < 500, (method, url, query, r.status_code, r.text)
                     if r.status_code >= 400:
                         assert r.json()["error"]["code"], r.text
-    assert sent >= 18 * 4 * 12
+    assert sent >= 29 * 4 * 12

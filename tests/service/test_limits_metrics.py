@@ -85,3 +85,13 @@ def test_metrics_count_routes_statuses_crypto_and_jwt_failures(service):
     if promtool:
         done = subprocess.run([promtool, "check", "metrics"], input=r.content, capture_output=True)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_refused_tokens_are_rate_limited_per_source(limited):
+    import httpx
+    with httpx.Client(base_url=limited.url) as c:
+        codes = [c.get("/v1/keys", headers={"Authorization": "Bearer guess"}).status_code for _ in range(25)]
+        assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}
+        r = c.get("/v1/keys", headers={"Authorization": "Bearer guess"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert c.get("/v1/keys", headers=bearer(sub="good", roles=["auditor"])).status_code == 200   # a good token still runs

@@ -9,7 +9,7 @@ from provider.service.roles import PERMISSIONS, ROLES
 
 from .conftest import bearer
 
-ARGS = {"{key}": "k1", "{version}": "1", "{approval_id}": "00000000-0000-0000-0000-000000000000"}
+ARGS = {"{key}": "k1", "{version}": "1", "{approval_id}": "00000000-0000-0000-0000-000000000000", "{name}": "t1"}
 
 
 def routes(service):
@@ -55,7 +55,7 @@ def test_every_route_with_every_role(service):
                 assert code not in ("permission_denied", "unauthenticated"), (method, path, role, resp.text)
             else:
                 assert resp.status_code == 403 and code == "permission_denied", (method, path, role, resp.text)
-    assert walked == 4 * 17          # 17 authenticated routes x 4 roles
+    assert walked == 4 * 27          # 27 authenticated routes x 4 roles
 
 
 @pytest.mark.parametrize("role", ROLES)

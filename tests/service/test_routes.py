@@ -8,7 +8,6 @@ import base64
 import pytest
 
 from provider.governance import record as R
-from tests.unit.govkit import CAROL
 
 from .conftest import bearer
 
@@ -151,7 +150,9 @@ def test_schedule_destroy_and_restore(service):
 
 
 def test_dual_control_destroy_needs_two_other_operators(service):
-    service.gov.put_tag(CAROL, R.PolicyTag("guarded", dual_control=True, quorum=2))
+    assert service.put("/v1/tags/guarded", headers=OP, json={"dual_control": True}).status_code == 403
+    r = service.put("/v1/tags/guarded", headers=ADMIN, json={"dual_control": True, "quorum": 2})
+    assert r.status_code == 200 and r.json()["dual_control"] is True, r.text
     create(service, "vault", tags=["guarded"])
     service.post("/v1/keys/vault/rotate", headers=OP)
     r = service.post("/v1/keys/vault/versions/1/schedule-destroy", headers=OP)
@@ -179,3 +180,56 @@ def test_dual_control_destroy_needs_two_other_operators(service):
     assert service.post(f"/v1/approvals/{other}/deny", headers=BOB).json()["status"] == "denied"
     assert code(service.post("/v1/approvals/00000000-0000-0000-0000-000000000000/approve", headers=BOB)) \
         == "not_found"
+
+
+def test_tags_floors_flags_revoke(service):
+    assert code(service.put("/v1/tags/t", headers=ADMIN, json={"quorum": 1})) == "invalid_argument"
+    assert service.put("/v1/tags/t", headers=ADMIN, json={"retention_days": 0}).status_code == 200
+    assert [t["name"] for t in service.get("/v1/tags", headers=AUDITOR).json()["tags"]] == ["t"]
+    assert service.get("/v1/tags/t", headers=AUDITOR).json()["security_level"] == "software"
+    assert code(service.get("/v1/tags/none", headers=AUDITOR)) == "not_found"
+    create(service, "f")
+    assert service.post("/v1/keys/f/tags/t", headers=ADMIN).json()["tags"] == ["t"]
+    assert code(service.post("/v1/keys/f/tags/missing", headers=ADMIN)) == "not_found"
+    assert service.delete("/v1/keys/f/tags/t", headers=ADMIN).json()["tags"] == []
+    service.post("/v1/keys/f/rotate", headers=OP)
+    r = service.post("/v1/keys/f/floors", headers=ADMIN, json={"min_decrypt_version": 2, "min_encrypt_version": 2})
+    assert r.status_code == 200 and r.json()["min_decrypt_version"] == 2, r.text
+    assert code(service.post("/v1/keys/f/floors", headers=ADMIN, json={"min_decrypt_version": 1})) \
+        in ("failed_precondition", "invalid_argument")                  # floors only rise
+    assert service.post("/v1/keys/f/floors", headers=OP, json={"min_decrypt_version": 2}).status_code == 403
+    assert service.post("/v1/keys/f/flags", headers=ADMIN, json={"allow_plaintext_backup": True}) \
+        .json()["allow_plaintext_backup"] is True
+    assert code(service.post("/v1/keys/f/versions/2/revoke", headers=OP, json={"reason": "superseded"})) \
+        == "failed_precondition"                                        # not the primary
+    service.post("/v1/keys/f/rotate", headers=OP)
+    r = service.post("/v1/keys/f/versions/2/revoke", headers=OP, json={"reason": "key_compromise"})
+    assert r.status_code == 200, r.text
+    assert r.json()["versions"][1]["revocation"]["reason"] == "key_compromise"
+    assert code(service.post("/v1/keys/f/versions/2/revoke", headers=OP, json={"reason": "bored"})) \
+        == "invalid_argument"
+
+
+def test_batch_encrypt_decrypt(service):
+    create(service, "bulk")
+    app = svc("bulk")
+    items = [{"plaintext": b64(f"item {i}".encode()), "aad": b64(str(i).encode())} for i in range(200)]
+    before = len(service.get("/v1/audit", headers=AUDITOR, params={"limit": 1000}).json()["records"])
+    r = service.post("/v1/keys/bulk/encrypt/batch", headers=app, json={"items": items})
+    assert r.status_code == 200, r.text
+    cts = r.json()["ciphertexts"]
+    assert len(cts) == 200 and len(set(cts)) == 200 and all(c.startswith("ferrohsm:v1:") for c in cts)
+    service.post("/v1/keys/bulk/rotate", headers=OP)
+    v2 = service.post("/v1/keys/bulk/encrypt", headers=app, json={"plaintext": b64(b"new")}).json()["ciphertext"]
+    batch = [{"ciphertext": c, "aad": b64(str(i).encode())} for i, c in enumerate(cts[:3])]
+    batch += [{"ciphertext": cts[3], "aad": b64(b"wrong")}, {"ciphertext": "junk"}, {"ciphertext": v2}]
+    res = service.post("/v1/keys/bulk/decrypt/batch", headers=app, json={"items": batch}).json()["results"]
+    assert [base64.b64decode(x["plaintext"]) for x in res[:3]] == [b"item 0", b"item 1", b"item 2"]
+    assert res[3]["error"]["code"] == "invalid_ciphertext" and res[4]["error"]["code"] == "invalid_ciphertext"
+    assert res[5]["key_version"] == 2 and base64.b64decode(res[5]["plaintext"]) == b"new"
+    records = service.get("/v1/audit", headers=AUDITOR, params={"limit": 1000}).json()["records"]
+    uses = [x["action"] for x in records[before:] if x["action"].startswith("pkcs11.")]
+    assert uses == ["pkcs11.encrypt", "pkcs11.encrypt", "pkcs11.decrypt", "pkcs11.decrypt"]   # once per batch/version
+    assert service.post("/v1/keys/bulk/encrypt/batch", headers=app, json={"items": []}).status_code == 422
+    assert service.post("/v1/keys/bulk/encrypt/batch", headers=app,
+                        json={"items": [{"plaintext": ""}] * 1001}).status_code == 422
