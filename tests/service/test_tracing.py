@@ -3,6 +3,8 @@ exporter: one SERVER span per request named by the route template, with the meth
 status and correlation id, a child of the caller's traceparent; refused requests are
 spans too; no token or header value in any attribute."""
 
+import time
+
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,6 +23,15 @@ def traced(service) -> InMemorySpanExporter:
     return exporter
 
 
+def finished(exporter, n: int) -> list:
+    """The spans once n have ended: a span ends just after its response's last byte is
+    sent, so the client may read the answer a moment before."""
+    deadline = time.monotonic() + 5
+    while len(exporter.get_finished_spans()) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return list(exporter.get_finished_spans())
+
+
 def test_a_span_per_route(service):
     spans = traced(service)
     h = bearer(roles=("operator",))
@@ -29,7 +40,7 @@ def test_a_span_per_route(service):
     assert service.get("/v1/keys/k1", headers={**h, "X-Request-ID": "req-7"}).status_code == 200
     assert service.get("/v1/keys/missing", headers=h).status_code == 404
     assert service.get("/healthz", headers={"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}).status_code == 200
-    got = spans.get_finished_spans()
+    got = finished(spans, 4)
     assert [s.name for s in got] == ["POST /v1/keys", "GET /v1/keys/{key}", "GET /v1/keys/{key}", "GET /healthz"]
     assert all(s.kind is SpanKind.SERVER for s in got)
     assert [s.attributes["http.response.status_code"] for s in got] == [201, 200, 404, 200]
@@ -48,7 +59,7 @@ def test_refused_requests_are_spans_without_secrets(service):
     assert service.get(f"/v1/keys?access_token={t}").status_code == 400
     assert service.get("/v1/keys", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert service.get("/nowhere").status_code == 404
-    got = spans.get_finished_spans()
+    got = finished(spans, 3)
     assert [s.name for s in got] == ["GET (unmatched)", "GET /v1/keys", "GET (unmatched)"]
     assert [s.attributes["http.response.status_code"] for s in got] == [400, 401, 404]
     for s in got:
