@@ -2,7 +2,8 @@
 `/v1/keys/{key}` is one name however many keys there are), a child of the caller's W3C
 `traceparent` when it sends one, carrying the method, route, status and the request's
 correlation id (never a header value, body or token). Core operations open child spans
-through `span(request, name)`.
+through `span(name)` (the tracer of the request being served, carried in a context
+variable, so code below the routes — crypto.py's gate step — needs no request).
 
 The tracer comes from `app.state.tracer_provider` when one is set (the tests give an SDK
 provider with the in-memory exporter; `ferrohsm serve` may give one with an exporter),
@@ -10,6 +11,7 @@ else from the global provider, which without the SDK configured is a no-op: expo
 optional and configured, tracing costs nearly nothing when it is off."""
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -17,6 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 NAME = "ferrohsm.service"
 PROPAGATOR = TraceContextTextMapPropagator()
+_TRACER: ContextVar = ContextVar("ferrohsm_service_tracer", default=None)
 
 
 def tracer_of(app) -> trace.Tracer:
@@ -44,7 +47,9 @@ class Spans:
             await send(message)
 
         method = scope.get("method", "")
-        with tracer_of(self.service).start_as_current_span(
+        tracer = tracer_of(self.service)
+        _TRACER.set(tracer)
+        with tracer.start_as_current_span(
                 f"{method} (unmatched)", context=PROPAGATOR.extract(carrier), kind=SpanKind.SERVER,
                 attributes={"http.request.method": method}) as current:
             try:
@@ -67,8 +72,9 @@ def instrument(app):
 
 
 @contextmanager
-def span(request, name: str, **attributes):
-    """A child span of the request's for one core operation (a governance call, a
-    mechanism run)."""
-    with tracer_of(request.app).start_as_current_span(name, attributes=attributes) as s:
+def span(name: str, **attributes):
+    """A child span of the request's for one core operation (the gate and its audit
+    record, a mechanism run); outside a request, the global tracer's."""
+    tracer = _TRACER.get() or trace.get_tracer(NAME)
+    with tracer.start_as_current_span(name, attributes=attributes) as s:
         yield s

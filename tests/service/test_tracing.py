@@ -69,3 +69,20 @@ def test_refused_requests_are_spans_without_secrets(service):
 def test_no_provider_is_a_no_op(service):
     # without an SDK provider the global one is the API's no-op: requests still answer
     assert service.get("/healthz").status_code == 200
+
+
+def test_the_gate_step_is_a_child_span(service):
+    spans = traced(service)
+    admin = bearer(roles=("operator",))
+    assert service.post("/v1/keys", headers=admin, json={"name": "data", "algorithm": "aes-256-gcm",
+                                                         "usage": ["encrypt", "decrypt"]}).status_code == 201
+    use = bearer(sub="ci", roles=("service",), keys=["data"])
+    r = service.post("/v1/keys/data/encrypt", headers=use, json={"plaintext": "aGVsbG8=", "aad": ""})
+    assert r.status_code == 200, r.text
+    got = finished(spans, 3)
+    route = next(s for s in got if s.name == "POST /v1/keys/{key}/encrypt")
+    gate = next(s for s in got if s.name == "ferrohsm.gate")
+    assert gate.parent.span_id == route.context.span_id and gate.context.trace_id == route.context.trace_id
+    assert gate.attributes["ferrohsm.use"] == "encrypt" and gate.attributes["ferrohsm.key_version"] == 1
+    assert gate.attributes["ferrohsm.key_id"] == r.json()["key_id"]
+    assert "aGVsbG8=" not in str(dict(gate.attributes)) and "hello" not in str(dict(gate.attributes))
