@@ -64,7 +64,7 @@ def _find_slot(lib: Library, label: str | None, slot: int | None) -> int:
 @app.command("serve")
 def serve(insecure_dev: bool = typer.Option(False, "--insecure-dev",
                                             help="Plain HTTP, on a loopback address only (development).")):
-    """Run the REST service ([server] in the configuration) until SIGTERM/SIGINT."""
+    r"""Run the REST service (the \[server] table of the configuration) until SIGTERM/SIGINT."""
     try:
         from .service.serve import Service
         service = Service(Config.load(), insecure_dev=insecure_dev)

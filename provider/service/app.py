@@ -112,12 +112,24 @@ class DecryptBatch(Body):
 
 
 class Sign(Body):
-    message: str = B64
+    message: str | None = Field(None, max_length=1 << 20)
+    digest: str | None = Field(None, max_length=128)    # ECDSA keys: the message's SHA-256/384, base64
 
 
 class Verify(Body):
-    message: str = B64
+    message: str | None = Field(None, max_length=1 << 20)
+    digest: str | None = Field(None, max_length=128)
     signature: str = Field(max_length=4096)
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
+class MacBody(Body):
+    message: str = B64
+
+
+class MacVerify(Body):
+    message: str = B64
+    mac: str = Field(max_length=4096)
     version: int | None = Field(None, ge=1, le=2**31 - 1)
 
 
@@ -166,7 +178,9 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
         def check(request: Request):
             client = request.client.host if request.client else ""
             try:
-                principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client)
+                tls = request.scope.get("extensions", {}).get("tls", {})
+                principal = auth.principal(request.headers.get("authorization"), request.state.request_id, client,
+                                           tls.get("client_fingerprint", ""))
             except ApiError:
                 wait = refusals.take(f"source:{client}", ("unauthenticated",))
                 if wait:
@@ -317,12 +331,20 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
 
     @route("POST", "/v1/keys/{key}/sign", "keys.use")
     def sign(body: Sign, key: str = KEY, p=Depends(allow("keys.use"))):
-        return crypto.sign(p, key, unb64(body.message, "message"))
+        return crypto.sign(p, key, *_message_or_digest(body))
 
     @route("POST", "/v1/keys/{key}/verify", "keys.use")
     def verify(body: Verify, key: str = KEY, p=Depends(allow("keys.use"))):
-        return crypto.verify(p, key, unb64(body.message, "message"), unb64(body.signature, "signature"),
-                             body.version)
+        message, digest = _message_or_digest(body)
+        return crypto.verify(p, key, message, unb64(body.signature, "signature"), body.version, digest)
+
+    @route("POST", "/v1/keys/{key}/mac", "keys.use")
+    def mac(body: MacBody, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.mac(p, key, unb64(body.message, "message"))
+
+    @route("POST", "/v1/keys/{key}/mac/verify", "keys.use")
+    def mac_verify(body: MacVerify, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.mac_verify(p, key, unb64(body.message, "message"), unb64(body.mac, "mac"), body.version)
 
     # --- approvals ---------------------------------------------------------------------------
     @route("GET", "/v1/approvals", "approvals.read")
@@ -349,6 +371,15 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
 
     instrument(app)                        # outermost: a request refused before routing is a span too
     return app
+
+
+def _message_or_digest(body) -> tuple:
+    """(message, None) or (None, digest): exactly one of them is given."""
+    if (body.message is None) == (body.digest is None):
+        raise ApiError(400, "invalid_argument", "give either message or digest")
+    if body.digest is not None:
+        return None, unb64(body.digest, "digest")
+    return unb64(body.message, "message"), None
 
 
 def _refusal(request: Request, settings) -> tuple | None:

@@ -5,8 +5,7 @@ reloaded when it changes; the header's kid names the key). The algorithm is pinn
 verifies only with the secret, an asymmetric token only with its kid's key and only in
 that key's one algorithm; anything else (`none`, an unknown kid, RS256 named on an EC key,
 HS256 when no secret is set — the HS/RS confusion) is refused before a signature is
-looked at. `iss`, `aud`, `exp`,
-`nbf`, `iat` and `sub` are required; a token living longer than jwt_max_lifetime is
+looked at. `iss`, `aud`, `exp`, `nbf`, `iat` and `sub` are required; a token living longer than jwt_max_lifetime is
 refused. Roles come from the roles claim (unknown names are dropped); a service token's
 keys come from the keys claim (absent: no keys)."""
 
@@ -60,7 +59,9 @@ class Authenticator:
     def algorithms(self) -> tuple:
         return ((ALGORITHM,) if self._secret is not None else ()) + self.jwks_algorithms()
 
-    def principal(self, authorization: str | None, correlation_id: str, source: str) -> Principal:
+    def principal(self, authorization: str | None, correlation_id: str, source: str, client: str = "") -> Principal:
+        """`client`: the mTLS client certificate's fingerprint, when there is one (else
+        the JWT key's id names the client)."""
         if not authorization:
             self.failures += 1
             self.on_failure("missing")
@@ -77,7 +78,7 @@ class Authenticator:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             self._refuse("malformed", "the bearer token is not a JWT")
-        key, alg, client = self._key(header)
+        key, alg, key_client = self._key(header)
         try:
             claims = jwt.decode(token, key, algorithms=[alg], audience=s.jwt_audience,
                                 issuer=s.jwt_issuer, leeway=s.jwt_leeway,
@@ -112,4 +113,4 @@ class Authenticator:
             keys = frozenset(named)
         session = claims.get("jti") or claims.get("sid") or ""
         return Principal(subject=sub, roles=roles, interface="rest", session=str(session)[:128],
-                         client=client, source=source, correlation_id=correlation_id, keys=keys)
+                         client=client or key_client, source=source, correlation_id=correlation_id, keys=keys)

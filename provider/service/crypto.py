@@ -25,7 +25,10 @@ CIPHERTEXT = re.compile(r"ferrohsm:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})\Z")
 SIGNING = {"ec-p256": (C.CKM_ECDSA_SHA256, 32), "ec-p384": (C.CKM_ECDSA_SHA384, 48), "ed25519": (C.CKM_EDDSA, 0),
            "rsa-2048": (C.CKM_SHA256_RSA_PKCS, 0), "rsa-3072": (C.CKM_SHA256_RSA_PKCS, 0),
            "rsa-4096": (C.CKM_SHA256_RSA_PKCS, 0)}
-USAGE_CKA = {"encrypt": C.CKA_ENCRYPT, "decrypt": C.CKA_DECRYPT, "sign": C.CKA_SIGN, "verify": C.CKA_VERIFY}
+MACS = {"hmac-sha256": C.CKM_SHA256_HMAC}
+DIGEST_LEN = {"ec-p256": 32, "ec-p384": 48}     # sign/verify by digest: ECDSA over the given hash (CKM_ECDSA)
+USAGE_CKA = {"encrypt": C.CKA_ENCRYPT, "decrypt": C.CKA_DECRYPT, "sign": C.CKA_SIGN, "verify": C.CKA_VERIFY,
+             "mac": C.CKA_SIGN, "mac_verify": C.CKA_VERIFY}
 
 
 def b64(data: bytes) -> str:
@@ -44,15 +47,20 @@ class Crypto:
         self.gov = gov
         self.metrics = metrics
 
-    def _key(self, principal, key: str, use: str, version: int | None, algorithms, count: int = 1):
+    def _key(self, principal, key: str, use: str, version: int | None, algorithms, count: int = 1,
+             digest: bytes | None = None):
         """(record, opened key object, version number) for `use`, through the gate."""
         rec = self.gov.get_key(key)
         if principal.keys is not None and rec.name not in principal.keys and rec.id not in principal.keys:
             raise ApiError(403, "permission_denied", "this token does not name that key")
         if rec.algorithm not in algorithms:
             raise ApiError(409, "failed_precondition", f"{rec.name} is {rec.algorithm}: it cannot {use} here")
+        if digest is not None and len(digest) != DIGEST_LEN.get(rec.algorithm):
+            raise ApiError(400, "invalid_argument", "a digest is signed by an ec-p256 (SHA-256, 32 bytes) or "
+                                                    "ec-p384 (SHA-384, 48 bytes) key")
         obj = self.gov.version_object(rec.id, version, use)
-        mech = C.CKM_AES_GCM if rec.algorithm == "aes-256-gcm" else SIGNING[rec.algorithm][0]
+        mech = C.CKM_AES_GCM if rec.algorithm == "aes-256-gcm" else MACS.get(rec.algorithm) \
+            or (C.CKM_ECDSA if digest is not None else SIGNING[rec.algorithm][0])
         token = self.gov.token
         with span("ferrohsm.gate", **{"ferrohsm.key_id": rec.id, "ferrohsm.use": use,
                                      "ferrohsm.key_version": obj.attrs[C.CKA_FERRO_VERSION]}), token.lock:
@@ -110,16 +118,34 @@ class Crypto:
                 results.append({"error": {"code": err.code, "message": err.message}})
         return {"results": results}
 
-    def sign(self, principal, key: str, message: bytes) -> dict:
-        rec, opened, number, mech = self._key(principal, key, "sign", None, SIGNING)
-        sig = registry.get(mech).impl.sign_init(opened, None).oneshot(message)
+    def sign(self, principal, key: str, message: bytes | None, digest: bytes | None = None) -> dict:
+        rec, opened, number, mech = self._key(principal, key, "sign", None, SIGNING, digest=digest)
+        sig = registry.get(mech).impl.sign_init(opened, None).oneshot(message if digest is None else digest)
         size = SIGNING[rec.algorithm][1]
         if size:
             sig = encode_dss_signature(int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big"))
         return {"key_id": rec.id, "key_version": number, "signature": b64(sig)}
 
-    def verify(self, principal, key: str, message: bytes, signature: bytes, version: int | None) -> dict:
-        rec, opened, number, mech = self._key(principal, key, "verify", version, SIGNING)
+    def mac(self, principal, key: str, message: bytes) -> dict:
+        rec, opened, number, mech = self._key(principal, key, "mac", None, MACS)
+        tag = registry.get(mech).impl.sign_init(opened, None).oneshot(message)
+        return {"key_id": rec.id, "key_version": number, "mac": b64(tag)}
+
+    def mac_verify(self, principal, key: str, message: bytes, tag: bytes, version: int | None) -> dict:
+        rec, opened, number, mech = self._key(principal, key, "mac_verify", version, MACS)
+        try:
+            registry.get(mech).impl.verify_init(opened, None).oneshot(message, tag)
+            valid = True
+        except PKCS11Error as err:
+            if err.rv not in (C.CKR_SIGNATURE_INVALID, C.CKR_SIGNATURE_LEN_RANGE):
+                raise
+            valid = False
+        return {"key_id": rec.id, "key_version": number, "valid": valid}
+
+    def verify(self, principal, key: str, message: bytes | None, signature: bytes, version: int | None,
+               digest: bytes | None = None) -> dict:
+        rec, opened, number, mech = self._key(principal, key, "verify", version, SIGNING, digest=digest)
+        message = message if digest is None else digest
         size = SIGNING[rec.algorithm][1]
         if size:
             try:

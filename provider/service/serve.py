@@ -8,12 +8,14 @@ theirs); the JWT secret is read from the environment variable `jwt_secret_env` n
 At SIGTERM uvicorn lets in-flight requests finish; then the scheduler and the audit
 checkpointer stop, the audit file sink is flushed and the engine finalised."""
 
+import hashlib
 import ipaddress
 import os
 import signal
 import ssl
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import constants as C
 from ..audit import Checkpointer, open_audit
@@ -27,6 +29,25 @@ from .app import create_app
 from .auditing import UseAudit
 
 LOOPBACK = ("localhost",)
+
+
+class ClientCertProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol that hands the app the SHA-256 of the connection's
+    client certificate (mTLS) as scope["extensions"]["tls"]["client_fingerprint"]:
+    the audit records name the client by it."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            tls = {"client_fingerprint": "sha256:" + hashlib.sha256(der).hexdigest()}
+            inner = self.app
+
+            async def app(scope, receive, send):
+                scope.setdefault("extensions", {})["tls"] = tls
+                await inner(scope, receive, send)
+            self.app = app
 
 
 class TLS13Config(uvicorn.Config):
@@ -107,7 +128,7 @@ class Service:
         if not self.insecure:
             kw.update(ssl_certfile=s.tls_cert, ssl_keyfile=s.tls_key)
             if s.client_ca:
-                kw.update(ssl_ca_certs=s.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+                kw.update(ssl_ca_certs=s.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED, http=ClientCertProtocol)
         return TLS13Config(self.app, **kw)
 
     def run(self) -> None:

@@ -57,4 +57,4 @@ def test_no_input_is_a_server_error(service):
                     assert r.status_code < 500, (method, url, query, r.status_code, r.text)
                     if r.status_code >= 400:
                         assert r.json()["error"]["code"], r.text
-    assert sent >= 29 * 4 * 12
+    assert sent >= 31 * 4 * 12

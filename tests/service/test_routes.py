@@ -233,3 +233,38 @@ def test_batch_encrypt_decrypt(service):
     assert service.post("/v1/keys/bulk/encrypt/batch", headers=app, json={"items": []}).status_code == 422
     assert service.post("/v1/keys/bulk/encrypt/batch", headers=app,
                         json={"items": [{"plaintext": ""}] * 1001}).status_code == 422
+
+
+def test_mac_and_verify(service):
+    create(service, "hm", "hmac-sha256", ("mac",))
+    app = svc("hm")
+    r = service.post("/v1/keys/hm/mac", headers=app, json={"message": b64(b"m")})
+    assert r.status_code == 200, r.text
+    tag = r.json()["mac"]
+    assert len(base64.b64decode(tag)) == 32
+    ok = service.post("/v1/keys/hm/mac/verify", headers=app, json={"message": b64(b"m"), "mac": tag})
+    assert ok.json()["valid"] is True
+    assert service.post("/v1/keys/hm/mac/verify", headers=app, json={"message": b64(b"n"), "mac": tag}) \
+        .json()["valid"] is False
+    assert service.post("/v1/keys/hm/mac/verify", headers=app, json={"message": b64(b"m"), "mac": b64(b"x")}) \
+        .json()["valid"] is False
+    create(service, "notmac")
+    r = service.post("/v1/keys/notmac/mac", headers=svc("notmac"), json={"message": b64(b"m")})
+    assert r.status_code == 409 and code(r) == "failed_precondition"
+
+
+@pytest.mark.parametrize("algorithm, hash_name", [("ec-p256", "sha256"), ("ec-p384", "sha384")])
+def test_sign_by_digest_verifies_by_message(service, algorithm, hash_name):
+    import hashlib
+    create(service, "d", algorithm, ("sign", "verify"))
+    app = svc("d")
+    digest = hashlib.new(hash_name, b"payload").digest()
+    sig = service.post("/v1/keys/d/sign", headers=app, json={"digest": b64(digest)}).json()["signature"]
+    assert service.post("/v1/keys/d/verify", headers=app, json={"message": b64(b"payload"), "signature": sig}) \
+        .json()["valid"] is True
+    assert service.post("/v1/keys/d/verify", headers=app, json={"digest": b64(digest), "signature": sig}) \
+        .json()["valid"] is True
+    assert code(service.post("/v1/keys/d/sign", headers=app, json={"digest": b64(b"short")})) == "invalid_argument"
+    assert code(service.post("/v1/keys/d/sign", headers=app, json={})) == "invalid_argument"
+    assert code(service.post("/v1/keys/d/sign", headers=app,
+                             json={"digest": b64(digest), "message": b64(b"x")})) == "invalid_argument"

@@ -6,6 +6,7 @@ decrypt, the use in the audit chain), and SIGTERM ends the process cleanly. Also
 start-up refusals: plain HTTP off loopback, no TLS files, no secret."""
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import signal
@@ -168,7 +169,16 @@ def test_serve_mtls_requires_a_client_certificate(tmp_path, pki):
         url = f"https://127.0.0.1:{port}/healthz"
         with pytest.raises((ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             httpx.get(url, verify=_client_ctx(pki)).raise_for_status()
-        assert httpx.get(url, verify=_client_ctx(pki, cert=True)).status_code == 200
+        with httpx.Client(verify=_client_ctx(pki, cert=True)) as c:
+            assert c.get(url).status_code == 200
+            base = url.removesuffix("/healthz")
+            r = c.post(base + "/v1/keys", headers=bearer(sub="alice", roles=["operator"]),
+                       json={"name": "m", "algorithm": "aes-256-gcm", "usage": ["encrypt"]})
+            assert r.status_code == 201, r.text
+            records = c.get(base + "/v1/audit", headers=bearer(sub="dave", roles=["auditor"])).json()["records"]
+        der = x509.load_pem_x509_certificate(Path(pki["client"]).read_bytes()).public_bytes(serialization.Encoding.DER)
+        made = [x for x in records if x["action"] == "key.create"]
+        assert made and made[0]["client"] == "sha256:" + hashlib.sha256(der).hexdigest()
     finally:
         assert _stop(proc) == 0
 
@@ -195,3 +205,35 @@ def test_insecure_dev_on_loopback(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["status"] == "ok"
     finally:
         assert _stop(proc) == 0
+
+
+def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
+    """A request whose body is still arriving when SIGTERM comes is answered (200), then
+    the process exits 0; a new connection after the signal is refused."""
+    import json as _json
+    port = free_port()
+    proc = _start(_setup(tmp_path, f'listen = "127.0.0.1:{port}"'), "--insecure-dev")
+    try:
+        _wait_port(proc, port)
+        token = bearer(sub="alice", roles=["operator"])["Authorization"]
+        body = _json.dumps({"name": "late", "algorithm": "aes-256-gcm", "usage": ["encrypt"]}).encode()
+        s = socket.create_connection(("127.0.0.1", port), 5)
+        s.sendall(b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Authorization: {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None                       # still finishing the request
+        s.sendall(body[10:])
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 201"), reply[:200]
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,49 @@
+"""The audit fails closed through the API: when the audit's file sink cannot be written
+(its path made a directory under it: unwritable even for root), a key use answers
+503 `unavailable` and returns no ciphertext; once the sink is back, uses run again and
+the audit holds exactly the uses that ran."""
+
+import base64
+import os
+import shutil
+
+import httpx
+
+from provider.audit import Audit
+from provider.config import ServerSettings
+from provider.governance import Governance
+from provider.governance.auditing import recorder
+from provider.service.app import create_app
+from provider.service.auditing import UseAudit
+from tests.unit.govkit import new_token
+
+from .conftest import SECRET, Running, bearer
+
+
+def test_unwritable_audit_refuses_the_use(tmp_path):
+    token = new_token("sqlite", tmp_path)
+    sink = tmp_path / "audit.jsonl"
+    audit = Audit(token.store, b"h" * 32, file=sink)
+    token.audit = UseAudit(audit)
+    running = Running(create_app(Governance(token, recorder(audit)), ServerSettings(), SECRET))
+    try:
+        with httpx.Client(base_url=running.url) as c:
+            assert c.post("/v1/keys", headers=bearer(roles=["operator"]),
+                          json={"name": "k", "algorithm": "aes-256-gcm", "usage": ["encrypt"]}).status_code == 201
+            app = bearer(sub="app", roles=["service"], keys=["k"])
+            body = {"plaintext": base64.b64encode(b"secret plaintext").decode()}
+            assert c.post("/v1/keys/k/encrypt", headers=app, json=body).status_code == 200
+            saved = sink.read_bytes()
+            os.remove(sink)
+            os.mkdir(sink)                                   # the sink cannot be opened for writing
+            r = c.post("/v1/keys/k/encrypt", headers=app, json=body)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+            assert "ciphertext" not in r.text and "secret plaintext" not in r.text
+            shutil.rmtree(sink)
+            sink.write_bytes(saved)
+            assert c.post("/v1/keys/k/encrypt", headers=app, json=body).status_code == 200
+            records = c.get("/v1/audit", headers=bearer(sub="dave", roles=["auditor"])).json()["records"]
+            assert [x["outcome"] for x in records if x["action"] == "pkcs11.encrypt"] == ["ok", "ok"]
+    finally:
+        running.stop()
+        token.store.close()
