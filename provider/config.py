@@ -83,7 +83,10 @@ TOML, every key optional:
     client_ca = ""           # CA (PEM) of client certificates: set = mTLS required
     token = ""               # label of the token served ("" = the first initialised one)
     pin = "env:FERROHSM_PIN" # its user PIN source, read once at start: "env:NAME" | "file:PATH"
-    jwt_secret_env = "FERROHSM_JWT_SECRET"   # the variable holding the HS256 secret (>= 32 bytes)
+    jwt_secret_env = "FERROHSM_JWT_SECRET"   # the variable holding the HS256 secret (>= 32 bytes;
+                             # may be unset when jwks_file is: HS256 tokens then refused)
+    jwks_file = ""           # RS256/ES256/EdDSA public keys (JWKS; kid -> key, alg pinned per
+                             # key; re-read when it changes, a bad edit keeps the last good set)
     jwt_issuer = "ferrohsm"  # required `iss` and `aud` of bearer tokens
     jwt_audience = "ferrohsm"
     jwt_max_lifetime = 3600  # exp - iat at most (seconds); jwt_leeway = 30 for clock skew
@@ -243,6 +246,7 @@ class ServerSettings:
     token: str = ""                         # token label ("": the first initialised token)
     pin: str = ""                           # "env:NAME" | "file:PATH"
     jwt_secret_env: str = "FERROHSM_JWT_SECRET"
+    jwks_file: str = ""                     # RS256/ES256/EdDSA public keys (a JWKS, reloaded when it changes)
     jwt_issuer: str = "ferrohsm"
     jwt_audience: str = "ferrohsm"
     jwt_max_lifetime: int = 3600            # seconds between iat and exp, at most

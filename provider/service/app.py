@@ -27,6 +27,7 @@ from .errors import ApiError, answer, install
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ratelimit import UNAUTHENTICATED, Buckets
 from .roles import PERMISSIONS, allowed
+from .tracing import instrument
 
 LOG = logging.getLogger("ferrohsm.service")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
@@ -368,6 +369,7 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
         records = [json.loads(data[MAC_LEN:]) for _, _, data in rows]
         return {"records": records, "next_after": rows[-1][0] if rows else after}
 
+    instrument(app)                        # outermost: a request refused before routing is a span too
     return app
 
 

@@ -1,8 +1,11 @@
-"""JWT bearer tokens → Principal. HS256 only, with a secret the operator puts in an
-environment variable (the [server] table names the variable, never the secret). The
-algorithm is pinned: a token whose header asks for anything else (`none`, RS256 — the
-HS/RS confusion) is refused before its signature is looked at. `iss`, `aud`, `exp`,
-`nbf`, `iat` and `sub` are required; a token living longer than jwt_max_lifetime is
+"""JWT bearer tokens → Principal. HS256 with a secret the operator puts in an
+environment variable (the [server] table names the variable, never the secret), and
+RS256/ES256/EdDSA with the public keys of a JWKS file ([server] jwks_file, jwks.py,
+reloaded when it changes; the header's kid names the key). The algorithm is pinned: HS256
+verifies only with the secret, an asymmetric token only with its kid's key and only in
+that key's one algorithm; anything else (`none`, an unknown kid, RS256 named on an EC key,
+HS256 when no secret is set — the HS/RS confusion) is refused before a signature is
+looked at. `iss`, `aud`, `exp`, `nbf`, `iat` and `sub` are required; a token living longer than jwt_max_lifetime is
 refused. Roles come from the roles claim (unknown names are dropped); a service token's
 keys come from the keys claim (absent: no keys)."""
 
@@ -12,6 +15,7 @@ import jwt
 
 from ..principal import Principal
 from .errors import ApiError
+from .jwks import ALGORITHMS as JWKS_ALGORITHMS, JwksFile
 from .roles import ROLES
 
 ALGORITHM = "HS256"
@@ -20,11 +24,12 @@ MAX_TOKEN = 8192
 
 class Authenticator:
     def __init__(self, settings, secret: bytes, on_failure=lambda reason: None):
-        if len(secret) < 32:
+        self.jwks = JwksFile(settings.jwks_file) if settings.jwks_file else None
+        if secret and len(secret) < 32 or not secret and self.jwks is None:
             raise ValueError("the JWT secret must be at least 32 bytes")
         self.settings = settings
-        self._secret = secret
-        self._kid = hashlib.sha256(secret).hexdigest()[:16]     # names the key in the audit, reveals nothing
+        self._secret = secret or None                            # None: HS256 tokens are refused
+        self._kid = hashlib.sha256(secret).hexdigest()[:16] if secret else ""   # names the key, reveals nothing
         self.on_failure = on_failure
         self.failures = 0
 
@@ -32,6 +37,27 @@ class Authenticator:
         self.failures += 1
         self.on_failure(reason)
         raise ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    def _key(self, header) -> tuple:
+        """(verification key, its one algorithm, the client name for the audit) for a
+        token header, or refused."""
+        alg = header.get("alg")
+        if alg == ALGORITHM and self._secret is not None:
+            return self._secret, ALGORITHM, f"jwt:{self._kid}"
+        if self.jwks is None or alg not in self.jwks_algorithms():
+            self._refuse("algorithm", f"{'/'.join(self.algorithms())} tokens are accepted, not {str(alg)[:16]!r}")
+        found = self.jwks.get(header.get("kid"))
+        if found is None:
+            self._refuse("unknown_key", "the bearer token's kid names no key of this service")
+        if found.alg != alg:
+            self._refuse("algorithm", f"the key {found.kid!r} verifies {found.alg} tokens only")
+        return found.key, found.alg, f"jwt:{found.kid}"
+
+    def jwks_algorithms(self) -> tuple:
+        return tuple(JWKS_ALGORITHMS) if self.jwks is not None else ()
+
+    def algorithms(self) -> tuple:
+        return ((ALGORITHM,) if self._secret is not None else ()) + self.jwks_algorithms()
 
     def principal(self, authorization: str | None, correlation_id: str, source: str, client: str = "") -> Principal:
         """`client`: the mTLS client certificate's fingerprint, when there is one (else
@@ -52,10 +78,9 @@ class Authenticator:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             self._refuse("malformed", "the bearer token is not a JWT")
-        if header.get("alg") != ALGORITHM:
-            self._refuse("algorithm", f"only {ALGORITHM} tokens are accepted")
+        key, alg, key_client = self._key(header)
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=s.jwt_audience,
+            claims = jwt.decode(token, key, algorithms=[alg], audience=s.jwt_audience,
                                 issuer=s.jwt_issuer, leeway=s.jwt_leeway,
                                 options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]})
         except jwt.ExpiredSignatureError:
@@ -88,4 +113,4 @@ class Authenticator:
             keys = frozenset(named)
         session = claims.get("jti") or claims.get("sid") or ""
         return Principal(subject=sub, roles=roles, interface="rest", session=str(session)[:128],
-                         client=client or f"jwt:{self._kid}", source=source, correlation_id=correlation_id, keys=keys)
+                         client=client or key_client, source=source, correlation_id=correlation_id, keys=keys)

@@ -17,6 +17,7 @@ from ..errors import PKCS11Error
 from ..mechanisms import registry
 from ..mechanisms.params import GcmParams
 from .errors import ApiError
+from .tracing import span
 
 IV_LEN, TAG_LEN = 12, 16
 CIPHERTEXT = re.compile(r"ferrohsm:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})\Z")
@@ -61,7 +62,8 @@ class Crypto:
         mech = C.CKM_AES_GCM if rec.algorithm == "aes-256-gcm" else MACS.get(rec.algorithm) \
             or (C.CKM_ECDSA if digest is not None else SIGNING[rec.algorithm][0])
         token = self.gov.token
-        with token.lock:
+        with span("ferrohsm.gate", **{"ferrohsm.key_id": rec.id, "ferrohsm.use": use,
+                                     "ferrohsm.key_version": obj.attrs[C.CKA_FERRO_VERSION]}), token.lock:
             token.refresh()
             opened = gate.use(token, obj, USAGE_CKA[use], mech, principal)
         if self.metrics is not None:

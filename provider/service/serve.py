@@ -23,6 +23,7 @@ from ..backends.factory import _pin_source
 from ..errors import PKCS11Error
 from ..governance import Scheduler, governance_of
 from ..library import Library
+from .jwks import JwksFile
 from .app import create_app
 
 LOOPBACK = ("localhost",)
@@ -94,9 +95,15 @@ class Service:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, "[server] tls_cert and tls_key are required "
                                                    "(plain HTTP only with --insecure-dev on loopback)")
         secret = os.environ.get(s.jwt_secret_env, "").encode()
-        if len(secret) < 32:
+        if len(secret) < 32 and (secret or not s.jwks_file):
             raise PKCS11Error(C.CKR_GENERAL_ERROR, f"the environment variable {s.jwt_secret_env} must hold the "
-                                                   "JWT secret (at least 32 bytes)")
+                                                   "JWT secret (at least 32 bytes), or [server] jwks_file name "
+                                                   "the public keys of asymmetric tokens")
+        if s.jwks_file:
+            try:
+                JwksFile(s.jwks_file)
+            except (OSError, ValueError) as exc:
+                raise PKCS11Error(C.CKR_GENERAL_ERROR, f"[server] jwks_file: {exc}") from None
         if not s.pin:
             raise PKCS11Error(C.CKR_GENERAL_ERROR, "[server] pin = \"env:NAME\" | \"file:PATH\" is required")
         self.settings, self.insecure = s, insecure_dev

@@ -8,6 +8,7 @@ start-up refusals: plain HTTP off loopback, no TLS files, no secret."""
 import datetime
 import hashlib
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -18,11 +19,13 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from jwt.algorithms import OKPAlgorithm
 
 from provider.config import Config
 from tests.unit.conftest import init_token, make_library
@@ -187,6 +190,9 @@ def test_serve_mtls_requires_a_client_certificate(tmp_path, pki):
     ('listen = "0.0.0.0:{port}"', {}, "--insecure-dev"),                         # (with --insecure-dev)
     ('listen = "127.0.0.1:{port}"', {}, "tls_cert and tls_key"),                # no TLS files, no flag
     ('listen = "127.0.0.1:{port}"\ntls_cert = "/x"\ntls_key = "/y"', {"FERROHSM_JWT_SECRET": "short"}, "JWT secret"),
+    ('listen = "127.0.0.1:{port}"\ntls_cert = "/x"\ntls_key = "/y"\njwks_file = "/nonexistent/jwks.json"', {},
+     "jwks_file: "),
+    ('listen = "127.0.0.1:{port}"\ntls_cert = "/x"\ntls_key = "/y"', {"FERROHSM_JWT_SECRET": ""}, "jwks_file"),
 ])
 def test_serve_refuses_to_start(tmp_path, server, env_change, message):
     env = {**_setup(tmp_path, server.format(port=free_port())), **env_change}
@@ -237,3 +243,26 @@ def test_sigterm_lets_an_in_flight_request_finish(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_with_a_jwks_and_no_secret(tmp_path):
+    """`ferrohsm serve` with only [server] jwks_file: an EdDSA token of its key is
+    accepted, an HS256 one refused (no secret is set, none may be guessed)."""
+    priv = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [OKPAlgorithm.to_jwk(priv.public_key(), as_dict=True) | {"kid": "ed1"}]}))
+    port = free_port()
+    env = {**_setup(tmp_path, f'listen = "127.0.0.1:{port}"\njwks_file = "{path}"'), "FERROHSM_JWT_SECRET": ""}
+    proc = _start(env, "--insecure-dev")
+    try:
+        _wait_port(proc, port)
+        now = int(time.time())
+        claims = {"sub": "alice", "roles": ["operator"], "iss": "ferrohsm", "aud": "ferrohsm", "iat": now,
+                  "nbf": now - 1, "exp": now + 300}
+        url = f"http://127.0.0.1:{port}/v1/keys"
+        ok = jwt.encode(claims, priv, algorithm="EdDSA", headers={"kid": "ed1"})
+        assert httpx.get(url, headers={"Authorization": f"Bearer {ok}"}).status_code == 200
+        r = httpx.get(url, headers=bearer())
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+    finally:
+        assert _stop(proc) == 0
