@@ -77,6 +77,40 @@ def serve(insecure_dev: bool = typer.Option(False, "--insecure-dev",
     service.run()
 
 
+@app.command("jwt")
+def make_jwt(
+    sub: str = typer.Option(..., "--sub", help="The subject (who the token is for)."),
+    roles: list[str] = typer.Option(..., "--role", help="administrator | operator | auditor | service (repeatable)."),
+    keys: list[str] = typer.Option(None, "--key", help="For a service token: a key name or id it may use (repeatable)."),
+    ttl: int = typer.Option(900, help="Lifetime in seconds (at most [server] jwt_max_lifetime)."),
+):
+    r"""Print an HS256 bearer token for the service, signed with the secret in the variable
+    \[server] jwt_secret_env names, with its issuer and audience. For first steps and tests:
+    production deployments issue tokens from their identity provider (a JWKS, \[server] jwks_file).
+
+    Example: ferrohsm jwt --sub alice --role operator"""
+    import os
+    import time
+    import uuid
+
+    import jwt
+    settings = Config.load().server
+    secret = os.environ.get(settings.jwt_secret_env, "")
+    if len(secret.encode()) < 32:
+        out.print(f"error: {settings.jwt_secret_env} must hold the service's HS256 secret (at least 32 bytes)",
+                  markup=False)
+        raise typer.Exit(2)
+    if not 0 < ttl <= settings.jwt_max_lifetime:
+        out.print(f"error: --ttl must be 1..{settings.jwt_max_lifetime}", markup=False)
+        raise typer.Exit(2)
+    now = int(time.time())
+    claims = {"sub": sub, settings.roles_claim: roles, "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
+              "iat": now, "nbf": now, "exp": now + ttl, "jti": uuid.uuid4().hex}
+    if keys:
+        claims[settings.keys_claim] = keys
+    print(jwt.encode(claims, secret.encode(), algorithm="HS256"))
+
+
 @app.command("init-token")
 def init_token(
     label: str = typer.Option(..., help="Token label (up to 32 bytes)."),

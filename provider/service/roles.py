@@ -11,7 +11,7 @@ PERMISSIONS = {
     "keys.manage":      {"administrator", "operator"},    # rotate, rollback, enable/disable, destroy, restore
     "keys.use":         {"service"},                       # encrypt, decrypt, sign, verify
     "policy.read":      {"administrator", "operator", "auditor"},
-    "policy.manage":    {"administrator"},                 # tags, attach/detach, floors, flags                       # encrypt, decrypt, sign, verify
+    "policy.manage":    {"administrator"},                 # tags, attach/detach, floors, flags
     "approvals.read":   {"administrator", "operator", "auditor"},
     "approvals.decide": {"administrator", "operator"},
     "audit.read":       {"administrator", "auditor"},

@@ -23,6 +23,7 @@ from ..backends.factory import _pin_source
 from ..errors import PKCS11Error
 from ..governance import Scheduler, governance_of
 from ..library import Library
+from ..log import LOG
 from .jwks import JwksFile
 from .app import create_app
 
@@ -116,7 +117,8 @@ class Service:
         self.gov = governance_of(self.lib, token)
         self.scheduler = Scheduler(self.gov, scheduler_interval)
         self.checkpointer = Checkpointer(self.audit)
-        self.app = create_app(self.gov, s, secret)
+        backends = self.lib.backends
+        self.app = create_app(self.gov, s, secret, health=lambda: {"backends": backends.health_report()})
 
     def uvicorn_config(self) -> uvicorn.Config:
         s = self.settings
@@ -131,6 +133,7 @@ class Service:
     def run(self) -> None:
         self.scheduler.start()
         self.checkpointer.start()
+        self.lib.backends.start_health_checks()     # every 60 s: /healthz "backends"
         # uvicorn shuts down gracefully at SIGTERM/SIGINT, then raises the signal again under
         # the handlers it found: these let the clean-up below run and the process exit 0
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -142,5 +145,8 @@ class Service:
             self.checkpointer.stop()
             try:
                 self.audit.flush()
+                self.audit.checkpoint()         # the last records are covered by a signed checkpoint
+            except Exception:                   # noqa: BLE001 - the engine is finalised whatever happens
+                LOG.exception("audit: the checkpoint at shutdown was not written")
             finally:
                 self.lib.finalize()

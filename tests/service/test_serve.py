@@ -138,6 +138,7 @@ def test_serve_tls13_end_to_end_and_sigterm(tmp_path, pki):
         with httpx.Client(base_url=url, verify=_client_ctx(pki), timeout=10) as c:
             r = c.get("/healthz")
             assert r.status_code == 200 and r.json()["token"]["logged_in"] is True
+            assert r.json()["backends"]["soft"]["status"] == "available"        # the backends' last check
             assert r.extensions["network_stream"].get_extra_info("ssl_object").version() == "TLSv1.3"
             op = bearer(sub="alice", roles=["operator"])
             assert c.post("/v1/keys", headers=op, json={"name": "web", "algorithm": "aes-256-gcm",
