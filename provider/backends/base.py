@@ -173,7 +173,10 @@ class DeviceWorker:
             prior = self._abandoned
             if prior is not None and prior.done():
                 prior = self._abandoned = None
-            fut = self._pool.submit(_after, prior, fn, *args)
+            try:
+                fut = self._pool.submit(_after, prior, fn, *args)
+            except RuntimeError:        # the interpreter is exiting (its pools shut down): a
+                return fn(*args)        # C_Finalize from an atexit handler runs the call itself
             try:
                 return fut.result(timeout or self.timeout)
             except cf.TimeoutError:

@@ -5,6 +5,7 @@ of key uses kept in a list the tests read."""
 import socket
 import threading
 import time
+from collections.abc import Mapping
 
 import httpx
 import jwt
@@ -31,6 +32,26 @@ def make_jwt(sub="alice", roles=("operator",), lifetime=300, secret=SECRET, alg=
 
 def bearer(**kw) -> dict:
     return {"Authorization": f"Bearer {make_jwt(**kw)}"}
+
+
+class Bearer(Mapping):
+    """Headers with a bearer token minted when a request reads them (a module-level one
+    made at collection would have expired by the time a long run reaches its tests)."""
+
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def _headers(self) -> dict:
+        return bearer(**self.kw)
+
+    def __getitem__(self, name):
+        return self._headers()[name]
+
+    def __iter__(self):
+        return iter(self._headers())
+
+    def __len__(self):
+        return 1
 
 
 def free_port() -> int:

@@ -9,12 +9,12 @@ import pytest
 
 from provider.governance import record as R
 
-from .conftest import bearer
+from .conftest import Bearer, bearer
 
-OP = bearer(sub="alice", roles=["operator"])
-BOB = bearer(sub="bob", roles=["operator"])
-ADMIN = bearer(sub="carol", roles=["administrator"])
-AUDITOR = bearer(sub="dave", roles=["auditor"])
+OP = Bearer(sub="alice", roles=["operator"])
+BOB = Bearer(sub="bob", roles=["operator"])
+ADMIN = Bearer(sub="carol", roles=["administrator"])
+AUDITOR = Bearer(sub="dave", roles=["auditor"])
 
 
 def b64(data: bytes) -> str:
