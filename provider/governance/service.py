@@ -32,6 +32,7 @@ import hashlib
 import json
 import time
 import uuid
+from contextlib import contextmanager
 
 from .. import constants as C
 from .. import gate, keygen
@@ -89,6 +90,14 @@ class Governance:
         self._fresh: set = set()           # uids of key objects this transaction made (not yet indexed)
 
     # --- reading records ------------------------------------------------------------
+    @contextmanager
+    def _reading(self):
+        """Under the token's lock, after the head check, the user logged in."""
+        with self.token.lock:
+            self.token.refresh()
+            self._ready()
+            yield
+
     def _ready(self) -> None:
         if not self.token.initialized or self.token.user != C.CKU_USER:
             _fail("failed_precondition", "the token's user is not logged in")
@@ -153,9 +162,7 @@ class Governance:
         if algorithm is not None and algorithm not in A.SPECS:
             _fail("invalid_argument", f"unknown algorithm {algorithm!r}")
         after = _page_after(page_token)
-        with self.token.lock:
-            self.token.refresh()
-            self._ready()
+        with self._reading():
             keys = [self._decoded(R.KeyRecord, o) for o in self._objects(C.CKO_FERRO_GOVERNED_KEY)]
         keys = sorted((k for k in keys
                        if (tag is None or tag in k.tags) and (algorithm is None or k.algorithm == algorithm)
@@ -167,33 +174,25 @@ class Governance:
         return page, (_page_token(page[-1].name) if more else None)
 
     def get_tag(self, name: str) -> R.PolicyTag:
-        with self.token.lock:
-            self.token.refresh()
-            self._ready()
+        with self._reading():
             _, tag = self._find(R.PolicyTag, name)
         if tag is None:
             _fail("not_found", f"no policy tag {name!r}")
         return self._mutable(tag)
 
     def list_tags(self) -> list:
-        with self.token.lock:
-            self.token.refresh()
-            self._ready()
+        with self._reading():
             tags = [self._decoded(R.PolicyTag, o) for o in self._objects(C.CKO_FERRO_POLICY_TAG)]
         return sorted((self._mutable(t) for t in tags), key=lambda t: t.name)
 
     def list_approvals(self, status=None) -> list:
-        with self.token.lock:
-            self.token.refresh()
-            self._ready()
+        with self._reading():
             found = [self._decoded(R.Approval, o) for o in self._objects(C.CKO_FERRO_APPROVAL)]
         return sorted((self._mutable(a) for a in found if status is None or a.status == status),
                       key=lambda a: (a.created_at, a.id))
 
     def get_approval(self, approval_id: str) -> R.Approval:
-        with self.token.lock:
-            self.token.refresh()
-            self._ready()
+        with self._reading():
             _, found = self._find(R.Approval, approval_id)
         if found is None:
             _fail("not_found", f"no approval {approval_id!r}")
@@ -852,9 +851,7 @@ class Governance:
         per key. Returns the (action, key id or approval id, version) done."""
         now = self.clock() if now is None else now
         done = []
-        with self.token.lock:
-            self.token.refresh()
-            self._ready()
+        with self._reading():
             keys = [self._decoded(R.KeyRecord, o) for o in self._objects(C.CKO_FERRO_GOVERNED_KEY)]
             approvals = [self._decoded(R.Approval, o) for o in self._objects(C.CKO_FERRO_APPROVAL)]
         for rec in keys:
