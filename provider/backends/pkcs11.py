@@ -182,10 +182,14 @@ class Pkcs11Backend(Backend):
             raise PKCS11Error(C.CKR_KEY_HANDLE_INVALID, f"{self.name}: key not in the token") from None
 
     def close(self):
+        """Close the session on the worker; at interpreter exit (a host's atexit
+        C_Finalize, when thread pools take no more work) in the calling thread."""
         try:
             self._worker.call(self._link.drop, timeout=3.0)
         except PKCS11Error:
             pass
+        except RuntimeError:          # "cannot schedule new futures after shutdown"
+            self._link.drop()
 
     # --- Backend ------------------------------------------------------------------
     def health(self) -> Health:
