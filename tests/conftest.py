@@ -5,4 +5,5 @@ SoftHSM2 bind a process to the first one they saw): PostgreSQL (one server per s
 and one per test for tests that stop it), SoftHSM2, swtpm and pcscd + card, for
 tests/unit, tests/e2e, tests/backends and tests/security."""
 
-from tests.peers.fixtures import pcsc, postgres, postgres_private, softhsm, swtpm  # noqa: F401
+from tests.peers.fixtures import (ferro_remote, pcsc, postgres, postgres_private, softhsm,  # noqa: F401
+                                  swtpm)

@@ -123,6 +123,12 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the device connection (the backend reconnects on next use)."""
 
+    def accepts(self, op: str, mech: int) -> bool:
+        """Whether the device takes mechanism `mech` (what the engine asks of it: the
+        module's list above) for `op`; the engine asks at *Init so a refusal is
+        CKR_MECHANISM_INVALID there, not at the operation."""
+        return True
+
     def supports(self, op: str, kind: str) -> None:
         if (op, kind) not in self.capabilities():
             raise PKCS11Error(C.CKR_KEY_FUNCTION_NOT_PERMITTED if op != "generate"

@@ -404,12 +404,22 @@ def _check_type(key, mech: int) -> None:
         raise _fail(C.CKR_KEY_TYPE_INCONSISTENT, "mechanism does not fit the key")
 
 
+def _check_accepts(backends: Backends, key, op: str, asked: int) -> None:
+    """Refuse at *Init what the key's device does not take (a PKCS#11 module without
+    CKM_RSA_X_509 cannot do a PKCS#1 v1.5 decryption for us)."""
+    backend = backends.get(key.attrs[C.CKA_FERRO_BACKEND].decode())
+    if not backend.accepts(op, asked):
+        raise _fail(C.CKR_MECHANISM_INVALID, f"backend {backend.name} takes no "
+                    f"{C.name_of('CKM_', asked)} to {op}")
+
+
 def context(backends: Backends, token, key, kind: str, mech):
     """The sign or decrypt context of a backend-held key."""
     if kind == "decrypt":
         if mech.type not in DECRYPT:
             raise _fail(C.CKR_MECHANISM_INVALID, f"decrypt {C.name_of('CKM_', mech.type)}")
         _check_type(key, mech.type)
+        _check_accepts(backends, key, "decrypt", RAW_RSA.type if mech.type == C.CKM_RSA_PKCS else mech.type)
         if mech.type == C.CKM_RSA_PKCS:
             if mech.param is not None:
                 raise _fail(C.CKR_MECHANISM_PARAM_INVALID, "takes no parameter")
@@ -420,6 +430,7 @@ def context(backends: Backends, token, key, kind: str, mech):
         raise _fail(C.CKR_MECHANISM_INVALID, f"sign {C.name_of('CKM_', mech.type)}")
     digest_mech, asked = SIGN[mech.type]
     _check_type(key, asked)
+    _check_accepts(backends, key, "sign", asked)
     if asked == C.CKM_RSA_PKCS_PSS:
         p = mech.param
         if not isinstance(p, PssParams) or MGF_FOR_HASH.get(p.hash_alg) != p.mgf \

@@ -62,6 +62,8 @@ NEEDS = {
     ("sign", "rsa-2048"): ((C.CKM_RSA_PKCS, C.CKF_SIGN), (C.CKM_RSA_PKCS_PSS, C.CKF_SIGN)),
     ("decrypt", "rsa-2048"): ((C.CKM_RSA_X_509, C.CKF_DECRYPT), (C.CKM_RSA_PKCS_OAEP, C.CKF_DECRYPT)),
 }
+OP_FLAG = {"generate": C.CKF_GENERATE_KEY_PAIR, "sign": C.CKF_SIGN, "decrypt": C.CKF_DECRYPT,
+           "derive": C.CKF_DERIVE}
 SECURITY = ("hardware", "software")
 STALE = frozenset({C.CKR_SESSION_HANDLE_INVALID, C.CKR_SESSION_CLOSED, C.CKR_DEVICE_REMOVED,
                    C.CKR_TOKEN_NOT_PRESENT, C.CKR_USER_NOT_LOGGED_IN})
@@ -180,10 +182,14 @@ class Pkcs11Backend(Backend):
             raise PKCS11Error(C.CKR_KEY_HANDLE_INVALID, f"{self.name}: key not in the token") from None
 
     def close(self):
+        """Close the session on the worker; at interpreter exit (a host's atexit
+        C_Finalize, when thread pools take no more work) in the calling thread."""
         try:
             self._worker.call(self._link.drop, timeout=3.0)
         except PKCS11Error:
             pass
+        except RuntimeError:          # "cannot schedule new futures after shutdown"
+            self._link.drop()
 
     # --- Backend ------------------------------------------------------------------
     def health(self) -> Health:
@@ -211,12 +217,15 @@ class Pkcs11Backend(Backend):
                                    if any(self._have.get(m, 0) & flag for m, flag in ways))
         return self._caps
 
-    def _listed(self, mech: int, flag: int) -> None:
-        """Refuse a mechanism the token does not list for `flag` (before the module sees it)."""
+    def accepts(self, op: str, mech: int) -> bool:
         self.capabilities()
-        if not self._have.get(mech, 0) & flag:
+        return bool(self._have.get(mech, 0) & OP_FLAG[op])
+
+    def _listed(self, op: str, mech: int) -> None:
+        """Refuse a mechanism the token does not list for `op` (before the module sees it)."""
+        if not self.accepts(op, mech):
             raise PKCS11Error(C.CKR_MECHANISM_INVALID,
-                              f"{self.name}: the module has no {C.name_of('CKM_', mech)} here")
+                              f"{self.name}: the module has no {C.name_of('CKM_', mech)} to {op}")
 
     def _templates(self, kind: str, extractable: bool):
         from pkcs11 import DEFAULT, Attribute as A
@@ -264,7 +273,7 @@ class Pkcs11Backend(Backend):
             param = (pkcs11.Mechanism(p.hash_alg), pkcs11.MGF(p.mgf), p.salt_len)
         elif mechanism.type not in (C.CKM_ECDSA, C.CKM_RSA_PKCS):
             raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{self.name}: sign {mechanism.type:#x}")
-        self._listed(mechanism.type, C.CKF_SIGN)
+        self._listed("sign", mechanism.type)
         return self._run(lambda s: self._private(s, ref).sign(
             data, mechanism=pkcs11.Mechanism(mechanism.type), mechanism_param=param))
 
@@ -277,7 +286,7 @@ class Pkcs11Backend(Backend):
             param = (pkcs11.Mechanism(p.hash_alg), pkcs11.MGF(p.mgf), p.source_data or None)
         elif mechanism.type != C.CKM_RSA_X_509:     # PKCS#1 v1.5: raw here, unpadded by the engine
             raise PKCS11Error(C.CKR_MECHANISM_INVALID, f"{self.name}: decrypt {mechanism.type:#x}")
-        self._listed(mechanism.type, C.CKF_DECRYPT)
+        self._listed("decrypt", mechanism.type)
         return self._run(lambda s: self._private(s, ref).decrypt(
             data, mechanism=pkcs11.Mechanism(mechanism.type), mechanism_param=param))
 

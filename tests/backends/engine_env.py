@@ -41,10 +41,12 @@ def rv(fn, *args) -> int:
 
 
 def backend_settings(name: str, peers: dict) -> str:
-    """The [backends.NAME] body for one of soft, softhsm, tpm2, piv."""
+    """The [backends.NAME] body for one of soft, softhsm, pkcs11 (a second FerroHSM as the
+    remote module), tpm2, piv."""
     table = {
         "soft": lambda: 'type = "soft"\n',
         "softhsm": lambda: peers["softhsm"].settings(),
+        "pkcs11": lambda: peers["ferro_remote"].settings(),
         "tpm2": lambda: f'type = "tpm2"\ntcti = "{peers["swtpm"].tcti}"\ntimeout = 5.0\n',
         "piv": lambda: f'type = "piv"\nreader = "{peers["pcsc"].reader}"\ntimeout = 5.0\n',
     }

@@ -1,7 +1,9 @@
 """One engine-level suite, run against each backend: a token whose policy names only that
 backend (fallback "none"), driven through the Library API as the PKCS#11 shim drives it.
-Peers are real: SoftHSM2 in a tmp token dir, swtpm, pcscd + vpcd + jcecard.  Only what a
-backend cannot do is skipped, by name (SKIPS; the README's backend table lists them)."""
+Peers are real: SoftHSM2 in a tmp token dir, a second FerroHSM module (its own copy, token
+directory and config) behind the generic pkcs11 backend, swtpm, pcscd + vpcd + jcecard.
+What a backend refuses is asserted by name (REFUSED); only what a peer cannot do at all is
+skipped, by name (SKIPS; the README's backend table lists them)."""
 
 import hashlib
 
@@ -15,8 +17,11 @@ from provider.mechanisms.params import Ecdh1DeriveParams, Mechanism, OaepParams,
 from .engine_env import (PIN, Env, backend_settings, init_token, rv, skip_unless,  # noqa: F401
                          write_config)
 
-BACKENDS = ["soft", "softhsm", "tpm2", "piv"]
-PEER_OF = {"softhsm": "softhsm", "tpm2": "swtpm", "piv": "pcsc"}
+BACKENDS = ["soft", "softhsm", "pkcs11", "tpm2", "piv"]
+PEER_OF = {"softhsm": "softhsm", "pkcs11": "ferro_remote", "tpm2": "swtpm", "piv": "pcsc"}
+# what a backend refuses at *Init, by name: (backend, test) -> why
+REFUSED = {("pkcs11", "pkcs1"): "FerroHSM (the remote) has no CKM_RSA_X_509, which the engine asks "
+                                "for a PKCS#1 v1.5 decryption (it unpads itself)"}
 SKIPS = {
     ("softhsm", "oaep-sha256"): "SoftHSM2 2.6 decrypts OAEP with SHA-1 only",
     ("tpm2", "ecdh"): "the TPM backend does no ECDH",
@@ -105,6 +110,9 @@ def test_rsa_encrypt_decrypt(env, keys, scheme):
         C.CKM_RSA_PKCS_OAEP, OaepParams(C.CKM_SHA256, C.CKG_MGF1_SHA256, C.CKZ_DATA_SPECIFIED, b""))
     env.lib.encrypt_init(env.session, mech, pub)
     ct = env.lib.encrypt(env.session, b"32 bytes of session key material", 1 << 12)
+    if (env.name, scheme) in REFUSED:
+        assert rv(env.lib.decrypt_init, env.session, mech, priv) == C.CKR_MECHANISM_INVALID
+        return
     env.lib.decrypt_init(env.session, mech, priv)
     assert env.lib.decrypt(env.session, ct, 1 << 12) == b"32 bytes of session key material"
 
@@ -175,4 +183,4 @@ def test_destroy_and_unsupported_kind(env):
               T(TOKEN=True, EC_PARAMS=P521), T(TOKEN=True, PRIVATE=True, SIGN=True))
     assert made == (C.CKR_OK if env.name == "soft" else C.CKR_MECHANISM_INVALID)
     assert rv(lambda: env.keypair("ec-p256", "x", b"x", EXTRACTABLE=True)) == (
-        C.CKR_OK if env.name in ("soft", "softhsm") else C.CKR_TEMPLATE_INCONSISTENT)
+        C.CKR_OK if env.name in ("soft", "softhsm", "pkcs11") else C.CKR_TEMPLATE_INCONSISTENT)

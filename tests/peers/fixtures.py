@@ -256,3 +256,53 @@ def softhsm(tmp_path_factory):
     # SoftHSM2 reads SOFTHSM2_CONF once per process, at its first C_Initialize
     os.environ["SOFTHSM2_CONF"] = str(peer.conf)
     return peer
+
+
+def installed_module() -> Path:
+    """The libferrohsm-pkcs11.so pip installed for this interpreter (the source tree has none)."""
+    import sysconfig
+    return Path(sysconfig.get_paths()["platlib"]) / "pkcs11_shim" / "libferrohsm-pkcs11.so"
+
+
+class FerroPeer:
+    """A second FerroHSM as a remote PKCS#11 module: its own token directory and config,
+    one initialized token, and its own copy of the built module in tmp (the same file
+    from another directory is another copy, so it reads this FERROHSM_CONF at its own
+    C_Initialize whatever other tests of the process loaded)."""
+    label, pin, so_pin = "ferro-remote", "remote-1234", "remote-so-1234"
+
+    def __init__(self, directory: Path):
+        from provider import constants as C
+        from provider.config import Config
+        from provider.library import Library
+        (directory / "lib").mkdir()
+        self.module = shutil.copy(installed_module(), directory / "lib" / "libferrohsm-pkcs11.so")
+        self.conf = directory / "remote.conf"
+        self.conf.write_text(f'[tokens]\ndirectory = "{directory / "tokens"}"\n'
+                             f'[log]\nlevel = "WARNING"\nfile = "{directory / "remote.log"}"\n')
+        self.pin_file = directory / "remote.pin"
+        self.pin_file.write_text(self.pin)
+        self.pin_file.chmod(0o600)
+        lib = Library(Config.parse(self.conf.read_text(), str(self.conf)))
+        try:
+            slot = lib.free_slot
+            lib.init_token(slot, self.so_pin.encode(), self.label.encode().ljust(32, b" "))
+            s = lib.open_session(slot, C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION)
+            lib.login(s, C.CKU_SO, self.so_pin.encode())
+            lib.init_pin(s, self.pin.encode())
+            lib.close_session(s)
+        finally:
+            lib.finalize()
+
+    def settings(self) -> str:
+        """The [backends.NAME] body for the local FerroHSM's config."""
+        return (f'type = "pkcs11"\nmodule = "{self.module}"\ntoken_label = "{self.label}"\n'
+                f'pin = "file:{self.pin_file}"\nenv = {{ FERROHSM_CONF = "{self.conf}" }}\n')
+
+
+@pytest.fixture(scope="session")
+def ferro_remote(tmp_path_factory):
+    why = missing(files=(str(installed_module()),), modules=("pkcs11",))
+    if why:
+        pytest.skip(f"FerroHSM remote peer: {why}")
+    return FerroPeer(tmp_path_factory.mktemp("ferro-remote"))
