@@ -75,7 +75,7 @@ def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
         reason = "its governance record is not found"
     elif use is None or (use not in R.PRODUCING and use not in R.CONSUMING):
         reason = f"a governed key is not used to {use or 'this'}"
-    elif use not in _USES_OF(rec):
+    elif use not in _uses_of(rec):
         reason = f"{rec.name} is not for {use}"
     else:
         reason = R.permits(rec, version, use)
@@ -88,7 +88,7 @@ def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
     record_use(token, principal, message=mechanism, **event, fail_closed=True)
 
 
-def _USES_OF(rec) -> set:
+def _uses_of(rec) -> set:
     """The uses a key's usage set allows (a MAC key verifies what it made)."""
     uses = set(rec.usage)
     if "mac" in uses:
