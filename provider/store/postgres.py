@@ -92,6 +92,9 @@ CREATE INDEX ferro_tombstones_seq ON ferro_tombstones (token, seq);
 CREATE TABLE ferro_counters (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     name text NOT NULL, next bigint NOT NULL, PRIMARY KEY (token, name));
+"""
+# the audit log (schema 5): in a new database's schema and in the step from 4
+AUDIT_TABLES = """
 CREATE TABLE ferro_audit_records (
     token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
     seq bigint NOT NULL, digest bytea NOT NULL, data bytea NOT NULL, PRIMARY KEY (token, seq));
@@ -107,14 +110,7 @@ ALTER TABLE ferro_tokens ADD COLUMN so_kdf text, ADD COLUMN so_tries bytea,
     ADD COLUMN user_kdf text, ADD COLUMN user_tries bytea, ADD COLUMN manifest bytea;
 """,
     3: "ALTER TABLE ferro_tokens ADD COLUMN anchor bytea",
-    4: """
-CREATE TABLE ferro_audit_records (
-    token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
-    seq bigint NOT NULL, digest bytea NOT NULL, data bytea NOT NULL, PRIMARY KEY (token, seq));
-CREATE TABLE ferro_audit_checkpoints (
-    token text NOT NULL REFERENCES ferro_tokens (name) ON DELETE CASCADE,
-    seq bigint NOT NULL, digest bytea NOT NULL, data bytea NOT NULL, PRIMARY KEY (token, seq));
-""",
+    4: AUDIT_TABLES,
 }
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1e9)::bigint"   # the server's clock: one for every client
 _SELECT_TOKEN = f"SELECT {', '.join(TOKEN_FIELDS)} FROM ferro_tokens WHERE name = %s"
@@ -246,7 +242,7 @@ class Database:
             found = version()
             if found is None:
                 conn.execute("CREATE TABLE IF NOT EXISTS ferro_schema (version integer NOT NULL)")
-                for statement in _statements(SCHEMA):
+                for statement in _statements(SCHEMA + AUDIT_TABLES):
                     conn.execute(statement)
                 conn.execute("INSERT INTO ferro_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                 LOG.info("%s: tables created (schema %d)", self.where, SCHEMA_VERSION)
