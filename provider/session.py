@@ -12,6 +12,12 @@ kept here, once:
     Update answers at least the input's length, even when the mechanism
     releases nothing before Final (AEAD decryption), as SoftHSM2 does, so a
     client that allocates what it was told passes a real buffer next time;
+    for the same reason a query to a single-part call or a Final answers at
+    least 1 ("a number of bytes which would suffice ... may somewhat exceed the
+    precise number", section 5.2): an empty output answered 0 sends a client
+    that allocates what it was told (PyKCS11) back with a NULL buffer, another
+    query, and the operation never ends (an RSA decryption whose implicit
+    rejection message is empty, 1 in ~250 bad ciphertexts, left it active);
   - a single-part call after a multi-part call, or a multi-part call after a
     single-part length answer, is CKR_OPERATION_ACTIVE, which leaves the
     operation as it was (the call is refused, not failed) - except a Final,
@@ -193,6 +199,8 @@ class Session:
                 self.end(kind)
             raise PKCS11Error(C.CKR_OPERATION_ACTIVE, f"a {op.shape}-part {kind} is in progress")
         op.shape = shape
+        if mode != UPDATE:
+            at_least = max(at_least, 1)     # a query is never answered 0 (see the module note)
         try:
             n = None if size is None else size(op)
             if cap is not NO_OUTPUT and n is not None and (cap is None or cap < n):
