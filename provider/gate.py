@@ -142,13 +142,21 @@ def wrap_out(token, wrapping, key, principal, approved: bool = False) -> None:
     REST wrap alike: CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED, the wrapping key's
     CKA_WRAP_TEMPLATE, then `export()` (a governed key: exportable, dual control;
     `approved`: the caller's governance consumed an approval of this export)."""
+    refusal = None
     if not key.flag(C.CKA_EXTRACTABLE):
-        raise PKCS11Error(C.CKR_KEY_UNEXTRACTABLE, "the key is not extractable")
-    if key.flag(C.CKA_WRAP_WITH_TRUSTED) and not wrapping.flag(C.CKA_TRUSTED):
-        raise PKCS11Error(C.CKR_KEY_NOT_WRAPPABLE, "CKA_WRAP_WITH_TRUSTED needs a trusted wrapping key")
-    if not key.matches(dict(wrapping.attrs.get(C.CKA_WRAP_TEMPLATE, ()))):
-        raise PKCS11Error(C.CKR_KEY_NOT_WRAPPABLE, "key does not match CKA_WRAP_TEMPLATE")
-    export(token, key, principal, approved)
+        refusal = C.CKR_KEY_UNEXTRACTABLE, "the key is not extractable"
+    elif key.flag(C.CKA_WRAP_WITH_TRUSTED) and not wrapping.flag(C.CKA_TRUSTED):
+        refusal = C.CKR_KEY_NOT_WRAPPABLE, "CKA_WRAP_WITH_TRUSTED needs a trusted wrapping key"
+    elif not key.matches(dict(wrapping.attrs.get(C.CKA_WRAP_TEMPLATE, ()))):
+        refusal = C.CKR_KEY_NOT_WRAPPABLE, "key does not match CKA_WRAP_TEMPLATE"
+    if refusal is None:
+        export(token, key, principal, approved)
+        return
+    if governed(key):
+        record_use(token, principal, action=f"{principal.interface}.export",
+                   key_id=key.attrs[C.CKA_FERRO_KEY_ID].decode(errors="replace"),
+                   key_version=key.attrs.get(C.CKA_FERRO_VERSION), outcome="denied", message=refusal[1])
+    raise PKCS11Error(*refusal)
 
 
 def export(token, key, principal, approved: bool = False) -> None:
