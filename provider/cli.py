@@ -315,18 +315,6 @@ def _audit_token(lib: Library, label: str | None, slot: int | None):
     return lib.tokens[_find_slot(lib, label, slot)]
 
 
-def _public_key_of(token) -> bytes | None:
-    """The raw public key of the token's checkpoint key (a public object: no login)."""
-    from .audit import checkpoint
-    token.refresh()
-    wanted = {C.CKA_CLASS: C.CKO_PUBLIC_KEY, C.CKA_LABEL: checkpoint.KEY_LABEL, C.CKA_ID: checkpoint.KEY_ID}
-    for obj in list(token.by_uid.values()):
-        if token.matches(obj, wanted):
-            point = bytes(obj.attrs[C.CKA_EC_POINT])
-            return point[2:] if point[:2] == b"\x04\x20" else point      # DER OCTET STRING of 32 bytes
-    return None
-
-
 def _read_public_key(spec: str) -> bytes:
     """--public-key: the key's 64 hex digits, or a file holding them."""
     import os
@@ -419,9 +407,10 @@ def audit_public_key(
     key_store: str = KEY_STORE,
 ):
     """Print the token's checkpoint public key (hex), for `ferrohsm audit verify --public-key`."""
+    from .audit.checkpoint import public_key_of
     lib = _library(key_store)
     try:
-        key = _public_key_of(_audit_token(lib, label, slot))
+        key = public_key_of(_audit_token(lib, label, slot))
     except PKCS11Error as err:
         _fail(err)
     finally:

@@ -36,6 +36,15 @@ def codes(table: dict):
         raise
 
 
+def wrapped_material(key) -> bytes:
+    """What wrapping `key` (opened) encrypts: a secret key's value, a private key's PKCS#8."""
+    if key.cls == C.CKO_SECRET_KEY:
+        return key.attrs[C.CKA_VALUE]
+    if key.cls == C.CKO_PRIVATE_KEY:
+        return registry.key_type(key.key_type).to_pkcs8(key.attrs)
+    raise PKCS11Error(C.CKR_KEY_NOT_WRAPPABLE, "public keys are not wrapped")
+
+
 def _merge_template(given: dict, required: tuple) -> dict:
     """Apply a key's CKA_UNWRAP_TEMPLATE / CKA_DERIVE_TEMPLATE to a template."""
     for cka, value in required:
@@ -116,18 +125,8 @@ class KeyFunctions:
         wrapping = self._key(session, wrapping_handle, C.CKA_WRAP, mech.type, C.CKR_WRAPPING_KEY_HANDLE_INVALID)
         self._kept_apart(wrapping, C.CKA_WRAP)
         key = self._key(session, key_handle, None, mech.type)
-        require(key.flag(C.CKA_EXTRACTABLE), C.CKR_KEY_UNEXTRACTABLE)
-        require(not key.flag(C.CKA_WRAP_WITH_TRUSTED) or wrapping.flag(C.CKA_TRUSTED), C.CKR_KEY_NOT_WRAPPABLE,
-                "CKA_WRAP_WITH_TRUSTED needs a trusted wrapping key")
-        required = dict(wrapping.attrs.get(C.CKA_WRAP_TEMPLATE, ()))
-        require(key.matches(required), C.CKR_KEY_NOT_WRAPPABLE, "key does not match CKA_WRAP_TEMPLATE")
-        gate.export(session.token, key, session.principal)
-        if key.cls == C.CKO_SECRET_KEY:
-            material = key.attrs[C.CKA_VALUE]
-        elif key.cls == C.CKO_PRIVATE_KEY:
-            material = registry.key_type(key.key_type).to_pkcs8(key.attrs)
-        else:
-            raise PKCS11Error(C.CKR_KEY_NOT_WRAPPABLE, "public keys are not wrapped")
+        gate.wrap_out(session.token, wrapping, key, session.principal)
+        material = wrapped_material(key)
         with codes(WRAP_CODES):
             return impl.wrap(wrapping, mech.param, material)
 

@@ -8,7 +8,7 @@ a governed key (CKA_FERRO_KEY_ID), what its record says the version may do now
 (`governance.record.permits`: state, primary, floors); and then it writes the audit
 record of the use, durably, before the key is opened. A record that cannot be written
 refuses the use (fail closed). A key that leaves the token (C_WrapKey's key, a plain
-backup) passes `export()`.
+backup) passes `export()` (`wrap_out()` for a wrapped one: C_WrapKey and the REST wrap).
 
 The record of a governed key is found from its version's CKA_FERRO_KEY_ID and read
 as the store has it now: every caller checks the store's head first (Token.refresh),
@@ -135,6 +135,28 @@ def use(token, key, usage: int | None, mech: int, principal, invalid: int = C.CK
     if usage is not None and C.CKA_FERRO_KEY_ID in key.attrs:
         _governed_check(token, key, use_of(key, usage), principal, mech)
     return token.open(key)
+
+
+def wrap_out(token, wrapping, key, principal, approved: bool = False) -> None:
+    """May `key` leave the token wrapped by `wrapping`? The rules of C_WrapKey and of the
+    REST wrap alike: CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED, the wrapping key's
+    CKA_WRAP_TEMPLATE, then `export()` (a governed key: exportable, dual control;
+    `approved`: the caller's governance consumed an approval of this export)."""
+    refusal = None
+    if not key.flag(C.CKA_EXTRACTABLE):
+        refusal = C.CKR_KEY_UNEXTRACTABLE, "the key is not extractable"
+    elif key.flag(C.CKA_WRAP_WITH_TRUSTED) and not wrapping.flag(C.CKA_TRUSTED):
+        refusal = C.CKR_KEY_NOT_WRAPPABLE, "CKA_WRAP_WITH_TRUSTED needs a trusted wrapping key"
+    elif not key.matches(dict(wrapping.attrs.get(C.CKA_WRAP_TEMPLATE, ()))):
+        refusal = C.CKR_KEY_NOT_WRAPPABLE, "key does not match CKA_WRAP_TEMPLATE"
+    if refusal is None:
+        export(token, key, principal, approved)
+        return
+    if governed(key):
+        record_use(token, principal, action=f"{principal.interface}.export",
+                   key_id=key.attrs[C.CKA_FERRO_KEY_ID].decode(errors="replace"),
+                   key_version=key.attrs.get(C.CKA_FERRO_VERSION), outcome="denied", message=refusal[1])
+    raise PKCS11Error(*refusal)
 
 
 def export(token, key, principal, approved: bool = False) -> None:

@@ -129,3 +129,15 @@ def token_signer(token) -> Signer:
              C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: False}, separated=True)
     value = token.open(obj).attrs[C.CKA_VALUE]
     return Signer(Ed25519PrivateKey.from_private_bytes(bytes(value)))
+
+
+def public_key_of(token) -> bytes | None:
+    """The raw public key of the token's checkpoint key (a public object: no login), or
+    None before the first checkpoint made it. The caller holds token.lock or owns the token."""
+    token.refresh()
+    wanted = {C.CKA_CLASS: C.CKO_PUBLIC_KEY, C.CKA_LABEL: KEY_LABEL, C.CKA_ID: KEY_ID}
+    for obj in list(token.by_uid.values()):
+        if token.matches(obj, wanted):
+            point = bytes(obj.attrs[C.CKA_EC_POINT])
+            return point[2:] if point[:2] == b"\x04\x20" else point      # DER OCTET STRING of 32 bytes
+    return None

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from ..log import LOG
 from ..store.base import Conflict
 from . import checkpoint as cp_mod
-from . import merkle
+from . import merkle, verifier
 from .record import MAC_LEN, Event, body_of, chain, line_of, mac_of, parse_line, time_text
 
 APPEND_TRIES = 5
@@ -242,6 +242,10 @@ class Audit:
         if self.sink is not None:
             with self.store.transaction():
                 self.sink.catch_up(self.store)
+
+    def verify(self, records, checkpoints: list, public_key: bytes | None):
+        """verifier.verify over `records` with this log's own HMAC key (the key stays here)."""
+        return verifier.verify(records, checkpoints, public_key, self._key)
 
     # --- checkpoints ---------------------------------------------------------------------
     def signer(self):

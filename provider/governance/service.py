@@ -940,6 +940,73 @@ class Governance:
                 _fail("failed_precondition", f"the key object of {rec.name} v{number} is missing")
             return obj
 
+    # --- keys leaving and entering through the REST service's wrap / unwrap -----------
+    def export_object(self, actor: Principal, key: str, version: int | None, wrapping_key: str,
+                      approval_id=None) -> tuple:
+        """(the key object of version `version`, default the primary, of `key` that a wrap
+        with the governed key `wrapping_key` (its id) takes out, whether an approval was
+        consumed for it). Whether the key may leave is the gate's rule (gate.wrap_out,
+        gate.export); here only the approval a dual-controlled exportable key needs: made
+        (approval_required) or consumed, for exactly this request."""
+        def step():
+            _, rec = self._find_key(key)
+            number = rec.primary if version is None else version
+            v = self._version(rec, number)
+            if v.state != R.ENABLED:
+                _fail("failed_precondition", f"version {number} of {rec.name} is {v.state}")
+            dual = self._dual(self._tags_of(rec)) if rec.exportable else None    # (not exportable: the gate refuses)
+            held = self._guard(actor, "export", {"key_id": rec.id, "version": number, "wrapping_key": wrapping_key},
+                               dual, rec.policy_revision, rec.id, approval_id)
+            return held if held is not None else (v.objects[0], dual is not None)
+        uid, approved = _closed(self._write(step, actor, "export", key))
+        with self.token.lock:
+            obj = self.token.by_uid.get(uid)
+            if obj is None or not self.token.loaded(obj):
+                _fail("failed_precondition", "the key object of that version is missing")
+        return obj, approved
+
+    def import_key(self, actor: Principal, name: str, algorithm: str, usage, value: bytes, description: str = "",
+                   owner: str = "") -> R.KeyRecord:
+        """A new governed key whose version 1 is the secret `value` (a key the REST
+        service unwrapped through the gate), its key object made as create_key makes one
+        but marked as not made here (CKA_LOCAL false, never always-sensitive, not
+        extractable). Secret-key algorithms only; no tags (an administrator attaches them)."""
+        _check_name(name)
+        spec = A.SPECS.get(algorithm)
+        if spec is None:
+            _fail("invalid_argument", f"algorithm must be one of {', '.join(A.SPECS)}")
+        if spec.pair:
+            _fail("invalid_argument", f"{algorithm} keys are not imported: only secret keys are")
+        usage = _check_usage(usage, spec, algorithm)
+        size = spec.secret[C.CKA_VALUE_LEN]
+        if not isinstance(value, bytes) or len(value) != size:
+            _fail("invalid_argument", f"the unwrapped key is not a {size}-byte {algorithm} key")
+        if not isinstance(description, str) or not isinstance(owner, str):
+            _fail("invalid_argument", "description and owner are strings")
+
+        def step():
+            if self._find_by_name(name) is not None:
+                _fail("conflict", f"a governed key named {name!r} exists")
+            now = self.clock()
+            rec = R.KeyRecord(id=str(uuid.uuid4()), name=name, algorithm=algorithm, usage=usage, created_at=now,
+                              owner=owner, description=description)
+            mirrored = _mirrored(rec, None, 1, R.ENABLED)
+            given = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: spec.key_type, C.CKA_TOKEN: True,
+                     C.CKA_PRIVATE: True, C.CKA_MODIFIABLE: False, C.CKA_DESTROYABLE: False, C.CKA_COPYABLE: False,
+                     C.CKA_LABEL: mirrored.pop(C.CKA_LABEL), C.CKA_ID: f"{rec.id}/v1".encode(),
+                     C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: False, **A.usage_flags(usage, 0)}
+            attrs = keygen.key_attrs(C.CKO_SECRET_KEY, given, {C.CKA_VALUE: value}, C.CKM_AES_KEY_WRAP_KWP,
+                                     "unwrap", self.separated)
+            obj = keygen.add_object(self.token, {**attrs, C.CKA_FERRO_KEY_ID: rec.id.encode(),
+                                                 C.CKA_FERRO_VERSION: 1, **mirrored})
+            self._fresh.add(obj.uid)
+            rec.versions.append(R.Version(number=1, state=R.ENABLED, created_at=now, enabled_at=now,
+                                          objects=[obj.uid]))
+            self._commit_key(None, rec)
+            self._event(actor, "key.import", rec, 1, message=f"{algorithm} {','.join(usage)} unwrapped")
+            return rec
+        return self._write(step, actor, "import", name)
+
 
 class _Closed:
     """A step that closed an approval (expired / invalidated) and must commit that,

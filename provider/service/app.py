@@ -17,10 +17,12 @@ import time
 import uuid
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..governance import GovernanceError
 from ..governance import record as R
+from . import auditing
 from .auth import Authenticator
 from .crypto import Crypto, unb64
 from .errors import ApiError, answer, install
@@ -53,6 +55,20 @@ class CreateKey(Body):
     owner: str = Field("", max_length=256)
     tags: list[str] = Field(default_factory=list, max_length=32)
     rotation_period_days: int | None = Field(None, ge=1, le=365)
+
+
+class Adopt(Body):
+    """A plain PKCS#11 key of the token, named by its CKA_UNIQUE_ID (a pair: the private
+    key's, and the public key's as public_uid), taken into governance as version 1."""
+    uid: str = Field(min_length=1, max_length=128)
+    public_uid: str | None = Field(None, min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
+    algorithm: str = Field(max_length=32)
+    usage: list[str] = Field(min_length=1, max_length=7)
+    description: str = Field("", max_length=1024)
+    owner: str = Field("", max_length=256)
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    approval_id: str | None = Field(None, max_length=64)
 
 
 class Primary(Body):
@@ -121,6 +137,24 @@ class Verify(Body):
     digest: str | None = Field(None, max_length=128)
     signature: str = Field(max_length=4096)
     version: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
+class SignBatch(Body):
+    items: list[Sign] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Wrap(Body):
+    key: str = Field(min_length=1, max_length=256)          # the governed key to wrap (id or name)
+    version: int | None = Field(None, ge=1, le=2**31 - 1)   # default: its primary
+    approval_id: str | None = Field(None, max_length=64)
+
+
+class Unwrap(Body):
+    wrapped: str = Field(max_length=1 << 16)                # ferrohsm:v<N>:<base64>, as wrap gave it
+    name: str = Field(min_length=1, max_length=128)         # the new governed key
+    algorithm: str = Field(max_length=32)
+    usage: list[str] = Field(min_length=1, max_length=7)
+    description: str = Field("", max_length=1024)
 
 
 class MacBody(Body):
@@ -246,6 +280,12 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
             return Response(status_code=304, headers={"ETag": etag})
         return Response(data, media_type="application/json", headers={"ETag": etag})
 
+    @route("POST", "/v1/keys/adopt", "keys.adopt", status_code=201)
+    def adopt(body: Adopt, p=Depends(allow("keys.adopt"))):
+        return plain(gov.adopt(p, body.uid, body.name, body.algorithm, body.usage, public_uid=body.public_uid,
+                               description=body.description, owner=body.owner, tags=tuple(body.tags),
+                               approval_id=body.approval_id))
+
     @route("GET", "/v1/keys/{key}", "keys.read")
     def get_key(key: str = KEY, p=Depends(allow("keys.read"))):
         return plain(gov.get_key(key))
@@ -333,6 +373,18 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     def sign(body: Sign, key: str = KEY, p=Depends(allow("keys.use"))):
         return crypto.sign(p, key, *_message_or_digest(body))
 
+    @route("POST", "/v1/keys/{key}/sign/batch", "keys.use")
+    def sign_batch(body: SignBatch, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.sign_batch(p, key, [_message_or_digest(i) for i in body.items])
+
+    @route("POST", "/v1/keys/{key}/wrap", "keys.use")
+    def wrap(body: Wrap, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.wrap(p, key, body.key, body.version, body.approval_id)
+
+    @route("POST", "/v1/keys/{key}/unwrap", "keys.use", status_code=201)
+    def unwrap(body: Unwrap, key: str = KEY, p=Depends(allow("keys.use"))):
+        return crypto.unwrap(p, key, body.wrapped, body.name, body.algorithm, body.usage, body.description)
+
     @route("POST", "/v1/keys/{key}/verify", "keys.use")
     def verify(body: Verify, key: str = KEY, p=Depends(allow("keys.use"))):
         message, digest = _message_or_digest(body)
@@ -361,13 +413,24 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
 
     # --- audit ---------------------------------------------------------------------------------
     @route("GET", "/v1/audit", "audit.read")
-    def audit(after: int = Query(0, ge=0, le=2**62), limit: int = Query(100, ge=1, le=1000), p=Depends(allow("audit.read"))):
-        from ..audit.record import MAC_LEN
-        token = gov.token
-        with token.lock:
-            rows = token.store.audit_read(after, limit)
-        records = [json.loads(data[MAC_LEN:]) for _, _, data in rows]
-        return {"records": records, "next_after": rows[-1][0] if rows else after}
+    def audit(after: int = Query(0, ge=0, le=2**62), limit: int = Query(100, ge=1, le=1000),
+              key_id: str | None = Query(None, max_length=64), action: str | None = Query(None, max_length=64),
+              p=Depends(allow("audit.read"))):
+        return auditing.query(gov.token, after, limit, key_id=key_id, action=action)
+
+    @route("GET", "/v1/audit/export", "audit.read")
+    def audit_export(p=Depends(allow("audit.read"))):
+        """The whole log as JSON lines, as `ferrohsm audit export` writes it."""
+        return StreamingResponse(auditing.export(gov.token), media_type="application/x-ndjson")
+
+    @route("GET", "/v1/audit/checkpoints", "audit.read")
+    def audit_checkpoints(p=Depends(allow("audit.read"))):
+        """The signed checkpoints, as the checkpoint file holds them (`audit verify --checkpoints`)."""
+        return Response(auditing.checkpoints(gov.token), media_type="application/x-ndjson")
+
+    @route("POST", "/v1/audit/verify", "audit.read")
+    def audit_verify(p=Depends(allow("audit.read"))):
+        return auditing.verify(gov.token)
 
     instrument(app)                        # outermost: a request refused before routing is a span too
     return app

@@ -21,6 +21,9 @@ RV_OF = {C.CKR_KEY_FUNCTION_NOT_PERMITTED: (403, "permission_denied"),
          C.CKR_ENCRYPTED_DATA_INVALID: (400, "invalid_ciphertext"),
          C.CKR_ENCRYPTED_DATA_LEN_RANGE: (400, "invalid_ciphertext"),
          C.CKR_DATA_LEN_RANGE: (400, "invalid_argument"),
+         C.CKR_KEY_UNEXTRACTABLE: (409, "failed_precondition"),       # a wrap of a key that may not leave
+         C.CKR_KEY_NOT_WRAPPABLE: (409, "failed_precondition"),
+         C.CKR_FUNCTION_REJECTED: (428, "approval_required"),
          C.CKR_FUNCTION_FAILED: (503, "unavailable")}
 HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 403: "permission_denied", 404: "not_found",
               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 429: "rate_limited",

@@ -9,12 +9,13 @@ PERMISSIONS = {
     "keys.read":        {"administrator", "operator", "auditor"},
     "keys.create":      {"administrator", "operator"},
     "keys.manage":      {"administrator", "operator"},    # rotate, rollback, enable/disable, destroy, restore
-    "keys.use":         {"service"},                       # encrypt, decrypt, sign, verify
+    "keys.adopt":       {"administrator"},                 # a plain PKCS#11 key into governance
+    "keys.use":         {"service"},                       # encrypt, decrypt, sign, verify, mac, wrap, unwrap
     "policy.read":      {"administrator", "operator", "auditor"},
     "policy.manage":    {"administrator"},                 # tags, attach/detach, floors, flags
     "approvals.read":   {"administrator", "operator", "auditor"},
     "approvals.decide": {"administrator", "operator"},
-    "audit.read":       {"administrator", "auditor"},
+    "audit.read":       {"administrator", "auditor"},      # query, export, checkpoints, verify
 }
 
 

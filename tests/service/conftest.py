@@ -13,13 +13,14 @@ import pytest
 import uvicorn
 
 from provider.config import ServerSettings
-from provider.audit import Audit
+from provider.audit import Audit, token_signer
 from provider.governance import Governance
 from provider.governance.auditing import recorder
 from provider.service.app import create_app
 from tests.unit.govkit import Clock, new_token
 
 SECRET = b"s" * 48
+HMAC_KEY = b"h" * 32                       # the audit records' HMAC key
 ISS = AUD = "ferrohsm"
 
 
@@ -81,7 +82,11 @@ class Running:
 @pytest.fixture
 def service(tmp_path):
     token = new_token("sqlite", tmp_path)
-    audit = Audit(token.store, b"h" * 32)
+
+    def signer():                          # the token's checkpoint key, as open_audit gives it
+        with token.lock:
+            return token_signer(token)
+    audit = Audit(token.store, HMAC_KEY, signer)
     token.audit = audit
     events = []
 

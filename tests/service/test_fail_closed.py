@@ -46,3 +46,35 @@ def test_unwritable_audit_refuses_the_use(tmp_path):
     finally:
         running.stop()
         token.store.close()
+
+
+def test_unwritable_audit_refuses_wrap_unwrap_and_batch_sign(tmp_path):
+    token = new_token("sqlite", tmp_path)
+    sink = tmp_path / "audit.jsonl"
+    audit = Audit(token.store, b"h" * 32, file=sink)
+    token.audit = audit
+    running = Running(create_app(Governance(token, recorder(audit)), ServerSettings(), SECRET))
+    op, admin = bearer(roles=["operator"]), bearer(sub="carol", roles=["administrator"])
+    try:
+        with httpx.Client(base_url=running.url) as c:
+            for name, algorithm, usage in (("kek", "aes-256-gcm", ["wrap", "unwrap"]),
+                                           ("data", "aes-256-gcm", ["encrypt"]), ("s", "ed25519", ["sign"])):
+                assert c.post("/v1/keys", headers=op, json={"name": name, "algorithm": algorithm,
+                                                            "usage": usage}).status_code == 201
+            assert c.post("/v1/keys/data/flags", headers=admin, json={"exportable": True}).status_code == 200
+            assert c.post("/v1/keys/data/rotate", headers=op).status_code == 200
+            app = bearer(sub="app", roles=["service"], keys=["kek", "data", "s"])
+            wrapped = c.post("/v1/keys/kek/wrap", headers=app, json={"key": "data"}).json()["wrapped"]
+            os.remove(sink)
+            os.mkdir(sink)                                   # the sink cannot be opened for writing
+            r = c.post("/v1/keys/kek/wrap", headers=app, json={"key": "data"})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable" and "wrapped" not in r.text
+            r = c.post("/v1/keys/kek/unwrap", headers=app, json={"wrapped": wrapped, "name": "copy",
+                                                                 "algorithm": "aes-256-gcm", "usage": ["encrypt"]})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+            r = c.post("/v1/keys/s/sign/batch", headers=app, json={"items": [{"message": "aGk="}]})
+            assert r.status_code == 503 and "signature" not in r.text
+            assert c.get("/v1/keys/copy", headers=op).status_code == 404          # nothing was imported
+    finally:
+        running.stop()
+        token.store.close()
