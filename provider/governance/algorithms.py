@@ -74,7 +74,7 @@ def of_key(algorithm: str, cls: int, attrs: dict) -> bool:
         return False
     if spec.secret:
         return attrs.get(C.CKA_VALUE_LEN) == spec.secret[C.CKA_VALUE_LEN]
-    if key_type == C.CKK_RSA:
+    if spec.key_type == C.CKK_RSA:
         modulus = attrs.get(C.CKA_MODULUS)
         return modulus is not None and len(modulus) * 8 == spec.public[C.CKA_MODULUS_BITS]
     return attrs.get(C.CKA_EC_PARAMS) == spec.public[C.CKA_EC_PARAMS]

@@ -47,6 +47,7 @@ from .errors import GovernanceError
 DAY = 86400
 VALIDATION_SECONDS = DAY              # a pending version's validation window (dual signing)
 DEFAULT_DESTROY_GRACE = DAY
+DEFAULT_ROTATION_DAYS = 90            # a tag with auto_rotate and no rotation_period_days
 APPROVERS = frozenset({"operator", "administrator"})
 DONE = frozenset({"executed", "denied", "expired", "invalidated"})     # approvals that are over
 TRIES = 5
@@ -340,12 +341,14 @@ class Governance:
             return None
         return max(max(2, t.quorum) for t in dual), min(t.approval_ttl_seconds for t in dual)
 
-    def _rotation_days(self, rec_days, tags: list):
-        days = rec_days
-        if days is None:
-            periods = [t.rotation_period_days for t in tags if t.rotation_period_days is not None]
-            days = min(periods) if periods else None
-        return days
+    @staticmethod
+    def _rotation_days(rec_days, tags: list):
+        """The key's automatic rotation period: its own, else the shortest its tags ask
+        (tag_rotation_days), else None (no automatic rotation)."""
+        if rec_days is not None:
+            return rec_days
+        periods = [d for d in map(tag_rotation_days, tags) if d is not None]
+        return min(periods) if periods else None
 
     def _guard(self, actor: Principal, action: str, request: dict, dual, revision: int, key_id, approval_id):
         """None if the request may run now (no dual control, or `approval_id` names an
@@ -406,6 +409,8 @@ class Governance:
         if not isinstance(description, str) or not isinstance(owner, str):
             _fail("invalid_argument", "description and owner are strings")
 
+        pair = self._prepare(algorithm, name, exportable=False)
+
         def step():
             if self._find_by_name(name) is not None:
                 _fail("conflict", f"a governed key named {name!r} exists")
@@ -416,11 +421,11 @@ class Governance:
                               rotation_period_days=rotation_period_days)
             days = self._rotation_days(rotation_period_days, tag_records)
             rec.next_rotation_at = now + days * DAY if days else None
-            rec.versions.append(self._make_version(rec, 1, R.ENABLED, now))
+            rec.versions.append(self._make_version(rec, 1, R.ENABLED, now, pair))
             self._commit_key(None, rec)
             self._event(actor, "key.create", rec, 1, message=f"{algorithm} {','.join(usage)}")
             return rec
-        return self._write(step, actor, "create", name)
+        return self._kept(pair, lambda: self._write(step, actor, "create", name))
 
     def _find_by_name(self, name: str):
         for obj in self._objects(C.CKO_FERRO_GOVERNED_KEY, name):
@@ -437,26 +442,59 @@ class Governance:
             found.append(tag)
         return found
 
-    def _make_version(self, rec: R.KeyRecord, number: int, state: str, now: float) -> R.Version:
-        """Generate version `number`'s key object(s) into the token (in the open transaction)."""
+    # --- a version's key material ------------------------------------------------------
+    def _prepare(self, algorithm: str, name: str, exportable: bool):
+        """A key pair's material for `algorithm`, made before (outside) the store
+        transaction that keeps it, with the token's lock let go while it is generated
+        (RSA-4096 takes seconds: the transaction stays short and other calls go on);
+        None for a secret key (made in the transaction: it is fast). The version number
+        is assigned inside the transaction (`_make_version`), so versions strictly
+        increase however many callers rotate at once."""
+        spec = A.SPECS[algorithm]
+        if not spec.pair:
+            return None
+        pub, priv = _pair_templates(spec, {C.CKA_LABEL: name.encode()}, exportable)
+        with self.token.lock:
+            self.token.refresh()
+            self._ready()
+            try:
+                return keygen.prepare_pair(self.token, spec.mech, None, pub, priv, self.backends)
+            except PKCS11Error as err:
+                raise GovernanceError("failed_precondition", err.reason or C.name_of("CKR_", err.rv)) from None
+
+    def _kept(self, pair, write):
+        """Run `write()` (a _write that stores `pair`); a device key it did not keep is
+        destroyed."""
+        try:
+            result = write()
+            if pair is not None:           # kept if the object made from it committed
+                pair.kept = pair.stored is not None and pair.stored in self.token.by_uid
+            return result
+        finally:
+            if pair is not None:
+                pair.discard()
+
+    def _make_version(self, rec: R.KeyRecord, number: int, state: str, now: float, pair=None) -> R.Version:
+        """Version `number`'s key object(s) into the token (in the open transaction): a
+        secret key generated here, a pair from the material `_prepare` made."""
         spec = A.SPECS[rec.algorithm]
         mirrored = _mirrored(rec, None, number, state)
         common = {C.CKA_TOKEN: True, C.CKA_PRIVATE: True, C.CKA_MODIFIABLE: False, C.CKA_DESTROYABLE: False,
                   C.CKA_COPYABLE: False, C.CKA_LABEL: mirrored.pop(C.CKA_LABEL),
                   C.CKA_ID: f"{rec.id}/v{number}".encode()}
         engine_set = {C.CKA_FERRO_KEY_ID: rec.id.encode(), C.CKA_FERRO_VERSION: number, **mirrored}
-        secret = {C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: bool(rec.exportable)}
         if spec.pair:
-            pub = {C.CKA_CLASS: C.CKO_PUBLIC_KEY, C.CKA_KEY_TYPE: spec.key_type, **common, **spec.public,
-                   **A.usage_flags(rec.usage, 1)}
-            priv = {C.CKA_CLASS: C.CKO_PRIVATE_KEY, C.CKA_KEY_TYPE: spec.key_type, **common, **secret,
-                    **A.usage_flags(rec.usage, 2)}
-            made = keygen.generate_key_pair(self.token, spec.mech, None, pub, priv, self.separated,
-                                            self.backends, (engine_set, engine_set))
+            if pair is None or (pair.backend is not None and pair.exportable != bool(rec.exportable)):
+                _fail("conflict", f"{rec.name} changed while its new version was generated; try again")
+            pub, priv = _pair_templates(spec, common, rec.exportable)
+            pub.update(A.usage_flags(rec.usage, 1))
+            priv.update(A.usage_flags(rec.usage, 2))
+            made = keygen.store_pair(self.token, pair, pub, priv, self.separated, (engine_set, engine_set))
             backend = made[1].attrs.get(C.CKA_FERRO_BACKEND, b"soft").decode()
             uids = [made[1].uid, made[0].uid]
         else:
-            given = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: spec.key_type, **common, **secret,
+            given = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: spec.key_type, **common,
+                     C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: bool(rec.exportable),
                      **spec.secret, **A.usage_flags(rec.usage, 0)}
             made = keygen.generate_key(self.token, spec.mech, None, given, self.separated, engine_set)
             backend, uids = "soft", [made.uid]
@@ -478,19 +516,23 @@ class Governance:
 
     def rotate(self, actor: Principal, key: str, pending: bool = False) -> R.KeyRecord:
         """Make version N+1 and move primary to it; `pending`: it waits out the validation
-        window (the scheduler then enables it and makes it primary)."""
+        window (the scheduler then enables it and makes it primary). A pair's material is
+        generated first, outside the transaction (`_prepare`)."""
+        current = self.get_key(key)
+        pair = self._prepare(current.algorithm, current.name, current.exportable)
+
         def step():
             obj, rec = self._key_for_write(key)
-            return self._rotate(actor, obj, rec, pending, "key.rotate")
-        return self._write(step, actor, "rotate", key)
+            return self._rotate(actor, obj, rec, pending, "key.rotate", pair)
+        return self._kept(pair, lambda: self._write(step, actor, "rotate", key))
 
-    def _rotate(self, actor, obj, rec: R.KeyRecord, pending: bool, action: str) -> R.KeyRecord:
+    def _rotate(self, actor, obj, rec: R.KeyRecord, pending: bool, action: str, pair) -> R.KeyRecord:
         now = self.clock()
         number = rec.next_version
         rec.next_version += 1
         if not pending:
             rec.primary = number           # (before the version is made: its label is the key's name)
-        rec.versions.append(self._make_version(rec, number, R.PENDING if pending else R.ENABLED, now))
+        rec.versions.append(self._make_version(rec, number, R.PENDING if pending else R.ENABLED, now, pair))
         days = self._rotation_days(rec.rotation_period_days, self._tags_of(rec))
         rec.next_rotation_at = now + days * DAY if days else None
         self._commit_key(obj, rec)
@@ -740,18 +782,24 @@ class Governance:
                                        old.revision, None, approval_id)
                     if held is not None:
                         return held
-                self._bump_keys(tag.name)
+                self._bump_keys(new)
             self._save(new, obj)
             self._event(actor, "tag.put", key_id=None, tag=tag.name, message=f"revision {new.revision}")
             return new
         return _closed(self._write(step, actor, "tag.put", tag.name))
 
-    def _bump_keys(self, tag_name: str) -> None:
+    def _bump_keys(self, tag: R.PolicyTag) -> None:
+        """The keys under `tag` after its change: policy revision +1; a key that had no
+        automatic rotation and now gets one from the tag is scheduled from now."""
         for kobj in self._objects(C.CKO_FERRO_GOVERNED_KEY):
             rec = self._decoded(R.KeyRecord, kobj)
-            if tag_name in rec.tags:
+            if tag.name in rec.tags:
                 rec = self._mutable(rec)
                 rec.policy_revision += 1
+                if rec.next_rotation_at is None:
+                    tags = [tag if t.name == tag.name else t for t in self._tags_of(rec)]
+                    days = self._rotation_days(rec.rotation_period_days, tags)
+                    rec.next_rotation_at = self.clock() + days * DAY if days else None
                 self._save(rec, kobj)
 
     def attach_tag(self, actor: Principal, key: str, tag: str) -> R.KeyRecord:
@@ -765,8 +813,9 @@ class Governance:
                 if v.state != R.DESTROYED:
                     self._check_placement(rec, v.backend)
             rec.policy_revision += 1
-            if rec.rotation_period_days is None and found.rotation_period_days and rec.next_rotation_at is None:
-                rec.next_rotation_at = self.clock() + found.rotation_period_days * DAY
+            days = self._rotation_days(rec.rotation_period_days, self._tags_of(rec))
+            if days and rec.next_rotation_at is None:
+                rec.next_rotation_at = self.clock() + days * DAY
             self._commit_key(obj, rec)
             self._event(actor, "key.attach_tag", rec, message=tag)
             return rec
@@ -856,7 +905,10 @@ class Governance:
             approvals = [self._decoded(R.Approval, o) for o in self._objects(C.CKO_FERRO_APPROVAL)]
         for rec in keys:
             if _due(rec, now):
-                done.extend(self._write(lambda key_id=rec.id: self._tick_key(key_id, now)))
+                rotating = rec.next_rotation_at is not None and rec.next_rotation_at <= now
+                pair = self._prepare(rec.algorithm, rec.name, rec.exportable) if rotating else None
+                done.extend(self._kept(pair, lambda key_id=rec.id, pair=pair: self._write(
+                    lambda: self._tick_key(key_id, now, pair))))
         for approval in approvals:
             if approval.status in ("pending", "approved") and now >= approval.expires_at:
                 done.extend(self._write(lambda approval_id=approval.id: self._expire(approval_id, now)))
@@ -874,7 +926,7 @@ class Governance:
         self._event(SCHEDULER, "approval.pruned", key_id=found.key_id, approval_id=found.id, message=found.status)
         return [("approval.pruned", found.id, None)]
 
-    def _tick_key(self, key_id: str, now: float) -> list:
+    def _tick_key(self, key_id: str, now: float, pair=None) -> list:
         obj, rec = self._key_for_write(key_id)
         done = []
         for v in rec.versions:
@@ -894,7 +946,7 @@ class Governance:
                 self._event(SCHEDULER, "key.destroyed", rec, v.number,
                             message=f"attestation: key material erased, objects {','.join(v.objects)} deleted")
         if rec.next_rotation_at is not None and rec.next_rotation_at <= now:
-            self._rotate(SCHEDULER, obj, rec, False, "key.auto_rotate")
+            self._rotate(SCHEDULER, obj, rec, False, "key.auto_rotate", pair)
             done.append(("key.auto_rotate", rec.id, rec.primary))
         elif done:
             self._commit_key(obj, rec)
@@ -962,6 +1014,15 @@ def _due(rec: R.KeyRecord, now: float) -> bool:
         for v in rec.versions)
 
 
+def _pair_templates(spec: A.Spec, common: dict, exportable: bool) -> tuple:
+    """(public, private) templates of a version's pair (usage flags added by the caller)."""
+    pub = {C.CKA_CLASS: C.CKO_PUBLIC_KEY, C.CKA_KEY_TYPE: spec.key_type, C.CKA_TOKEN: True, **common,
+           **spec.public}
+    priv = {C.CKA_CLASS: C.CKO_PRIVATE_KEY, C.CKA_KEY_TYPE: spec.key_type, C.CKA_TOKEN: True, **common,
+            C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: bool(exportable)}
+    return pub, priv
+
+
 def _mirrored(rec: R.KeyRecord, v: R.Version | None, number: int | None = None, state: str | None = None) -> dict:
     """The attributes a version's key objects carry as a readable copy of the record."""
     number = v.number if v is not None else number
@@ -1014,15 +1075,24 @@ def _check_tag(tag) -> None:
     for name, (value, low, high) in ints.items():
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             _fail("invalid_argument", f"{name} must be {low}..{high}")
-    if not isinstance(tag.dual_control, bool):
-        _fail("invalid_argument", "dual_control is true or false")
+    if not isinstance(tag.dual_control, bool) or not isinstance(tag.auto_rotate, bool):
+        _fail("invalid_argument", "dual_control and auto_rotate are true or false")
     _check_period(tag.rotation_period_days)
     if tag.security_level not in ("software", "hardware"):
         _fail("invalid_argument", "security_level is software or hardware")
 
 
 POLICY_FIELDS = ("dual_control", "quorum", "approval_ttl_seconds", "retention_days", "destroy_grace_seconds",
-                 "rotation_period_days", "security_level")
+                 "rotation_period_days", "auto_rotate", "security_level")
+
+
+def tag_rotation_days(tag: R.PolicyTag):
+    """The rotation period a tag asks of its keys: its rotation_period_days (1..365),
+    or DEFAULT_ROTATION_DAYS (90) when it says auto_rotate without a period; None: the
+    tag asks for no automatic rotation."""
+    if tag.rotation_period_days is not None:
+        return tag.rotation_period_days
+    return DEFAULT_ROTATION_DAYS if tag.auto_rotate else None
 
 
 def _same_policy(old: R.PolicyTag, new: R.PolicyTag) -> bool:
