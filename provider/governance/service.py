@@ -805,7 +805,7 @@ class Governance:
     def attach_tag(self, actor: Principal, key: str, tag: str) -> R.KeyRecord:
         def step():
             obj, rec = self._key_for_write(key)
-            found = self._existing_tags([tag])[0]
+            self._existing_tags([tag])
             if tag in rec.tags:
                 return rec
             rec.tags.append(tag)
