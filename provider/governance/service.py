@@ -41,6 +41,7 @@ from ..log import LOG
 from ..principal import SCHEDULER, Principal
 from ..store.base import Conflict
 from . import algorithms as A
+from . import migration as M
 from . import record as R
 from .errors import GovernanceError
 
@@ -55,7 +56,7 @@ MAX_NAME = 128
 MAX_PAGE = 1000
 
 RECORD_CLASS = {R.KeyRecord: C.CKO_FERRO_GOVERNED_KEY, R.PolicyTag: C.CKO_FERRO_POLICY_TAG,
-                R.Approval: C.CKO_FERRO_APPROVAL}
+                R.Approval: C.CKO_FERRO_APPROVAL, R.Migration: C.CKO_FERRO_MIGRATION}
 
 
 def request_hash(request: dict) -> str:
@@ -197,6 +198,21 @@ class Governance:
             _, found = self._find(R.Approval, approval_id)
         if found is None:
             _fail("not_found", f"no approval {approval_id!r}")
+        return self._mutable(found)
+
+    def list_migrations(self, key: str | None = None) -> list:
+        """Migrations (of `key`, by id or name, if given), oldest first."""
+        with self._reading():
+            key_id = None if key is None else self._find_key(key)[1].id
+            found = [self._decoded(R.Migration, o) for o in self._objects(C.CKO_FERRO_MIGRATION)]
+        return sorted((self._mutable(m) for m in found if key_id is None or m.key_id == key_id),
+                      key=lambda m: (m.created_at, m.id))
+
+    def get_migration(self, migration_id: str) -> R.Migration:
+        with self._reading():
+            _, found = self._find(R.Migration, migration_id) if isinstance(migration_id, str) else (None, None)
+        if found is None:
+            _fail("not_found", f"no migration {migration_id!r}")
         return self._mutable(found)
 
     # --- writing ----------------------------------------------------------------------
@@ -763,6 +779,13 @@ class Governance:
             return rec
         return _closed(self._write(step, actor, "adopt", name))
 
+    def migrate(self, actor: Principal, key: str, destination_backend: str, approval_id=None) -> R.Migration:
+        """Move the key's versions that have material to `destination_backend`
+        (governance/migration.py): dual-controlled; its Migration record goes
+        in_progress -> completed (or failed / rolled_back, nothing half-done left), each
+        step audited; the source copies are kept, unusable, for 30 days."""
+        return M.run(self, actor, key, destination_backend, approval_id)
+
     # --- policy tags ------------------------------------------------------------------
     def put_tag(self, actor: Principal, tag: R.PolicyTag, approval_id=None) -> R.PolicyTag:
         """Create or change a tag. Weakening a dual-control tag is itself dual-controlled;
@@ -903,6 +926,7 @@ class Governance:
         with self._reading():
             keys = [self._decoded(R.KeyRecord, o) for o in self._objects(C.CKO_FERRO_GOVERNED_KEY)]
             approvals = [self._decoded(R.Approval, o) for o in self._objects(C.CKO_FERRO_APPROVAL)]
+            migrations = [self._decoded(R.Migration, o) for o in self._objects(C.CKO_FERRO_MIGRATION)]
         for rec in keys:
             if _due(rec, now):
                 rotating = rec.next_rotation_at is not None and rec.next_rotation_at <= now
@@ -915,6 +939,9 @@ class Governance:
             elif self.approval_retention_days is not None and approval.status in DONE and \
                     now >= approval.created_at + self.approval_retention_days * DAY:
                 done.extend(self._write(lambda approval_id=approval.id: self._prune(approval_id, now)))
+        for migration in migrations:
+            if M.due(migration, now):
+                done.extend(M.erase_source(self, migration.id, now))
         return done
 
     def _prune(self, approval_id: str, now: float) -> list:
