@@ -1,7 +1,8 @@
 """Key migration between tokens (and so between backends): `ferrohsm migrate-key`.
 
 One process opens both tokens (logged in as their users) and moves one private key:
-  1. refused, with the reason, if the source backend cannot export (TPM, PIV card: keys
+  1. refused, with the reason, if the key is governed (`ferrohsm key migrate` moves it,
+     under its policy), if the source backend cannot export (TPM, PIV card: keys
      made inside the device never leave it; re-create and re-certify the key instead),
      the key was created with CKA_EXTRACTABLE false, or it has CKA_WRAP_WITH_TRUSTED
      (only a wrapping key the source token's SO trusts may export it, and the transport
@@ -119,6 +120,9 @@ def material_of(backends, key) -> tuple:
 
 def _source(lib, session, key):
     """(backend, KeyRef) of the source key; Refused if it may not leave."""
+    if C.CKA_FERRO_KEY_ID in key.attrs:
+        raise Refused(C.CKR_ACTION_PROHIBITED, "a governed key: it moves between backends through governance "
+                      "(`ferrohsm key migrate`), never to another token as a plain key")
     backend, ref = material_of(lib.backends, key)
     if not key.flag(C.CKA_EXTRACTABLE):
         raise Refused(C.CKR_KEY_UNEXTRACTABLE, "the key was created with CKA_EXTRACTABLE false")

@@ -7,6 +7,11 @@ erased by the scheduler, a dual-control key needs two approvers, and a failure l
 nothing half-done."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +30,7 @@ from provider.principal import Principal
 
 from .engine_env import PIN, RW, T, backend_settings, init_token, write_config
 
+ROOT = Path(__file__).resolve().parents[2]
 ALICE = Principal("alice", frozenset({"operator"}), interface="cli")
 BOB = Principal("bob", frozenset({"operator"}), interface="rest")
 CAROL = Principal("carol", frozenset({"administrator"}), interface="rest")
@@ -241,3 +247,50 @@ def _der(raw: bytes) -> bytes:
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
     half = len(raw) // 2
     return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+
+
+def test_ferrohsm_key_migrate_goes_through_governance(hsm, tmp_path):
+    """The CLI in another process: the first call makes the approval (exit 2), two
+    others approve it here, the second call with --approval moves the key."""
+    lib, session, gov = hsm
+    gov.clock_.now = time.time()                     # the CLI's clock is the real one
+    gov.put_tag(CAROL, R.PolicyTag("two-person", dual_control=True))
+    rec = gov.create_key(ALICE, "cli-key", "ec-p256", ["sign", "verify"], tags=["two-person"])
+    signed = _sign(lib, session, "cli-key", ECDSA, b"before the move")
+    cli = [sys.executable, "-c", "from provider.cli import app; app()", "key", "migrate", "cli-key",
+           "--to", "shsm", "--token", "gov", "--actor", "ops-alice", "--pin", PIN.decode()]
+    env = {**os.environ, "FERROHSM_CONF": str(tmp_path / "ferrohsm.conf"), "COLUMNS": "200"}
+    first = subprocess.run(cli, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 2, first.stdout + first.stderr
+    assert "approval_required" in first.stdout
+    (approval,) = gov.list_approvals("pending")
+    assert approval.requester == "ops-alice" and approval.id in first.stdout
+    gov.approve(BOB, approval.id)
+    gov.approve(CAROL, approval.id)
+    second = subprocess.run(cli + ["--approval", approval.id], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "completed" in second.stdout and "proof CKM_ECDSA" in second.stdout
+    (migration,) = gov.list_migrations("cli-key")
+    assert migration.status == R.COMPLETED and migration.requester == "ops-alice"
+    assert gov.get_key("cli-key").versions[0].backend == "shsm"
+    _public(gov, rec, 1).verify(_der(signed), b"before the move", ec.ECDSA(hashes.SHA256()))
+    assert any(r["action"] == "migration.completed" and r["interface"] == "cli" and r["actor"] == "ops-alice"
+               for r in _records(gov))
+
+
+def test_migrate_key_refuses_a_governed_key(hsm):
+    """`ferrohsm migrate-key` would copy a governed key to another token as a plain key:
+    refused, even when the key is exportable."""
+    lib, session, gov = hsm
+    slot = init_token(lib, "elsewhere")
+    rec = gov.create_key(ALICE, "gk", "ec-p256", ["sign", "verify"])
+    gov.set_flags(CAROL, "gk", exportable=True)
+    gov.rotate(ALICE, "gk")                               # v2 is made CKA_EXTRACTABLE
+    lib.logout(session)                                   # migrate-key logs in to both tokens itself
+    record = migrate.migrate_key(lib, "gov", PIN, "elsewhere", PIN, f"{rec.id}/v2".encode(), "alice")
+    assert record["outcome"] == "refused" and "governed key" in record["reason"], record["reason"]
+    other = lib.open_session(slot, RW)
+    lib.login(other, C.CKU_USER, PIN)
+    lib.find_objects_init(other, T(CLASS=C.CKO_PRIVATE_KEY))
+    assert lib.find_objects(other, 10) == []              # nothing reached the other token
