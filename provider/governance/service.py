@@ -919,8 +919,10 @@ class Governance:
         """What is due: a pending version past its validation window becomes enabled and
         primary; a key due for rotation rotates; a destroy_scheduled version past its
         grace is destroyed (its key objects deleted, the record keeping the metadata, an
-        attestation audit record); approvals past their lifetime expire. One transaction
-        per key. Returns the (action, key id or approval id, version) done."""
+        attestation audit record); approvals past their lifetime expire; a completed
+        migration's source copies are erased when their 30 days are up. One transaction
+        per key. A key due for rotation has its pair generated before its transaction.
+        Returns the (action, key id or approval id, version) done."""
         now = self.clock() if now is None else now
         done = []
         with self._reading():
