@@ -534,8 +534,11 @@ class Governance:
         """Make version N+1 and move primary to it; `pending`: it waits out the validation
         window (the scheduler then enables it and makes it primary). A pair's material is
         generated first, outside the transaction (`_prepare`)."""
-        current = self.get_key(key)
-        pair = self._prepare(current.algorithm, current.name, current.exportable)
+        try:
+            current = self.get_key(key)
+        except GovernanceError:            # refused (and audited) by the step below
+            current = None
+        pair = None if current is None else self._prepare(current.algorithm, current.name, current.exportable)
 
         def step():
             obj, rec = self._key_for_write(key)

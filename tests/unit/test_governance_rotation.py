@@ -43,6 +43,24 @@ def test_a_tag_asking_for_rotation_without_a_period_rotates_every_90_days(gov):
     assert [e["action"] for e in gov.events].count("key.auto_rotate") == 2
 
 
+def test_the_scheduler_rotates_a_key_pair_from_material_made_before_its_transaction(gov):
+    gov.put_tag(CAROL, R.PolicyTag("rotated", auto_rotate=True))
+    rec = gov.create_key(ALICE, "sig", "ec-p256", ["sign", "verify"], tags=["rotated"])
+    gov.clock.advance(90 * DAY)
+    assert gov.tick() == [("key.auto_rotate", rec.id, 2)]
+    after = gov.get_key("sig")
+    objs = [gov.token.by_uid[uid] for uid in after.version(2).objects]
+    assert [o.cls for o in objs] == [C.CKO_PRIVATE_KEY, C.CKO_PUBLIC_KEY]
+    assert objs[0].attrs[C.CKA_LABEL] == b"sig" and objs[0].attrs[C.CKA_ID] == f"{rec.id}/v2".encode()
+
+
+def test_rotating_a_missing_key_is_refused_and_audited(gov):
+    with pytest.raises(GovernanceError) as e:
+        gov.rotate(ALICE, "nothing")
+    assert e.value.code == "not_found"
+    assert [(ev["action"], ev["outcome"]) for ev in gov.events] == [("key.rotate", "denied")]
+
+
 def test_a_tag_without_auto_rotate_or_period_rotates_nothing(gov):
     gov.put_tag(CAROL, R.PolicyTag("plain"))
     rec = gov.create_key(ALICE, "k", "aes-256-gcm", ["encrypt"], tags=["plain"])
