@@ -69,11 +69,17 @@ def run(gov, actor, key: str, destination: str, approval_id=None) -> R.Migration
     made = []                      # (MovedVersion, new KeyRef, hashes)
     try:
         with gov.token.lock:
+            gov.token.refresh()
+            gov._ready()
             for moved in migration.versions:
                 made.append(_move(gov, moved, dest))
         return gov._write(lambda: _complete(gov, actor, migration.id, dest, made), actor, "migrate", key)
-    except (GovernanceError, PKCS11Error) as err:
-        reason = err.message if isinstance(err, GovernanceError) else (err.reason or C.name_of("CKR_", err.rv))
+    except Exception as err:      # noqa: BLE001 - whatever stopped it, nothing half-done stays
+        reason = (err.message if isinstance(err, GovernanceError) else
+                  err.reason or C.name_of("CKR_", err.rv) if isinstance(err, PKCS11Error) else
+                  f"unexpected {type(err).__name__}")
+        if not isinstance(err, (GovernanceError, PKCS11Error)):
+            LOG.exception("migration %s of %s failed", migration.id, migration.key_id)
         undone = _undo(dest, made)
         status = R.ROLLED_BACK if undone else R.FAILED
         gov._write(lambda: _end(gov, actor, migration.id, status, reason), actor, "migrate", key)

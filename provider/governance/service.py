@@ -312,6 +312,13 @@ class Governance:
             _fail("not_found", f"key {rec.name} has no version {number}")
         return version
 
+    def _require_state(self, rec: R.KeyRecord, number, allowed, why: str = "") -> R.Version:
+        """Version `number` of `rec` if its state is one of `allowed`, else failed_precondition."""
+        v = self._version(rec, number)
+        if v.state not in allowed:
+            _fail("failed_precondition", f"version {number} of {rec.name} is {v.state}{why}")
+        return v
+
     def _commit_key(self, obj, rec: R.KeyRecord) -> None:
         """Write the key record and mirror each version's state, primary and label onto
         its key objects."""
@@ -562,10 +569,7 @@ class Governance:
         """Make an enabled version primary again (rollback); dual-controlled."""
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state != R.ENABLED:
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}: only an enabled "
-                      "version becomes primary")
+            self._require_state(rec, version, (R.ENABLED,), ": only an enabled version becomes primary")
             if version < rec.min_encrypt_version:
                 _fail("failed_precondition", f"version {version} is below min_encrypt_version")
             if version == rec.primary:
@@ -583,9 +587,7 @@ class Governance:
     def enable_version(self, actor: Principal, key: str, version: int) -> R.KeyRecord:
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state not in (R.DISABLED, R.PENDING):
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+            v = self._require_state(rec, version, (R.DISABLED, R.PENDING))
             if v.revocation and v.revocation["reason"] in R.COMPROMISED:
                 _fail("failed_precondition", f"version {version} was revoked for {v.revocation['reason']}: "
                       "never usable again")
@@ -605,9 +607,8 @@ class Governance:
         return self._write(step, actor, "disable_version", key)
 
     def _disable(self, rec: R.KeyRecord, version: int, what: str) -> R.Version:
-        v = self._version(rec, version)
-        if v.state not in (R.ENABLED, R.PENDING) and not (what == "revoke" and v.state == R.DISABLED):
-            _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+        # a disabled version may still be revoked (its reason recorded)
+        v = self._require_state(rec, version, (R.ENABLED, R.PENDING) + ((R.DISABLED,) if what == "revoke" else ()))
         if version == rec.primary:
             _fail("failed_precondition", f"version {version} is the primary: rotate or update the primary "
                   f"before you {what} it")
@@ -633,9 +634,7 @@ class Governance:
         refused within a tag's retention window; dual-controlled."""
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state not in (R.ENABLED, R.DISABLED, R.PENDING):
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+            v = self._require_state(rec, version, (R.ENABLED, R.DISABLED, R.PENDING))
             if version == rec.primary:
                 _fail("failed_precondition", f"version {version} is the primary: rotate or update the primary first")
             tags = self._tags_of(rec)
@@ -658,9 +657,7 @@ class Governance:
         """Cancel a scheduled destruction: the version comes back disabled."""
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state != R.DESTROY_SCHEDULED:
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+            v = self._require_state(rec, version, (R.DESTROY_SCHEDULED,))
             v.state, v.destroy_at, v.disabled_at = R.DISABLED, None, self.clock()
             self._commit_key(obj, rec)
             self._event(actor, "key.restore", rec, version)
