@@ -303,6 +303,52 @@ def migrate_key(
         raise typer.Exit(1)
 
 
+# --- governed keys (provider/governance/) -------------------------------------------------------
+key_app = typer.Typer(help="Governed keys: migration between backends.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("migrate")
+def key_migrate(
+    key: str = typer.Argument(..., help="The governed key's name or id."),
+    to: str = typer.Option(..., "--to", help="Destination backend (a [backends.NAME] of the configuration)."),
+    label: str = typer.Option(..., "--token", help="Label of the token that holds the key."),
+    actor: str = typer.Option(..., help="Who asks (the principal the audit and the approval record)."),
+    approval: str = typer.Option(None, help="The approved dual-control approval to execute."),
+    pin: str = typer.Option(..., prompt=True, hide_input=True, help="The token's user PIN."),
+    key_store: str = KEY_STORE,
+):
+    """Move a governed key's versions to another backend through governance: dual-controlled
+    where its tags ask (the first call prints the pending approval, exit 2), audited, the
+    source copies kept 30 days. Prints the migration record (exit 1 if it failed)."""
+    from .governance import GovernanceError, governance_of
+    from .principal import Principal
+    lib = _library(key_store)
+    try:
+        slot = _find_slot(lib, label, None)
+        lib.login(lib.open_session(slot, C.CKF_SERIAL_SESSION | C.CKF_RW_SESSION), C.CKU_USER, pin.encode())
+        gov = governance_of(lib, lib.tokens[slot])
+        migration = gov.migrate(Principal(actor, frozenset({"operator"}), interface="cli"), key, to,
+                                approval_id=approval)
+    except PKCS11Error as err:
+        _fail(err)
+    except GovernanceError as err:
+        out.print(f"[red]{err.code}:[/red] {err.message}")
+        if err.approval is not None:
+            out.print(f"approval {err.approval.id}: {len(err.approval.approvals)} of {err.approval.quorum} "
+                      "approvals; run again with --approval once it is approved")
+        raise typer.Exit(2 if err.code == "approval_required" else 1)
+    finally:
+        lib.finalize()
+    table = Table("field", "value")
+    for name in ("id", "key_id", "status", "destination_backend", "approval_id", "source_erase_at"):
+        table.add_row(name, str(getattr(migration, name)))
+    for moved in migration.versions:
+        table.add_row(f"v{moved.number}", f"{moved.source_backend} -> {migration.destination_backend}, "
+                      f"sha256 {moved.sha256_source}, proof {moved.proof}")
+    out.print(table)
+
+
 # --- the audit log (provider/audit/) ----------------------------------------------------------
 audit_app = typer.Typer(help="The audit log: verify, export, checkpoint, prune.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

@@ -92,27 +92,64 @@ def device_pair(backends, token, backend, kind: str, priv_given: dict) -> tuple:
     return ref, pub_made, priv_made
 
 
-def generate_key_pair(token, mech: int, param, pub_given: dict, priv_given: dict, separated: bool,
-                      backends=None, extra: tuple = ({}, {})) -> tuple[Obj, Obj]:
-    """A key pair into `token` in one commit: on the token's serving device backend if
-    `backends` names one that makes it, else by the engine. `extra`: (public, private)
-    attributes only the engine sets."""
+class Pair:
+    """The material of a key pair made before the store transaction that keeps it
+    (`prepare_pair`): the generated attributes, and the device key `ref` on `backend`
+    (None: the engine holds the material). `store_pair` keeps it; `discard` destroys a
+    device key nobody kept."""
+
+    def __init__(self, mech: int, pub_made: dict, priv_made: dict, backend=None, ref=None,
+                 exportable: bool = False):
+        self.mech, self.pub_made, self.priv_made = mech, pub_made, priv_made
+        self.backend, self.ref = backend, ref
+        self.exportable = exportable       # the device key was made extractable
+        self.kept = False
+        self.stored: str | None = None     # the uid of the private key object store_pair made last
+
+    def discard(self) -> None:
+        if self.ref is not None and not self.kept:
+            self.backend.destroy(self.ref)
+            self.ref = None
+
+
+def prepare_pair(token, mech: int, param, pub_given: dict, priv_given: dict, backends=None) -> Pair:
+    """Generate a key pair's material (on the token's serving device backend if
+    `backends` names one that makes it, else by the engine) with the token's lock let go
+    when it is held outside a store transaction: an RSA-4096 pair takes seconds, and
+    holds up no other call on the token."""
     chosen = backends.keygen_backend(token, mech, pub_given, priv_given) if backends is not None else None
-    ref = None
     if chosen is None:
         impl = mechanism(mech, "generate_key_pair")
-        with token.let_go():               # RSA takes its time: other calls on the token go on
+        with token.let_go():
             pub_made, priv_made = impl.generate_key_pair(param, pub_given, priv_given)
-    else:
-        ref, pub_made, priv_made = device_pair(backends, token, *chosen, priv_given)
-    try:
-        role = schema.role(pub_given, priv_given)      # one role for both halves
-        pub = key_attrs(C.CKO_PUBLIC_KEY, pub_given, pub_made, mech, "generate", separated, key_role=role)
-        priv = key_attrs(C.CKO_PRIVATE_KEY, priv_given, priv_made, mech, "generate", separated, key_role=role)
-        with token.transaction():
-            return add_object(token, {**pub, **extra[0]}), add_object(token, {**priv, **extra[1]})
-    except BaseException:
-        if ref is not None:
-            chosen[0].destroy(ref)
-        raise
+        return Pair(mech, pub_made, priv_made)
+    ref, pub_made, priv_made = device_pair(backends, token, *chosen, priv_given)
+    return Pair(mech, pub_made, priv_made, chosen[0], ref, bool(priv_given.get(C.CKA_EXTRACTABLE)))
 
+
+def store_pair(token, pair: Pair, pub_given: dict, priv_given: dict, separated: bool,
+               extra: tuple = ({}, {})) -> tuple[Obj, Obj]:
+    """The two objects of a prepared pair into `token` in one commit (inside the caller's
+    open transaction, if any: the caller sets `pair.kept` once that commits).
+    `extra`: (public, private) attributes only the engine sets."""
+    role = schema.role(pub_given, priv_given)      # one role for both halves
+    pub = key_attrs(C.CKO_PUBLIC_KEY, pub_given, pair.pub_made, pair.mech, "generate", separated, key_role=role)
+    priv = key_attrs(C.CKO_PRIVATE_KEY, priv_given, pair.priv_made, pair.mech, "generate", separated,
+                     key_role=role)
+    with token.transaction():
+        made = add_object(token, {**pub, **extra[0]}), add_object(token, {**priv, **extra[1]})
+    pair.stored = made[1].uid
+    return made
+
+
+def generate_key_pair(token, mech: int, param, pub_given: dict, priv_given: dict, separated: bool,
+                      backends=None, extra: tuple = ({}, {})) -> tuple[Obj, Obj]:
+    """A key pair into `token` in one commit: generated first (`prepare_pair`), then kept
+    (`store_pair`); a device key is destroyed if it is not kept."""
+    pair = prepare_pair(token, mech, param, pub_given, priv_given, backends)
+    try:
+        made = store_pair(token, pair, pub_given, priv_given, separated, extra)
+        pair.kept = True
+        return made
+    finally:
+        pair.discard()

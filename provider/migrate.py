@@ -1,7 +1,8 @@
 """Key migration between tokens (and so between backends): `ferrohsm migrate-key`.
 
 One process opens both tokens (logged in as their users) and moves one private key:
-  1. refused, with the reason, if the source backend cannot export (TPM, PIV card: keys
+  1. refused, with the reason, if the key is governed (`ferrohsm key migrate` moves it,
+     under its policy), if the source backend cannot export (TPM, PIV card: keys
      made inside the device never leave it; re-create and re-certify the key instead),
      the key was created with CKA_EXTRACTABLE false, or it has CKA_WRAP_WITH_TRUSTED
      (only a wrapping key the source token's SO trusts may export it, and the transport
@@ -98,25 +99,36 @@ def _slot(lib, label: str) -> int:
     raise PKCS11Error(C.CKR_SLOT_ID_INVALID, f"no token {label!r}")
 
 
-def _source(lib, session, key):
-    """(backend, KeyRef) of the source key; Refused if it may not leave."""
+def material_of(backends, key) -> tuple:
+    """(backend, KeyRef) of an opened private key object: the device backend that holds
+    it, or "soft" with its PKCS#8; Refused if its backend never lets a key out, or it is
+    not a kind a backend holds."""
     if engine.is_held(key):
-        backend, ref = lib.backends.get(key.attrs[C.CKA_FERRO_BACKEND].decode()), engine.key_ref(key)
+        backend, ref = backends.get(key.attrs[C.CKA_FERRO_BACKEND].decode()), engine.key_ref(key)
     else:
-        backend = lib.backends.get("soft")
+        backend = backends.get("soft")
         der = registry.key_type(key.key_type).to_pkcs8(key.attrs)
         info = bytes(key.attrs[C.CKA_PUBLIC_KEY_INFO])
         ref = KeyRef(der, info, kind_of(serialization.load_der_public_key(info)))
     if not backend.exportable:
         raise Refused(C.CKR_KEY_UNEXTRACTABLE, f"held by {backend.name} ({backend.kind}): made inside "
                       "the device and non-exportable; re-create and re-certify it on the destination")
+    if ref.kind is None:
+        raise Refused(C.CKR_KEY_TYPE_INCONSISTENT, "only EC P-256/P-384 and RSA-2048 keys migrate")
+    return backend, ref
+
+
+def _source(lib, session, key):
+    """(backend, KeyRef) of the source key; Refused if it may not leave."""
+    if C.CKA_FERRO_KEY_ID in key.attrs:
+        raise Refused(C.CKR_ACTION_PROHIBITED, "a governed key: it moves between backends through governance "
+                      "(`ferrohsm key migrate`), never to another token as a plain key")
+    backend, ref = material_of(lib.backends, key)
     if not key.flag(C.CKA_EXTRACTABLE):
         raise Refused(C.CKR_KEY_UNEXTRACTABLE, "the key was created with CKA_EXTRACTABLE false")
     if key.flag(C.CKA_WRAP_WITH_TRUSTED):
         raise Refused(C.CKR_KEY_NOT_WRAPPABLE, "CKA_WRAP_WITH_TRUSTED: only a wrapping key the "
                       "token's SO trusts may export it; migrate-key's transport key is not one")
-    if ref.kind is None:
-        raise Refused(C.CKR_KEY_TYPE_INCONSISTENT, "only EC P-256/P-384 and RSA-2048 keys migrate")
     return backend, ref
 
 
@@ -196,6 +208,24 @@ def _prove(dest, new_ref: KeyRef, key_type: int, public_der: bytes) -> str:
     return C.name_of("CKM_", mech)
 
 
+def move(src, ref: KeyRef, dest, key_type: int, label: str, record: dict) -> tuple:
+    """Steps 2-4: the key `ref` on `src` wrapped under a fresh transport key, its hash
+    checked at the destination, unwrapped on `dest` (extractable there, so it may move
+    again) and proved by a test signature. Returns (the new KeyRef, the proof's
+    mechanism name); `record` gets both hashes. A key `dest` made and could not prove is
+    destroyed. The caller logged both backends in."""
+    kek = os.urandom(32)
+    wrapped, sent = export_side(src, ref, kek)
+    got = receive_side(transfer(wrapped), sent, record)
+    new_ref = dest.unwrap(ref.kind, got, kek, label, True, ref.public_der)
+    try:
+        return new_ref, _prove(dest, new_ref, key_type, ref.public_der)
+    except BaseException:
+        if not dest.inline:
+            dest.destroy(new_ref)
+        raise
+
+
 def migrate_key(lib, src_label: str, src_pin: bytes, dst_label: str, dst_pin: bytes,
                 key_id: bytes, approver: str) -> dict:
     """Move one key; returns the log record (outcome "ok", "refused" or "failed")."""
@@ -237,21 +267,16 @@ def _migrate(lib, src_label, src_pin, dst_label, dst_pin, key_id, record) -> dic
         binding = lib.backends.binding(dst_token)
         dest = binding.serving() if binding is not None else lib.backends.get("soft")
         record["destination"].update(serial=dst_token.store.serial, backend=dest.name)
-        kek = os.urandom(32)
         lib.backends.enter(sess.token, src)
-        wrapped, sent = export_side(src, ref, kek)
-        got = receive_side(transfer(wrapped), sent, record)
         lib.backends.enter(dst_token, dest)
-        new_ref = dest.unwrap(ref.kind, got, kek, key.attrs.get(C.CKA_LABEL, b"").decode(),
-                              True, ref.public_der)
+        new_ref, proof = move(src, ref, dest, key.key_type, key.attrs.get(C.CKA_LABEL, b"").decode(), record)
         try:
-            proof = _prove(dest, new_ref, key.key_type, ref.public_der)
             _store(lib, s_dst, dest, new_ref, key, _source_public(sess.token, key))
         except BaseException:
             if not dest.inline:
                 dest.destroy(new_ref)
             raise
-        return {"sha256_source": sent, "sha256_destination": record["sha256_destination"],
+        return {"sha256_source": record["sha256_source"], "sha256_destination": record["sha256_destination"],
                 "test_signature": proof, "verified": True,
                 "policy": [C.name_of("CKA_", cka) for cka in PRIVATE_POLICY if cka in key.attrs]}
     finally:

@@ -6,6 +6,8 @@ from .errors import GovernanceError  # noqa: E402,F401
 from .scheduler import Scheduler  # noqa: E402,F401
 from .service import Governance  # noqa: E402,F401
 
+__all__ = ["GovernanceError", "Scheduler", "Governance", "governance_of"]
+
 
 def governance_of(library, token, **kw) -> Governance:
     """The governance service of `library`'s `token` as its configuration sets it up: the

@@ -1,8 +1,9 @@
 """The records of governance, as the store keeps them: a governed key (its versions,
-states, primary, floors and flags), a policy tag, a pending approval.
+states, primary, floors and flags), a policy tag, a pending approval, a migration of a
+key between backends.
 
 Each is a token object of FerroHSM's own class (CKO_FERRO_GOVERNED_KEY,
-CKO_FERRO_POLICY_TAG, CKO_FERRO_APPROVAL) whose CKA_FERRO_RECORD is the record in
+CKO_FERRO_POLICY_TAG, CKO_FERRO_APPROVAL, CKO_FERRO_MIGRATION) whose CKA_FERRO_RECORD is the record in
 canonical JSON (`encode`), so a record is versioned, compare-and-set and seen by every
 process exactly as token objects are (store/base.py). The record of a key is the one
 truth of its state: each version's key object carries CKA_FERRO_STATE and
@@ -105,7 +106,8 @@ class PolicyTag:
     approval_ttl_seconds: int = 86400
     retention_days: int = 0                # a version younger than this may not be destroyed
     destroy_grace_seconds: int = 86400
-    rotation_period_days: int | None = None
+    rotation_period_days: int | None = None    # 1..365; None: DEFAULT_ROTATION_DAYS if auto_rotate
+    auto_rotate: bool = False              # rotate the keys under it (every rotation_period_days or 90)
     security_level: str = "software"       # "hardware": refuses a software backend
     revision: int = 1
 
@@ -133,6 +135,52 @@ class Approval:
     @classmethod
     def decode(cls, raw: bytes) -> "Approval":
         return _build(cls, json.loads(raw))
+
+
+# --- migrations between backends (the backend design's migration record) ---------------
+IN_PROGRESS, COMPLETED, FAILED, ROLLED_BACK = "in_progress", "completed", "failed", "rolled_back"
+MIGRATION_STATUSES = (IN_PROGRESS, COMPLETED, FAILED, ROLLED_BACK)
+
+
+@dataclass
+class MovedVersion:
+    """One version's move: its key objects on the source backend (kept, unusable, until
+    the migration's source_erase_at) and on the destination, the SHA-256 of the wrapped
+    key as sent and as received, and the proof: the test signature mechanism whose
+    signature by the destination key the source's public key verified."""
+    number: int
+    source_backend: str
+    source_objects: list
+    destination_objects: list = field(default_factory=list)
+    sha256_source: str = ""
+    sha256_destination: str = ""
+    proof: str = ""
+
+
+@dataclass
+class Migration:
+    id: str                                # UUID
+    key_id: str
+    destination_backend: str
+    requester: str                         # principal subject
+    created_at: float
+    status: str = IN_PROGRESS              # MIGRATION_STATUSES
+    approval_id: str | None = None         # the dual-control approval it executed, if any
+    versions: list = field(default_factory=list)      # MovedVersion
+    finished_at: float | None = None
+    reason: str = ""                       # why it failed / was rolled back (no key material)
+    source_erase_at: float | None = None   # completed: the source copies are erased then (>= 30 days)
+    source_erased_at: float | None = None
+
+    @property
+    def source_backends(self) -> list:
+        return sorted({v.source_backend for v in self.versions})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Migration":
+        data = json.loads(raw)
+        data["versions"] = [_build(MovedVersion, v) for v in data.get("versions", [])]
+        return _build(cls, data)
 
 
 def permits(key: KeyRecord, number: int, use: str) -> str | None:

@@ -41,12 +41,14 @@ from ..log import LOG
 from ..principal import SCHEDULER, Principal
 from ..store.base import Conflict
 from . import algorithms as A
+from . import migration as M
 from . import record as R
 from .errors import GovernanceError
 
 DAY = 86400
 VALIDATION_SECONDS = DAY              # a pending version's validation window (dual signing)
 DEFAULT_DESTROY_GRACE = DAY
+DEFAULT_ROTATION_DAYS = 90            # a tag with auto_rotate and no rotation_period_days
 APPROVERS = frozenset({"operator", "administrator"})
 DONE = frozenset({"executed", "denied", "expired", "invalidated"})     # approvals that are over
 TRIES = 5
@@ -54,7 +56,7 @@ MAX_NAME = 128
 MAX_PAGE = 1000
 
 RECORD_CLASS = {R.KeyRecord: C.CKO_FERRO_GOVERNED_KEY, R.PolicyTag: C.CKO_FERRO_POLICY_TAG,
-                R.Approval: C.CKO_FERRO_APPROVAL}
+                R.Approval: C.CKO_FERRO_APPROVAL, R.Migration: C.CKO_FERRO_MIGRATION}
 
 
 def request_hash(request: dict) -> str:
@@ -198,6 +200,21 @@ class Governance:
             _fail("not_found", f"no approval {approval_id!r}")
         return self._mutable(found)
 
+    def list_migrations(self, key: str | None = None) -> list:
+        """Migrations (of `key`, by id or name, if given), oldest first."""
+        with self._reading():
+            key_id = None if key is None else self._find_key(key)[1].id
+            found = [self._decoded(R.Migration, o) for o in self._objects(C.CKO_FERRO_MIGRATION)]
+        return sorted((self._mutable(m) for m in found if key_id is None or m.key_id == key_id),
+                      key=lambda m: (m.created_at, m.id))
+
+    def get_migration(self, migration_id: str) -> R.Migration:
+        with self._reading():
+            _, found = self._find(R.Migration, migration_id) if isinstance(migration_id, str) else (None, None)
+        if found is None:
+            _fail("not_found", f"no migration {migration_id!r}")
+        return self._mutable(found)
+
     # --- writing ----------------------------------------------------------------------
     def _write(self, step, actor: Principal = SCHEDULER, action: str = "", subject: str | None = None):
         """Run `step()` (reads, checks, writes, audit events) as one store transaction
@@ -295,6 +312,13 @@ class Governance:
             _fail("not_found", f"key {rec.name} has no version {number}")
         return version
 
+    def _require_state(self, rec: R.KeyRecord, number, allowed, why: str = "") -> R.Version:
+        """Version `number` of `rec` if its state is one of `allowed`, else failed_precondition."""
+        v = self._version(rec, number)
+        if v.state not in allowed:
+            _fail("failed_precondition", f"version {number} of {rec.name} is {v.state}{why}")
+        return v
+
     def _commit_key(self, obj, rec: R.KeyRecord) -> None:
         """Write the key record and mirror each version's state, primary and label onto
         its key objects."""
@@ -340,12 +364,14 @@ class Governance:
             return None
         return max(max(2, t.quorum) for t in dual), min(t.approval_ttl_seconds for t in dual)
 
-    def _rotation_days(self, rec_days, tags: list):
-        days = rec_days
-        if days is None:
-            periods = [t.rotation_period_days for t in tags if t.rotation_period_days is not None]
-            days = min(periods) if periods else None
-        return days
+    @staticmethod
+    def _rotation_days(rec_days, tags: list):
+        """The key's automatic rotation period: its own, else the shortest its tags ask
+        (tag_rotation_days), else None (no automatic rotation)."""
+        if rec_days is not None:
+            return rec_days
+        periods = [d for d in map(tag_rotation_days, tags) if d is not None]
+        return min(periods) if periods else None
 
     def _guard(self, actor: Principal, action: str, request: dict, dual, revision: int, key_id, approval_id):
         """None if the request may run now (no dual control, or `approval_id` names an
@@ -406,6 +432,8 @@ class Governance:
         if not isinstance(description, str) or not isinstance(owner, str):
             _fail("invalid_argument", "description and owner are strings")
 
+        pair = self._prepare(algorithm, name, exportable=False)
+
         def step():
             if self._find_by_name(name) is not None:
                 _fail("conflict", f"a governed key named {name!r} exists")
@@ -416,11 +444,11 @@ class Governance:
                               rotation_period_days=rotation_period_days)
             days = self._rotation_days(rotation_period_days, tag_records)
             rec.next_rotation_at = now + days * DAY if days else None
-            rec.versions.append(self._make_version(rec, 1, R.ENABLED, now))
+            rec.versions.append(self._make_version(rec, 1, R.ENABLED, now, pair))
             self._commit_key(None, rec)
             self._event(actor, "key.create", rec, 1, message=f"{algorithm} {','.join(usage)}")
             return rec
-        return self._write(step, actor, "create", name)
+        return self._kept(pair, lambda: self._write(step, actor, "create", name))
 
     def _find_by_name(self, name: str):
         for obj in self._objects(C.CKO_FERRO_GOVERNED_KEY, name):
@@ -437,26 +465,59 @@ class Governance:
             found.append(tag)
         return found
 
-    def _make_version(self, rec: R.KeyRecord, number: int, state: str, now: float) -> R.Version:
-        """Generate version `number`'s key object(s) into the token (in the open transaction)."""
+    # --- a version's key material ------------------------------------------------------
+    def _prepare(self, algorithm: str, name: str, exportable: bool):
+        """A key pair's material for `algorithm`, made before (outside) the store
+        transaction that keeps it, with the token's lock let go while it is generated
+        (RSA-4096 takes seconds: the transaction stays short and other calls go on);
+        None for a secret key (made in the transaction: it is fast). The version number
+        is assigned inside the transaction (`_make_version`), so versions strictly
+        increase however many callers rotate at once."""
+        spec = A.SPECS[algorithm]
+        if not spec.pair:
+            return None
+        pub, priv = _pair_templates(spec, {C.CKA_LABEL: name.encode()}, exportable)
+        with self.token.lock:
+            self.token.refresh()
+            self._ready()
+            try:
+                return keygen.prepare_pair(self.token, spec.mech, None, pub, priv, self.backends)
+            except PKCS11Error as err:
+                raise GovernanceError("failed_precondition", err.reason or C.name_of("CKR_", err.rv)) from None
+
+    def _kept(self, pair, write):
+        """Run `write()` (a _write that stores `pair`); a device key it did not keep is
+        destroyed."""
+        try:
+            result = write()
+            if pair is not None:           # kept if the object made from it committed
+                pair.kept = pair.stored is not None and pair.stored in self.token.by_uid
+            return result
+        finally:
+            if pair is not None:
+                pair.discard()
+
+    def _make_version(self, rec: R.KeyRecord, number: int, state: str, now: float, pair=None) -> R.Version:
+        """Version `number`'s key object(s) into the token (in the open transaction): a
+        secret key generated here, a pair from the material `_prepare` made."""
         spec = A.SPECS[rec.algorithm]
         mirrored = _mirrored(rec, None, number, state)
         common = {C.CKA_TOKEN: True, C.CKA_PRIVATE: True, C.CKA_MODIFIABLE: False, C.CKA_DESTROYABLE: False,
                   C.CKA_COPYABLE: False, C.CKA_LABEL: mirrored.pop(C.CKA_LABEL),
                   C.CKA_ID: f"{rec.id}/v{number}".encode()}
         engine_set = {C.CKA_FERRO_KEY_ID: rec.id.encode(), C.CKA_FERRO_VERSION: number, **mirrored}
-        secret = {C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: bool(rec.exportable)}
         if spec.pair:
-            pub = {C.CKA_CLASS: C.CKO_PUBLIC_KEY, C.CKA_KEY_TYPE: spec.key_type, **common, **spec.public,
-                   **A.usage_flags(rec.usage, 1)}
-            priv = {C.CKA_CLASS: C.CKO_PRIVATE_KEY, C.CKA_KEY_TYPE: spec.key_type, **common, **secret,
-                    **A.usage_flags(rec.usage, 2)}
-            made = keygen.generate_key_pair(self.token, spec.mech, None, pub, priv, self.separated,
-                                            self.backends, (engine_set, engine_set))
+            if pair is None or (pair.backend is not None and pair.exportable != bool(rec.exportable)):
+                _fail("conflict", f"{rec.name} changed while its new version was generated; try again")
+            pub, priv = _pair_templates(spec, common, rec.exportable)
+            pub.update(A.usage_flags(rec.usage, 1))
+            priv.update(A.usage_flags(rec.usage, 2))
+            made = keygen.store_pair(self.token, pair, pub, priv, self.separated, (engine_set, engine_set))
             backend = made[1].attrs.get(C.CKA_FERRO_BACKEND, b"soft").decode()
             uids = [made[1].uid, made[0].uid]
         else:
-            given = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: spec.key_type, **common, **secret,
+            given = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: spec.key_type, **common,
+                     C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: bool(rec.exportable),
                      **spec.secret, **A.usage_flags(rec.usage, 0)}
             made = keygen.generate_key(self.token, spec.mech, None, given, self.separated, engine_set)
             backend, uids = "soft", [made.uid]
@@ -478,19 +539,26 @@ class Governance:
 
     def rotate(self, actor: Principal, key: str, pending: bool = False) -> R.KeyRecord:
         """Make version N+1 and move primary to it; `pending`: it waits out the validation
-        window (the scheduler then enables it and makes it primary)."""
+        window (the scheduler then enables it and makes it primary). A pair's material is
+        generated first, outside the transaction (`_prepare`)."""
+        try:
+            current = self.get_key(key)
+        except GovernanceError:            # refused (and audited) by the step below
+            current = None
+        pair = None if current is None else self._prepare(current.algorithm, current.name, current.exportable)
+
         def step():
             obj, rec = self._key_for_write(key)
-            return self._rotate(actor, obj, rec, pending, "key.rotate")
-        return self._write(step, actor, "rotate", key)
+            return self._rotate(actor, obj, rec, pending, "key.rotate", pair)
+        return self._kept(pair, lambda: self._write(step, actor, "rotate", key))
 
-    def _rotate(self, actor, obj, rec: R.KeyRecord, pending: bool, action: str) -> R.KeyRecord:
+    def _rotate(self, actor, obj, rec: R.KeyRecord, pending: bool, action: str, pair) -> R.KeyRecord:
         now = self.clock()
         number = rec.next_version
         rec.next_version += 1
         if not pending:
             rec.primary = number           # (before the version is made: its label is the key's name)
-        rec.versions.append(self._make_version(rec, number, R.PENDING if pending else R.ENABLED, now))
+        rec.versions.append(self._make_version(rec, number, R.PENDING if pending else R.ENABLED, now, pair))
         days = self._rotation_days(rec.rotation_period_days, self._tags_of(rec))
         rec.next_rotation_at = now + days * DAY if days else None
         self._commit_key(obj, rec)
@@ -501,10 +569,7 @@ class Governance:
         """Make an enabled version primary again (rollback); dual-controlled."""
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state != R.ENABLED:
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}: only an enabled "
-                      "version becomes primary")
+            self._require_state(rec, version, (R.ENABLED,), ": only an enabled version becomes primary")
             if version < rec.min_encrypt_version:
                 _fail("failed_precondition", f"version {version} is below min_encrypt_version")
             if version == rec.primary:
@@ -522,9 +587,7 @@ class Governance:
     def enable_version(self, actor: Principal, key: str, version: int) -> R.KeyRecord:
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state not in (R.DISABLED, R.PENDING):
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+            v = self._require_state(rec, version, (R.DISABLED, R.PENDING))
             if v.revocation and v.revocation["reason"] in R.COMPROMISED:
                 _fail("failed_precondition", f"version {version} was revoked for {v.revocation['reason']}: "
                       "never usable again")
@@ -544,9 +607,8 @@ class Governance:
         return self._write(step, actor, "disable_version", key)
 
     def _disable(self, rec: R.KeyRecord, version: int, what: str) -> R.Version:
-        v = self._version(rec, version)
-        if v.state not in (R.ENABLED, R.PENDING) and not (what == "revoke" and v.state == R.DISABLED):
-            _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+        # a disabled version may still be revoked (its reason recorded)
+        v = self._require_state(rec, version, (R.ENABLED, R.PENDING) + ((R.DISABLED,) if what == "revoke" else ()))
         if version == rec.primary:
             _fail("failed_precondition", f"version {version} is the primary: rotate or update the primary "
                   f"before you {what} it")
@@ -572,9 +634,7 @@ class Governance:
         refused within a tag's retention window; dual-controlled."""
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state not in (R.ENABLED, R.DISABLED, R.PENDING):
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+            v = self._require_state(rec, version, (R.ENABLED, R.DISABLED, R.PENDING))
             if version == rec.primary:
                 _fail("failed_precondition", f"version {version} is the primary: rotate or update the primary first")
             tags = self._tags_of(rec)
@@ -597,9 +657,7 @@ class Governance:
         """Cancel a scheduled destruction: the version comes back disabled."""
         def step():
             obj, rec = self._key_for_write(key)
-            v = self._version(rec, version)
-            if v.state != R.DESTROY_SCHEDULED:
-                _fail("failed_precondition", f"version {version} of {rec.name} is {v.state}")
+            v = self._require_state(rec, version, (R.DESTROY_SCHEDULED,))
             v.state, v.destroy_at, v.disabled_at = R.DISABLED, None, self.clock()
             self._commit_key(obj, rec)
             self._event(actor, "key.restore", rec, version)
@@ -721,6 +779,13 @@ class Governance:
             return rec
         return _closed(self._write(step, actor, "adopt", name))
 
+    def migrate(self, actor: Principal, key: str, destination_backend: str, approval_id=None) -> R.Migration:
+        """Move the key's versions that have material to `destination_backend`
+        (governance/migration.py): dual-controlled; its Migration record goes
+        in_progress -> completed (or failed / rolled_back, nothing half-done left), each
+        step audited; the source copies are kept, unusable, for 30 days."""
+        return M.run(self, actor, key, destination_backend, approval_id)
+
     # --- policy tags ------------------------------------------------------------------
     def put_tag(self, actor: Principal, tag: R.PolicyTag, approval_id=None) -> R.PolicyTag:
         """Create or change a tag. Weakening a dual-control tag is itself dual-controlled;
@@ -740,24 +805,30 @@ class Governance:
                                        old.revision, None, approval_id)
                     if held is not None:
                         return held
-                self._bump_keys(tag.name)
+                self._bump_keys(new)
             self._save(new, obj)
             self._event(actor, "tag.put", key_id=None, tag=tag.name, message=f"revision {new.revision}")
             return new
         return _closed(self._write(step, actor, "tag.put", tag.name))
 
-    def _bump_keys(self, tag_name: str) -> None:
+    def _bump_keys(self, tag: R.PolicyTag) -> None:
+        """The keys under `tag` after its change: policy revision +1; a key that had no
+        automatic rotation and now gets one from the tag is scheduled from now."""
         for kobj in self._objects(C.CKO_FERRO_GOVERNED_KEY):
             rec = self._decoded(R.KeyRecord, kobj)
-            if tag_name in rec.tags:
+            if tag.name in rec.tags:
                 rec = self._mutable(rec)
                 rec.policy_revision += 1
+                if rec.next_rotation_at is None:
+                    tags = [tag if t.name == tag.name else t for t in self._tags_of(rec)]
+                    days = self._rotation_days(rec.rotation_period_days, tags)
+                    rec.next_rotation_at = self.clock() + days * DAY if days else None
                 self._save(rec, kobj)
 
     def attach_tag(self, actor: Principal, key: str, tag: str) -> R.KeyRecord:
         def step():
             obj, rec = self._key_for_write(key)
-            found = self._existing_tags([tag])[0]
+            self._existing_tags([tag])
             if tag in rec.tags:
                 return rec
             rec.tags.append(tag)
@@ -765,8 +836,9 @@ class Governance:
                 if v.state != R.DESTROYED:
                     self._check_placement(rec, v.backend)
             rec.policy_revision += 1
-            if rec.rotation_period_days is None and found.rotation_period_days and rec.next_rotation_at is None:
-                rec.next_rotation_at = self.clock() + found.rotation_period_days * DAY
+            days = self._rotation_days(rec.rotation_period_days, self._tags_of(rec))
+            if days and rec.next_rotation_at is None:
+                rec.next_rotation_at = self.clock() + days * DAY
             self._commit_key(obj, rec)
             self._event(actor, "key.attach_tag", rec, message=tag)
             return rec
@@ -847,22 +919,31 @@ class Governance:
         """What is due: a pending version past its validation window becomes enabled and
         primary; a key due for rotation rotates; a destroy_scheduled version past its
         grace is destroyed (its key objects deleted, the record keeping the metadata, an
-        attestation audit record); approvals past their lifetime expire. One transaction
-        per key. Returns the (action, key id or approval id, version) done."""
+        attestation audit record); approvals past their lifetime expire; a completed
+        migration's source copies are erased when their 30 days are up. One transaction
+        per key. A key due for rotation has its pair generated before its transaction.
+        Returns the (action, key id or approval id, version) done."""
         now = self.clock() if now is None else now
         done = []
         with self._reading():
             keys = [self._decoded(R.KeyRecord, o) for o in self._objects(C.CKO_FERRO_GOVERNED_KEY)]
             approvals = [self._decoded(R.Approval, o) for o in self._objects(C.CKO_FERRO_APPROVAL)]
+            migrations = [self._decoded(R.Migration, o) for o in self._objects(C.CKO_FERRO_MIGRATION)]
         for rec in keys:
             if _due(rec, now):
-                done.extend(self._write(lambda key_id=rec.id: self._tick_key(key_id, now)))
+                rotating = rec.next_rotation_at is not None and rec.next_rotation_at <= now
+                pair = self._prepare(rec.algorithm, rec.name, rec.exportable) if rotating else None
+                done.extend(self._kept(pair, lambda key_id=rec.id, pair=pair: self._write(
+                    lambda: self._tick_key(key_id, now, pair))))
         for approval in approvals:
             if approval.status in ("pending", "approved") and now >= approval.expires_at:
                 done.extend(self._write(lambda approval_id=approval.id: self._expire(approval_id, now)))
             elif self.approval_retention_days is not None and approval.status in DONE and \
                     now >= approval.created_at + self.approval_retention_days * DAY:
                 done.extend(self._write(lambda approval_id=approval.id: self._prune(approval_id, now)))
+        for migration in migrations:
+            if M.due(migration, now):
+                done.extend(M.erase_source(self, migration.id, now))
         return done
 
     def _prune(self, approval_id: str, now: float) -> list:
@@ -874,7 +955,7 @@ class Governance:
         self._event(SCHEDULER, "approval.pruned", key_id=found.key_id, approval_id=found.id, message=found.status)
         return [("approval.pruned", found.id, None)]
 
-    def _tick_key(self, key_id: str, now: float) -> list:
+    def _tick_key(self, key_id: str, now: float, pair=None) -> list:
         obj, rec = self._key_for_write(key_id)
         done = []
         for v in rec.versions:
@@ -894,7 +975,7 @@ class Governance:
                 self._event(SCHEDULER, "key.destroyed", rec, v.number,
                             message=f"attestation: key material erased, objects {','.join(v.objects)} deleted")
         if rec.next_rotation_at is not None and rec.next_rotation_at <= now:
-            self._rotate(SCHEDULER, obj, rec, False, "key.auto_rotate")
+            self._rotate(SCHEDULER, obj, rec, False, "key.auto_rotate", pair)
             done.append(("key.auto_rotate", rec.id, rec.primary))
         elif done:
             self._commit_key(obj, rec)
@@ -1029,6 +1110,15 @@ def _due(rec: R.KeyRecord, now: float) -> bool:
         for v in rec.versions)
 
 
+def _pair_templates(spec: A.Spec, common: dict, exportable: bool) -> tuple:
+    """(public, private) templates of a version's pair (usage flags added by the caller)."""
+    pub = {C.CKA_CLASS: C.CKO_PUBLIC_KEY, C.CKA_KEY_TYPE: spec.key_type, C.CKA_TOKEN: True, **common,
+           **spec.public}
+    priv = {C.CKA_CLASS: C.CKO_PRIVATE_KEY, C.CKA_KEY_TYPE: spec.key_type, C.CKA_TOKEN: True, **common,
+            C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: bool(exportable)}
+    return pub, priv
+
+
 def _mirrored(rec: R.KeyRecord, v: R.Version | None, number: int | None = None, state: str | None = None) -> dict:
     """The attributes a version's key objects carry as a readable copy of the record."""
     number = v.number if v is not None else number
@@ -1081,15 +1171,24 @@ def _check_tag(tag) -> None:
     for name, (value, low, high) in ints.items():
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             _fail("invalid_argument", f"{name} must be {low}..{high}")
-    if not isinstance(tag.dual_control, bool):
-        _fail("invalid_argument", "dual_control is true or false")
+    if not isinstance(tag.dual_control, bool) or not isinstance(tag.auto_rotate, bool):
+        _fail("invalid_argument", "dual_control and auto_rotate are true or false")
     _check_period(tag.rotation_period_days)
     if tag.security_level not in ("software", "hardware"):
         _fail("invalid_argument", "security_level is software or hardware")
 
 
 POLICY_FIELDS = ("dual_control", "quorum", "approval_ttl_seconds", "retention_days", "destroy_grace_seconds",
-                 "rotation_period_days", "security_level")
+                 "rotation_period_days", "auto_rotate", "security_level")
+
+
+def tag_rotation_days(tag: R.PolicyTag):
+    """The rotation period a tag asks of its keys: its rotation_period_days (1..365),
+    or DEFAULT_ROTATION_DAYS (90) when it says auto_rotate without a period; None: the
+    tag asks for no automatic rotation."""
+    if tag.rotation_period_days is not None:
+        return tag.rotation_period_days
+    return DEFAULT_ROTATION_DAYS if tag.auto_rotate else None
 
 
 def _same_policy(old: R.PolicyTag, new: R.PolicyTag) -> bool:
