@@ -102,6 +102,7 @@ class Tag(Body):
     retention_days: int = Field(0, ge=-2**31, le=2**31)
     destroy_grace_seconds: int = Field(86400, ge=-2**31, le=2**40)
     rotation_period_days: int | None = Field(None, ge=-2**31, le=2**31)
+    auto_rotate: bool = False
     security_level: str = Field("software", max_length=32)
     approval_id: str | None = Field(None, max_length=64)
 

@@ -187,6 +187,9 @@ def test_tags_floors_flags_revoke(service):
     assert service.put("/v1/tags/t", headers=ADMIN, json={"retention_days": 0}).status_code == 200
     assert [t["name"] for t in service.get("/v1/tags", headers=AUDITOR).json()["tags"]] == ["t"]
     assert service.get("/v1/tags/t", headers=AUDITOR).json()["security_level"] == "software"
+    assert service.get("/v1/tags/t", headers=AUDITOR).json()["auto_rotate"] is False
+    auto = service.put("/v1/tags/auto", headers=ADMIN, json={"auto_rotate": True}).json()
+    assert (auto["auto_rotate"], auto["rotation_period_days"]) == (True, None)    # the 90-day default
     assert code(service.get("/v1/tags/none", headers=AUDITOR)) == "not_found"
     create(service, "f")
     assert service.post("/v1/keys/f/tags/t", headers=ADMIN).json()["tags"] == ["t"]
