@@ -9,7 +9,7 @@ PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libssl-dev opensc open
           swtpm swtpm-tools tpm2-tools libtss2-dev pcscd vsmartcard-vpcd libpcsclite-dev systemd
           libengine-pkcs11-openssl p11-kit gnutls-bin libnss3-tools openjdk-17-jdk-headless
           python3-cryptography python3-cffi-backend postgresql
-          prometheus)   # promtool: tests/service checks /metrics with `promtool check metrics`
+          prometheus wrk)   # wrk: benchmarks/service.py; promtool: tests/service checks /metrics with `promtool check metrics`
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -259,6 +259,13 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     def prometheus():
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
+    # --- the caller ------------------------------------------------------------------------
+    @route("GET", "/v1/whoami", "session.read")
+    def whoami(p=Depends(allow("session.read"))):
+        """The principal the bearer token authenticates (no key, no audit record)."""
+        return {"subject": p.subject, "roles": sorted(p.roles), "keys": None if p.keys is None else sorted(p.keys),
+                "session": p.session, "client": p.client, "request_id": p.correlation_id}
+
     # --- keys ------------------------------------------------------------------------------
     @route("POST", "/v1/keys", "keys.create", status_code=201)
     def create_key(body: CreateKey, p=Depends(allow("keys.create"))):

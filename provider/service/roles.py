@@ -1,7 +1,9 @@
 """Who may do what: the one table. Every route names one permission (app.py's
 `allow(...)`, also in the OpenAPI schema as `x-permission`); a principal may call it
 when one of its roles holds that permission. Auditors read, never use keys; a service
-uses only the keys its token names (checked again per key in crypto.py)."""
+uses only the keys its token names (checked again per key in crypto.py). `session.read`
+(GET /v1/whoami: who the bearer token says you are) is every role's: a client checks its
+token with it, and it is the authenticated no-op the service benchmark compares with."""
 
 ROLES = ("administrator", "operator", "auditor", "service")
 
@@ -16,6 +18,7 @@ PERMISSIONS = {
     "approvals.read":   {"administrator", "operator", "auditor"},
     "approvals.decide": {"administrator", "operator"},
     "audit.read":       {"administrator", "auditor"},      # query, export, checkpoints, verify
+    "session.read":     set(ROLES),                        # GET /v1/whoami
 }
 
 

@@ -53,7 +53,7 @@ def test_every_route_with_every_role(service):
                 assert code not in ("permission_denied", "unauthenticated"), (method, path, role, resp.text)
             else:
                 assert resp.status_code == 403 and code == "permission_denied", (method, path, role, resp.text)
-    assert walked == 4 * 36          # 36 authenticated routes x 4 roles
+    assert walked == 4 * 37          # 37 authenticated routes x 4 roles
     walked_routes = {(method, path) for method, path, permission in routes(service) if permission != "public"}
     assert ISSUE_12_ROUTES <= walked_routes, ISSUE_12_ROUTES - walked_routes
 
@@ -61,7 +61,7 @@ def test_every_route_with_every_role(service):
 # the routes issue 12 added last, each walked above with every role
 ISSUE_12_ROUTES = {("POST", "/v1/keys/adopt"), ("POST", "/v1/keys/{key}/wrap"), ("POST", "/v1/keys/{key}/unwrap"),
                    ("POST", "/v1/keys/{key}/sign/batch"), ("GET", "/v1/audit/export"),
-                   ("GET", "/v1/audit/checkpoints"), ("POST", "/v1/audit/verify")}
+                   ("GET", "/v1/audit/checkpoints"), ("POST", "/v1/audit/verify"), ("GET", "/v1/whoami")}
 
 
 def test_public_routes_need_no_token(service):
@@ -91,3 +91,15 @@ def test_auditor_never_uses_keys_and_service_only_its_keys(service):
     assert service.post("/v1/keys/mine/encrypt", headers=nokeys, json=body).status_code == 403
     # a service may not manage keys
     assert service.post("/v1/keys/mine/rotate", headers=svc).status_code == 403
+
+
+def test_whoami_names_the_principal_for_every_role_and_refuses_no_token(service):
+    for role in ROLES:
+        r = service.get("/v1/whoami", headers={**bearer(sub=f"who-{role}", roles=[role], keys=["k9"], jti="s-1"),
+                                                "X-Request-ID": "rid-1"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["subject"] == f"who-{role}" and body["roles"] == [role] and body["session"] == "s-1"
+        assert body["keys"] == (["k9"] if role == "service" else None) and body["request_id"] == "rid-1"
+    r = service.get("/v1/whoami")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
