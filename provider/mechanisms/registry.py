@@ -41,6 +41,7 @@ Contexts raise PKCS11Error; the engine ends the operation on any error except
 CKR_BUFFER_TOO_SMALL (which the engine handles itself).
 """
 
+import threading
 from dataclasses import dataclass
 
 from .. import constants as C
@@ -121,11 +122,17 @@ def all_mechanisms() -> list[int]:
 
 
 _loaded = False
+_loading = threading.RLock()
 
 
 def _load_families() -> None:
-    """Import every family module once; each registers its mechanisms."""
+    """Import every family module once; each registers its mechanisms. Threads that
+    ask while the first one imports wait for it (the service's first concurrent
+    requests saw a half-filled table: CKR_MECHANISM_INVALID)."""
     global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import families  # noqa: F401  (the import registers them)
+    if _loaded:
+        return
+    with _loading:
+        if not _loaded:
+            from . import families  # noqa: F401  (the import registers them)
+            _loaded = True
