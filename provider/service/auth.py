@@ -7,9 +7,18 @@ that key's one algorithm; anything else (`none`, an unknown kid, RS256 named on 
 HS256 when no secret is set — the HS/RS confusion) is refused before a signature is
 looked at. `iss`, `aud`, `exp`, `nbf`, `iat` and `sub` are required; a token living longer than jwt_max_lifetime is
 refused. Roles come from the roles claim (unknown names are dropped); a service token's
-keys come from the keys claim (absent: no keys)."""
+keys come from the keys claim (absent: no keys).
+
+A token that passed every check is remembered by its exact string (a bounded LRU of
+what the claims gave: subject, roles, keys, session, key) until its `exp` (+ leeway),
+so a client sending the same token again skips the signature and claim checks; a
+refused token is never remembered, and a JWKS reload (the set of keys changed: one may
+have been retired) forgets them all."""
 
 import hashlib
+import threading
+import time
+from collections import OrderedDict
 
 import jwt
 
@@ -20,6 +29,7 @@ from .roles import ROLES
 
 ALGORITHM = "HS256"
 MAX_TOKEN = 8192
+CACHE_SIZE = 4096
 
 
 class Authenticator:
@@ -32,6 +42,10 @@ class Authenticator:
         self._kid = hashlib.sha256(secret).hexdigest()[:16] if secret else ""   # names the key, reveals nothing
         self.on_failure = on_failure
         self.failures = 0
+        self._verified: OrderedDict = OrderedDict()     # token -> (valid until, principal fields)
+        self._cache_lock = threading.Lock()
+        self._generation = 0                            # the JWKS generation the cache holds tokens of
+        self.cache_hits = self.cache_misses = 0
 
     def _refuse(self, reason: str, message: str):
         self.failures += 1
@@ -73,7 +87,43 @@ class Authenticator:
             self._refuse("malformed", "the Authorization header is not a bearer token")
         if len(token) > MAX_TOKEN:
             self._refuse("malformed", "the bearer token is too long")
+        fields = self._remembered(token)
+        if fields is None:
+            fields = self._verify(token)
+        sub, roles, keys, session, key_client = fields
+        return Principal(subject=sub, roles=roles, interface="rest", session=session,
+                         client=client or key_client, source=source, correlation_id=correlation_id, keys=keys)
+
+    def _remembered(self, token: str):
+        """The principal fields of a token verified before and not expired since, else None."""
+        generation = self.jwks.generation() if self.jwks is not None else 0
+        now = time.time()
+        with self._cache_lock:
+            if generation != self._generation:
+                self._verified.clear()
+                self._generation = generation
+            entry = self._verified.get(token)
+            if entry is not None and now < entry[0]:
+                self._verified.move_to_end(token)
+                self.cache_hits += 1
+                return entry[1]
+            if entry is not None:
+                del self._verified[token]
+            self.cache_misses += 1
+        return None
+
+    def _remember(self, token: str, until: float, fields: tuple, generation: int) -> None:
+        with self._cache_lock:
+            if generation != self._generation:       # verified with keys a reload has replaced since
+                return
+            self._verified[token] = (until, fields)
+            while len(self._verified) > CACHE_SIZE:
+                self._verified.popitem(last=False)
+
+    def _verify(self, token: str) -> tuple:
+        """Every check of a token not remembered; its principal fields, remembered."""
         s = self.settings
+        generation = self._generation
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -112,5 +162,6 @@ class Authenticator:
                 self._refuse("invalid", f"{s.keys_claim} must be a list of key names or ids")
             keys = frozenset(named)
         session = claims.get("jti") or claims.get("sid") or ""
-        return Principal(subject=sub, roles=roles, interface="rest", session=str(session)[:128],
-                         client=client or key_client, source=source, correlation_id=correlation_id, keys=keys)
+        fields = (sub, roles, keys, str(session)[:128], key_client)
+        self._remember(token, exp + s.jwt_leeway, fields, generation)
+        return fields

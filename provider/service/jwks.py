@@ -8,6 +8,8 @@ HS/RS confusion) and an EC key never an RS256 one. The file is re-read when it c
 (its mtime, size or inode), checked at most every `recheck` seconds; a changed file
 that does not parse keeps the last good set (an operator's half-written edit must not
 lock every client out) and counts a reload failure. At start a bad file is an error.
+`generation()` counts the key sets loaded: auth.py drops every token it verified
+before when it moves, so a key retired from the file stops working at the reload.
 A JWK holding private members (`d`, `p`, …) is refused: the service verifies, it never
 needs a private key, and one there is a leak to stop, not to use."""
 
@@ -86,7 +88,7 @@ class JwksFile:
 
     def __init__(self, path: str, recheck: float = 1.0):
         self.path, self.recheck = path, recheck
-        self.reloads = self.reload_failures = 0
+        self.reloads = self.reload_failures = 0         # reloads: also the generation of the key set
         self._lock = threading.Lock()
         self._stamp, self._keys = self._read()       # a bad file at start raises
         self._checked = time.monotonic()
@@ -125,6 +127,11 @@ class JwksFile:
     def get(self, kid) -> PublicKey | None:
         self._maybe_reload()
         return self._keys.get(kid) if isinstance(kid, str) else None
+
+    def generation(self) -> int:
+        """The number of reloads so far, after looking at the file if it is time to."""
+        self._maybe_reload()
+        return self.reloads
 
     def kids(self) -> frozenset:
         self._maybe_reload()

@@ -148,9 +148,13 @@ def test_reloaded_when_the_file_changes(jwks_service):
     new = ec.generate_private_key(ec.SECP256R1())
     new_token_ = jwt.encode(claims(), new, algorithm="ES256", headers={"kid": "ec2"})
     refused(get(jwks_service, new_token_))
+    old = sign(pairs, "ec1")
+    assert get(jwks_service, old).status_code == 200 and get(jwks_service, old).status_code == 200
+    assert auth.cache_hits >= 1                     # verified once, then remembered
     # ec1 retired, ec2 added
     write_jwks(path, [jwk("ec2", new, ECAlgorithm), jwk("ed1", pairs["ed1"][1], OKPAlgorithm)])
     assert get(jwks_service, new_token_).status_code == 200
+    refused(get(jwks_service, old))                 # the remembered token of a retired key stops at the reload
     refused(get(jwks_service, sign(pairs, "ec1")))
     assert auth.jwks.reloads == 1
     # a half-written edit keeps the last good keys
