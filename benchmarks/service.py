@@ -94,9 +94,10 @@ def prepare(tmp: Path, port: int, nkeys: int) -> dict:
     return {**os.environ, "FERROHSM_CONF": str(conf), "BENCH_PIN": USER_PIN.decode(), "FERROHSM_JWT_SECRET": SECRET}
 
 
-def start(env: dict, port: int) -> subprocess.Popen:
+def start(env: dict, port: int, src: Path = ROOT) -> subprocess.Popen:
+    """`ferrohsm serve --insecure-dev` from the source tree `src` (an A/B's other side)."""
     proc = subprocess.Popen([sys.executable, "-c", "from provider.cli import app; app()", "serve", "--insecure-dev"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -224,6 +225,37 @@ def run(seconds: float, nkeys: int) -> dict:
     return r
 
 
+def compare(seconds: int, other: Path, rounds: int = 2) -> str:
+    """A/B: the no-op and encrypt runs on a server from `other` (say `git archive` of the
+    commit before a change) and from this tree, alternately on one token, in one run."""
+    tmp = Path(tempfile.mkdtemp(prefix="ferrohsm-ab-"))
+    port = free_port()
+    env = prepare(tmp, port, 0)
+    url = f"http://127.0.0.1:{port}"
+    svc = token("bench-app", ["service"], keys=["data"])
+    encrypt = lua(tmp, "encrypt", "POST", svc, {"plaintext": base64.b64encode(os.urandom(1024)).decode()})
+    noop = lua(tmp, "whoami", "GET", svc)
+    got = {"A": [], "B": []}
+    for _ in range(rounds):
+        for side, src in (("A", other), ("B", ROOT)):
+            proc = start(env, port, src)
+            try:
+                wrk(f"{url}/v1/keys/data/encrypt", encrypt, 2, CONNECTIONS, proc.pid)
+                got[side].append((wrk(f"{url}/v1/whoami", noop, seconds, CONNECTIONS, proc.pid),
+                                  wrk(f"{url}/v1/keys/data/encrypt", encrypt, seconds, CONNECTIONS, proc.pid)))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    lines = [f"A = {other}, B = {ROOT}; {rounds} rounds ABAB of {seconds} s, 64 connections, load "
+             f"{os.getloadavg()[0]:.1f}", "", "| side | no-op req/s | no-op CPU ms/req | encrypt req/s | p50 ms | "
+             "p99 ms | encrypt CPU ms/req | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for side, runs in got.items():
+        n, e = _merge([x for x, _ in runs]), _merge([y for _, y in runs])
+        lines.append(f"| {side} | {n['rps']:.0f} {n['runs']} | {n['cpu_ms']:.2f} | {e['rps']:.0f} {e['runs']} | "
+                     f"{e['p50']:.1f} | {e['p99']:.1f} | {e['cpu_ms']:.2f} | {e['rps'] / n['rps']:.2f} |")
+    return "\n".join(lines)
+
+
 def _merge(runs: list) -> dict:
     """Several wrk runs of one route: requests/s and CPU per request over all, the worse
     p50/p99."""
@@ -274,7 +306,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--keys", type=int, default=5000)
     ap.add_argument("--write", action="store_true", help="write benchmarks/RESULTS-service.md's measured section")
+    ap.add_argument("--compare", type=Path, help="A/B against the server of this source tree instead")
     a = ap.parse_args()
+    if a.compare:
+        print(compare(a.seconds, a.compare.resolve()))
+        return
     text = report(run(a.seconds, a.keys), a.seconds)
     print(text)
     if a.write:

@@ -20,5 +20,17 @@ class Metrics:
                                     registry=r)
         self.jwt_failures = Counter("ferrohsm_jwt_failures", "bearer tokens refused", ["reason"], registry=r)
 
+        self._children: dict = {}          # (route, method, status) -> (counter child, histogram child)
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and observe its latency (the labelled children looked up once)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(route, method, str(status)),
+                                              self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
+
     def text(self) -> bytes:
         return generate_latest(self.registry)
