@@ -9,7 +9,6 @@ permission (roles.py) through `allow(permission)`: the dependency that authentic
 bearer token, checks the role table and takes one token from the subject's bucket."""
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from . import auditing
 from .auth import Authenticator
 from .crypto import Crypto, unb64
 from .errors import ApiError, answer, install
+from .listing import KeyListing
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ratelimit import UNAUTHENTICATED, Buckets
 from .roles import PERMISSIONS, allowed
@@ -229,6 +229,7 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     buckets = Buckets(settings.rate)
     refusals = Buckets({"unauthenticated": UNAUTHENTICATED})
     crypto = Crypto(gov, metrics)
+    listing = KeyListing(gov)
     app.state.gov, app.state.metrics, app.state.auth, app.state.buckets = gov, metrics, auth, buckets
 
     app.add_middleware(Guard, settings=settings, metrics=metrics)
@@ -267,7 +268,8 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
     def healthz():
         token = gov.token
         status = {"status": "ok", "token": {"initialized": bool(token.initialized), "logged_in": token.user is not None},
-                  "jwt_failures": auth.failures, "rate_limited": buckets.rejected}
+                  "jwt_failures": auth.failures, "rate_limited": buckets.rejected,
+                  "cache": {"keys_list": listing.stats(), "jwt": {"hits": auth.cache_hits, "misses": auth.cache_misses}}}
         try:
             with token.lock:
                 status["audit"] = {"head": token.store.audit_head()[0]}
@@ -305,11 +307,8 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
                   name_prefix: str | None = Query(None, max_length=128),
                   page_token: str | None = Query(None, max_length=512),
                   page_size: int = Query(100, ge=1, le=1000), p=Depends(allow("keys.read"))):
-        keys, next_token = gov.list_keys(tag=tag, state=state, algorithm=algorithm, name_prefix=name_prefix,
-                                         page_token=page_token, page_size=page_size)
-        data = json.dumps({"keys": [plain(k) for k in keys], "next_page_token": next_token},
-                          separators=(",", ":")).encode()
-        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        data, etag = listing.answer(tag=tag, state=state, algorithm=algorithm, name_prefix=name_prefix,
+                                    page_token=page_token, page_size=page_size)
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})
         return Response(data, media_type="application/json", headers={"ETag": etag})
