@@ -123,6 +123,7 @@ class Service:
     def uvicorn_config(self) -> uvicorn.Config:
         s = self.settings
         kw = dict(host=self.host, port=self.port, log_level="warning", lifespan="off", server_header=False,
+                  http="h11",          # even with httptools installed: h11's incomplete-event limit bounds the headers
                   h11_max_incomplete_event_size=2 * s.max_header + 16384, timeout_graceful_shutdown=30)
         if not self.insecure:
             kw.update(ssl_certfile=s.tls_cert, ssl_keyfile=s.tls_key)

@@ -8,7 +8,9 @@ variable, so code below the routes — crypto.py's gate step — needs no reques
 The tracer comes from `app.state.tracer_provider` when one is set (the tests give an SDK
 provider with the in-memory exporter; `ferrohsm serve` may give one with an exporter),
 else from the global provider, which without the SDK configured is a no-op: exporting is
-optional and configured, tracing costs nearly nothing when it is off."""
+optional and configured. When no provider is configured at all (neither the app's nor a
+global one: the API's proxy or no-op provider) a request opens no span and pays only
+that check; a provider set later is seen at the next request."""
 
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,9 +24,13 @@ PROPAGATOR = TraceContextTextMapPropagator()
 _TRACER: ContextVar = ContextVar("ferrohsm_service_tracer", default=None)
 
 
-def tracer_of(app) -> trace.Tracer:
-    provider = getattr(app.state, "tracer_provider", None)
-    return (provider or trace.get_tracer_provider()).get_tracer(NAME)
+OFF = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def tracer_of(app) -> trace.Tracer | None:
+    """The request's tracer, or None when tracing is off (no provider configured)."""
+    provider = getattr(app.state, "tracer_provider", None) or trace.get_tracer_provider()
+    return None if isinstance(provider, OFF) else provider.get_tracer(NAME)
 
 
 class Spans:
@@ -37,6 +43,10 @@ class Spans:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        tracer = tracer_of(self.service)
+        _TRACER.set(tracer)
+        if tracer is None:
+            return await self.app(scope, receive, send)
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())
                    if k in (b"traceparent", b"tracestate")}
         status = {}
@@ -47,8 +57,6 @@ class Spans:
             await send(message)
 
         method = scope.get("method", "")
-        tracer = tracer_of(self.service)
-        _TRACER.set(tracer)
         with tracer.start_as_current_span(
                 f"{method} (unmatched)", context=PROPAGATOR.extract(carrier), kind=SpanKind.SERVER,
                 attributes={"http.request.method": method}) as current:
@@ -75,6 +83,12 @@ def instrument(app):
 def span(name: str, **attributes):
     """A child span of the request's for one core operation (the gate and its audit
     record, a mechanism run); outside a request, the global tracer's."""
-    tracer = _TRACER.get() or trace.get_tracer(NAME)
+    tracer = _TRACER.get()
+    if tracer is None:
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, OFF):
+            yield trace.INVALID_SPAN             # tracing is off: no span, nothing recorded
+            return
+        tracer = provider.get_tracer(NAME)
     with tracer.start_as_current_span(name, attributes=attributes) as s:
         yield s
