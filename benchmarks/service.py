@@ -233,9 +233,11 @@ def compare(seconds: int, other: Path, rounds: int = 2) -> str:
     env = prepare(tmp, port, 0)
     url = f"http://127.0.0.1:{port}"
     svc = token("bench-app", ["service"], keys=["data"])
-    encrypt = lua(tmp, "encrypt", "POST", svc, {"plaintext": base64.b64encode(os.urandom(1024)).decode()})
+    kib = base64.b64encode(os.urandom(1024)).decode()
+    encrypt = lua(tmp, "encrypt", "POST", svc, {"plaintext": kib})
+    batch = lua(tmp, "batch", "POST", svc, {"items": [{"plaintext": kib}] * BATCH})
     noop = lua(tmp, "whoami", "GET", svc)
-    got = {"A": [], "B": []}
+    got, batches = {"A": [], "B": []}, {"A": [], "B": []}
     for _ in range(rounds):
         for side, src in (("A", other), ("B", ROOT)):
             proc = start(env, port, src)
@@ -243,16 +245,19 @@ def compare(seconds: int, other: Path, rounds: int = 2) -> str:
                 wrk(f"{url}/v1/keys/data/encrypt", encrypt, 2, CONNECTIONS, proc.pid)
                 got[side].append((wrk(f"{url}/v1/whoami", noop, seconds, CONNECTIONS, proc.pid),
                                   wrk(f"{url}/v1/keys/data/encrypt", encrypt, seconds, CONNECTIONS, proc.pid)))
+                batches[side].append(wrk(f"{url}/v1/keys/data/encrypt/batch", batch, seconds, 8, proc.pid))
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
     lines = [f"A = {other}, B = {ROOT}; {rounds} rounds ABAB of {seconds} s, 64 connections, load "
              f"{os.getloadavg()[0]:.1f}", "", "| side | no-op req/s | no-op CPU ms/req | encrypt req/s | p50 ms | "
-             "p99 ms | encrypt CPU ms/req | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "p99 ms | encrypt CPU ms/req | ratio | batch items/s | batch CPU ms/req |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for side, runs in got.items():
-        n, e = _merge([x for x, _ in runs]), _merge([y for _, y in runs])
+        n, e, b = _merge([x for x, _ in runs]), _merge([y for _, y in runs]), _merge(batches[side])
         lines.append(f"| {side} | {n['rps']:.0f} {n['runs']} | {n['cpu_ms']:.2f} | {e['rps']:.0f} {e['runs']} | "
-                     f"{e['p50']:.1f} | {e['p99']:.1f} | {e['cpu_ms']:.2f} | {e['rps'] / n['rps']:.2f} |")
+                     f"{e['p50']:.1f} | {e['p99']:.1f} | {e['cpu_ms']:.2f} | {e['rps'] / n['rps']:.2f} | "
+                     f"{b['rps'] * BATCH:,.0f} | {b['cpu_ms']:.2f} |")
     return "\n".join(lines)
 
 
