@@ -52,7 +52,8 @@ UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 # issue 12's targets: (figure, at least / at most, bound)
 TARGETS = [("encrypt req/s", ">=", 2000), ("encrypt / no-op", ">=", 0.60), ("encrypt p50 ms", "<=", 10),
            ("encrypt p99 ms", "<=", 50), ("batch items/s", ">=", 20000), ("list page of 100 p50 ms", "<=", 10),
-           ("list all keys ms", "<=", 200), ("rotation end to end ms", "<=", 1000)]
+           ("list all keys ms", "<=", 200), ("list all keys, cold ms", "<=", 200),
+           ("rotation end to end ms", "<=", 1000)]
 
 
 def token(sub, roles, keys=None, lifetime=3600) -> str:
@@ -275,7 +276,7 @@ def _merge(runs: list) -> dict:
 def figures(r: dict) -> dict:
     return {"encrypt req/s": r["encrypt"]["rps"], "encrypt / no-op": r["ratio"], "encrypt p50 ms": r["encrypt"]["p50"],
             "encrypt p99 ms": r["encrypt"]["p99"], "batch items/s": r["batch"]["items"],
-            "list page of 100 p50 ms": r["page"], "list all keys ms": r["all"],
+            "list page of 100 p50 ms": r["page"], "list all keys ms": r["all"], "list all keys, cold ms": r["all_cold"],
             "rotation end to end ms": r["rotation"]}
 
 
