@@ -243,18 +243,12 @@ def erase_source(gov, migration_id: str, now: float) -> list:
     devices = []
 
     def step():
-        token = gov.token
+        devices.clear()              # a retried transaction starts over
         mobj, found = gov._find(R.Migration, migration_id)
         if found is None or not due(found, now):
             return []
         migration = gov._mutable(found)
-        for moved in migration.versions:
-            kobj = token.by_uid.get(moved.source_objects[0])
-            if kobj is not None and token.loaded(kobj):
-                kobj = token.open(kobj)
-                if engine.is_held(kobj):
-                    devices.append((kobj.attrs[C.CKA_FERRO_BACKEND].decode(), engine.key_ref(kobj)))
-                token.remove_object(kobj)
+        gov._remove_objects([moved.source_objects[0] for moved in migration.versions], devices)
         migration.source_erased_at = now
         gov._save(migration, mobj)
         gov._event(SCHEDULER, "migration.source_erased", key_id=migration.key_id, subject=migration.id,
@@ -262,10 +256,5 @@ def erase_source(gov, migration_id: str, now: float) -> list:
                            "deleted")
         return [("migration.source_erased", migration.id, None)]
     done = gov._write(step)
-    for name, ref in devices if done else ():
-        try:
-            gov.backends.get(name).destroy(ref)
-        except PKCS11Error as err:
-            LOG.error("migration %s: source key on %s not destroyed: %s", migration_id, name, err)
+    gov._destroy_devices(devices if done else [], f"migration {migration_id}")
     return done
-

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 
 from .. import constants as C
 from .. import gate, keygen
+from ..backends import engine
 from ..errors import PKCS11Error
 from ..log import LOG
 from ..principal import SCHEDULER, Principal
@@ -933,8 +934,11 @@ class Governance:
             if _due(rec, now):
                 rotating = rec.next_rotation_at is not None and rec.next_rotation_at <= now
                 pair = self._prepare(rec.algorithm, rec.name, rec.exportable) if rotating else None
-                done.extend(self._kept(pair, lambda key_id=rec.id, pair=pair: self._write(
-                    lambda: self._tick_key(key_id, now, pair))))
+                devices = []
+                ticked = self._kept(pair, lambda key_id=rec.id, pair=pair: self._write(
+                    lambda: self._tick_key(key_id, now, pair, devices)))
+                done.extend(ticked)
+                self._destroy_devices(devices if ticked else [], f"key {rec.id}")
         for approval in approvals:
             if approval.status in ("pending", "approved") and now >= approval.expires_at:
                 done.extend(self._write(lambda approval_id=approval.id: self._expire(approval_id, now)))
@@ -955,9 +959,11 @@ class Governance:
         self._event(SCHEDULER, "approval.pruned", key_id=found.key_id, approval_id=found.id, message=found.status)
         return [("approval.pruned", found.id, None)]
 
-    def _tick_key(self, key_id: str, now: float, pair=None) -> list:
+    def _tick_key(self, key_id: str, now: float, pair=None, devices=None) -> list:
         obj, rec = self._key_for_write(key_id)
         done = []
+        devices = [] if devices is None else devices
+        devices.clear()              # a retried transaction starts over
         for v in rec.versions:
             if v.state == R.PENDING and v.enabled_at is not None and v.enabled_at <= now:
                 v.state, v.enabled_at = R.ENABLED, now
@@ -966,10 +972,7 @@ class Governance:
                 done.append(("key.enable_pending", rec.id, v.number))
                 self._event(SCHEDULER, "key.enable_pending", rec, v.number, message="validation window passed")
             elif v.state == R.DESTROY_SCHEDULED and v.destroy_at is not None and v.destroy_at <= now:
-                for uid in v.objects:
-                    kobj = self.token.by_uid.get(uid)
-                    if kobj is not None:
-                        self.token.remove_object(kobj)
+                self._remove_objects(v.objects, devices)
                 v.state, v.destroyed_at, v.destroy_at = R.DESTROYED, now, None
                 done.append(("key.destroyed", rec.id, v.number))
                 self._event(SCHEDULER, "key.destroyed", rec, v.number,
@@ -980,6 +983,30 @@ class Governance:
         elif done:
             self._commit_key(obj, rec)
         return done
+
+    def _remove_objects(self, uids, devices: list) -> None:
+        """Delete the key objects `uids` (in the caller's transaction); a device-held one's
+        (backend, ref) is added to `devices`, for _destroy_devices once the transaction
+        committed: a device key is never destroyed under a live object."""
+        for uid in uids:
+            kobj = self.token.by_uid.get(uid)
+            if kobj is None or not self.token.loaded(kobj):
+                continue
+            if engine.is_held(kobj):
+                kobj = self.token.open(kobj)
+                devices.append((kobj.attrs[C.CKA_FERRO_BACKEND].decode(), engine.key_ref(kobj)))
+            self.token.remove_object(kobj)
+
+    def _destroy_devices(self, devices: list, what: str) -> None:
+        """Destroy the device keys _remove_objects collected; a failure is logged (the key
+        is unreachable from the token already)."""
+        for name, ref in devices:
+            try:
+                if self.backends is None:
+                    raise PKCS11Error(C.CKR_GENERAL_ERROR, "no backends configured")
+                self.backends.get(name).destroy(ref)
+            except PKCS11Error as err:
+                LOG.error("%s: its key on backend %s was not destroyed: %s", what, name, err.reason)
 
     def _expire(self, approval_id: str, now: float) -> list:
         obj, found = self._find(R.Approval, approval_id)

@@ -294,3 +294,26 @@ def test_migrate_key_refuses_a_governed_key(hsm):
     lib.login(other, C.CKU_USER, PIN)
     lib.find_objects_init(other, T(CLASS=C.CKO_PRIVATE_KEY))
     assert lib.find_objects(other, 10) == []              # nothing reached the other token
+
+
+def test_a_destroyed_version_is_destroyed_on_its_device_too(hsm):
+    """The scheduler's destroy of a device-held version (here moved to SoftHSM2) erases the
+    device key, not only the token's object: the device refuses it afterwards."""
+    from provider.backends import engine
+    lib, session, gov = hsm
+    gov.create_key(ALICE, "gone", "ec-p256", ["sign", "verify"])
+    gov.rotate(ALICE, "gone")
+    gov.migrate(ALICE, "gone", "shsm")
+    rec = gov.get_key("gone")
+    held = gov.token.open(gov.token.by_uid[rec.version(1).objects[0]])
+    assert engine.is_held(held) and held.attrs[C.CKA_FERRO_BACKEND] == b"shsm"
+
+    def device_sign():
+        return gov.backends.use(gov.token, held, lambda b, r: b.sign(r, Mechanism(C.CKM_ECDSA), b"\1" * 32))
+    assert len(device_sign()) == 64                       # the key is there, on SoftHSM2
+    gov.schedule_destroy(ALICE, "gone", 1)
+    gov.clock_.now += 2 * DAY
+    assert ("key.destroyed", rec.id, 1) in gov.tick()
+    with pytest.raises(PKCS11Error):
+        device_sign()
+    assert gov.get_key("gone").version(2).state == R.ENABLED     # the other version untouched
