@@ -24,7 +24,8 @@ store transaction with its audit record (a Migration record, record.py).
      changes, and the record becomes `rolled_back` (something made was undone) or
      `failed` (nothing was made), with the reason.
   5. the scheduler's tick erases the retired source copies when source_erase_at is due
-     (their objects deleted, a device key destroyed after the commit) and audits it.
+     (their objects deleted, a device key destroyed after the commit) and audits it, and
+     marks `failed` a migration left in_progress past STALE_SECONDS (its process stopped).
 
 The engine moves its own key between the backends of one token: CKA_EXTRACTABLE (what a
 PKCS#11 client may wrap out) does not apply, the approval and the audit do."""
@@ -234,6 +235,26 @@ def _end(gov, actor, migration_id: str, status: str, reason: str) -> R.Migration
 def due(migration: R.Migration, now: float) -> bool:
     return (migration.status == R.COMPLETED and migration.source_erased_at is None
             and migration.source_erase_at is not None and migration.source_erase_at <= now)
+
+
+def stale(migration: R.Migration, now: float) -> bool:
+    return migration.status == R.IN_PROGRESS and now - migration.created_at >= STALE_SECONDS
+
+
+def end_stale(gov, migration_id: str, now: float) -> list:
+    """An in_progress migration past STALE_SECONDS was interrupted (the process running it
+    stopped): it becomes `failed`, audited. Nothing of the key changed (that happens only
+    in the completing transaction); a destination device key the stopped process made
+    may remain on that device, referenced by nothing. A migration still running after all
+    finds itself failed at its completion and undoes its work (conflict)."""
+    def step():
+        _, found = gov._find(R.Migration, migration_id)
+        if found is None or not stale(found, now):
+            return []
+        _end(gov, SCHEDULER, migration_id, R.FAILED,
+             f"interrupted: still in progress {STALE_SECONDS} s after it started")
+        return [(_action(R.FAILED), migration_id, None)]
+    return gov._write(step)
 
 
 def erase_source(gov, migration_id: str, now: float) -> list:

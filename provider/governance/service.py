@@ -921,7 +921,8 @@ class Governance:
         primary; a key due for rotation rotates; a destroy_scheduled version past its
         grace is destroyed (its key objects deleted, the record keeping the metadata, an
         attestation audit record); approvals past their lifetime expire; a completed
-        migration's source copies are erased when their 30 days are up. One transaction
+        migration's source copies are erased when their 30 days are up, and one left
+        in_progress by a stopped process is marked failed. One transaction
         per key. A key due for rotation has its pair generated before its transaction.
         Returns the (action, key id or approval id, version) done."""
         now = self.clock() if now is None else now
@@ -948,6 +949,8 @@ class Governance:
         for migration in migrations:
             if M.due(migration, now):
                 done.extend(M.erase_source(self, migration.id, now))
+            elif M.stale(migration, now):
+                done.extend(M.end_stale(self, migration.id, now))
         return done
 
     def _prune(self, approval_id: str, now: float) -> list:

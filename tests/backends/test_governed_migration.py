@@ -317,3 +317,23 @@ def test_a_destroyed_version_is_destroyed_on_its_device_too(hsm):
     with pytest.raises(PKCS11Error):
         device_sign()
     assert gov.get_key("gone").version(2).state == R.ENABLED     # the other version untouched
+
+
+def test_a_migration_its_process_left_in_progress_is_marked_failed(hsm):
+    """A process that stops between the start and the end of a migration leaves it
+    in_progress; an hour on, the scheduler marks it failed (audited), the key unchanged."""
+    from provider.governance import migration as M
+    lib, session, gov = hsm
+    gov.create_key(ALICE, "sig", "ec-p256", ["sign", "verify"])
+    before = gov.get_key("sig")
+    started = M._start(gov, ALICE, "sig", gov.backends.get("shsm"), None)    # then the process "stops"
+    assert started.status == R.IN_PROGRESS
+    gov.clock_.now += M.STALE_SECONDS - 1
+    assert gov.tick() == []
+    gov.clock_.now += 1
+    assert gov.tick() == [("migration.failed", started.id, None)]
+    found = gov.get_migration(started.id)
+    assert found.status == R.FAILED and "interrupted" in found.reason
+    assert [r["action"] for r in _records(gov)][-1] == "migration.failed"
+    assert gov.get_key("sig").versions == before.versions and gov.tick() == []
+    assert gov.migrate(ALICE, "sig", "shsm").status == R.COMPLETED
