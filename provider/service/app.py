@@ -47,27 +47,25 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CreateKey(Body):
+class NewKey(Body):
+    """What a governed key is made with (created or adopted)."""
     name: str = Field(min_length=1, max_length=128)
     algorithm: str = Field(max_length=32)
     usage: list[str] = Field(min_length=1, max_length=7)
     description: str = Field("", max_length=1024)
     owner: str = Field("", max_length=256)
     tags: list[str] = Field(default_factory=list, max_length=32)
+
+
+class CreateKey(NewKey):
     rotation_period_days: int | None = Field(None, ge=1, le=365)
 
 
-class Adopt(Body):
+class Adopt(NewKey):
     """A plain PKCS#11 key of the token, named by its CKA_UNIQUE_ID (a pair: the private
     key's, and the public key's as public_uid), taken into governance as version 1."""
     uid: str = Field(min_length=1, max_length=128)
     public_uid: str | None = Field(None, min_length=1, max_length=128)
-    name: str = Field(min_length=1, max_length=128)
-    algorithm: str = Field(max_length=32)
-    usage: list[str] = Field(min_length=1, max_length=7)
-    description: str = Field("", max_length=1024)
-    owner: str = Field("", max_length=256)
-    tags: list[str] = Field(default_factory=list, max_length=32)
     approval_id: str | None = Field(None, max_length=64)
 
 

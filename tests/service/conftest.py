@@ -2,6 +2,7 @@
 token store and the governance API; JWTs made here with PyJWT; the gate's audit records
 of key uses kept in a list the tests read."""
 
+import base64
 import socket
 import threading
 import time
@@ -53,6 +54,17 @@ class Bearer(Mapping):
 
     def __len__(self):
         return 1
+
+
+# the people of the route tests: two operators, an administrator, an auditor
+OP = Bearer(sub="alice", roles=["operator"])
+BOB = Bearer(sub="bob", roles=["operator"])
+ADMIN = Bearer(sub="carol", roles=["administrator"])
+AUDITOR = Bearer(sub="dave", roles=["auditor"])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def free_port() -> int:

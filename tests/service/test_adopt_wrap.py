@@ -14,16 +14,9 @@ from provider import constants as C
 from provider import keygen
 from provider.governance import algorithms as A
 
-from .conftest import Bearer, bearer
-
-OP = Bearer(sub="alice", roles=["operator"])
-BOB = Bearer(sub="bob", roles=["operator"])
-ADMIN = Bearer(sub="carol", roles=["administrator"])
-AUDITOR = Bearer(sub="dave", roles=["auditor"])
+from .conftest import ADMIN, AUDITOR, BOB, OP, b64, bearer
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def svc(*keys, sub="app"):

@@ -16,11 +16,8 @@ from provider.audit import verifier as V
 from provider.audit.checkpoint import public_key_of
 from provider.audit.record import line_of
 
-from .conftest import HMAC_KEY, Bearer, bearer
+from .conftest import ADMIN, AUDITOR, HMAC_KEY, OP, bearer
 
-OP = Bearer(sub="alice", roles=["operator"])
-ADMIN = Bearer(sub="carol", roles=["administrator"])
-AUDITOR = Bearer(sub="dave", roles=["auditor"])
 FERROHSM = [sys.executable, "-c", "from provider.cli import app; app()"]
 
 

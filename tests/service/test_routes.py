@@ -9,16 +9,9 @@ import pytest
 
 from provider.governance import record as R
 
-from .conftest import Bearer, bearer
-
-OP = Bearer(sub="alice", roles=["operator"])
-BOB = Bearer(sub="bob", roles=["operator"])
-ADMIN = Bearer(sub="carol", roles=["administrator"])
-AUDITOR = Bearer(sub="dave", roles=["auditor"])
+from .conftest import ADMIN, AUDITOR, BOB, OP, b64, bearer
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def svc(*keys):

@@ -62,3 +62,14 @@ def user(shared):
     library.login(s, C.CKU_USER, USER_PIN)
     yield library, s
     library.close_all_sessions(slot)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def gov(request, tmp_path):
+    """The governance API (tests/unit/govkit.py) on a fresh token, memory and sqlite
+    stores, a test clock."""
+    from .govkit import Clock, governance, new_token
+    token = new_token(request.param, tmp_path)
+    g = governance(token, Clock())
+    yield g
+    token.store.close()

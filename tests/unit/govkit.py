@@ -56,3 +56,4 @@ def governance(token, clock=None, events=None, **kw) -> Governance:
     gov = Governance(token, events.append, clock=clock or Clock(), **kw)
     gov.events = events
     return gov
+

@@ -10,17 +10,9 @@ from provider.governance import GovernanceError
 from provider.governance import record as R
 from provider.principal import SCHEDULER
 
-from .govkit import ALICE, AUDITOR, BOB, CAROL, Clock, governance, new_token
+from .govkit import ALICE, AUDITOR, BOB, CAROL
 
 DAY = 86400
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def gov(request, tmp_path):
-    token = new_token(request.param, tmp_path)
-    g = governance(token, Clock())
-    yield g
-    token.store.close()
 
 
 def code_of(excinfo) -> str:

@@ -18,14 +18,6 @@ from .govkit import ALICE, BOB, CAROL, Clock, governance, new_token
 DAY = 86400
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def gov(request, tmp_path):
-    token = new_token(request.param, tmp_path)
-    g = governance(token, Clock())
-    yield g
-    token.store.close()
-
-
 # --- default rotation from tags ------------------------------------------------------
 def test_a_tag_asking_for_rotation_without_a_period_rotates_every_90_days(gov):
     gov.put_tag(CAROL, R.PolicyTag("rotated", auto_rotate=True))
