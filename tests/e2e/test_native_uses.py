@@ -29,8 +29,8 @@ def _counts(records, action="pkcs11.encrypt") -> list[int]:
     """The counts of the fast path's records of `action`, in order."""
     out = []
     for r in records:
-        if r["message"].endswith(COUNTED):
-            assert r["action"] == action and r["outcome"] == "ok" and r["key_version"] >= 1, r
+        if r["message"].endswith(COUNTED) and r["action"] == action:
+            assert r["outcome"] == "ok" and r["key_version"] >= 1 and r["actor"].startswith("pkcs11:"), r
             out.append(int(r["message"][:-len(COUNTED)].split(": ")[1]))
     return out
 
@@ -161,8 +161,12 @@ def test_revoking_the_version_in_another_process_stops_native_use_within_the_lea
     (init,) = [rv for w, _, rv in calls if w == "init"]
     assert init == C.CKR_KEY_FUNCTION_NOT_PERMITTED          # the gate: a revoked version
     records = _records(token)
+    assert _counts(records) == [1]                             # the message encrypted first
     decrypted = sum(_counts(records, "pkcs11.decrypt"))
     assert decrypted == len(before) + sum(1 for _, rv in after if rv == C.CKR_OK)
+    # the two C_MessageDecryptInit: the gate's records, the second refused
+    assert [r["outcome"] for r in records if r["action"] == "pkcs11.decrypt"
+            and not r["message"].endswith(COUNTED)] == ["ok", "denied"]
 
 
 def _ferrohsm() -> str:
