@@ -59,6 +59,8 @@ class Counts:
         self.ffi, self.lib = ffi, lib
         self.ids = itertools.count(1)
         self.grants: dict[int, gate.Counted] = {}
+        self.by_use: dict[tuple, int] = {}         # (session, kind, Counted) -> its grant id
+        self.uses: dict[int, tuple] = {}           # and back
         self.unrecorded: dict[int, int] = {}      # grant id -> uses collected, not yet recorded
         self.arming: set[int] = set()             # added, not yet armed in C (not "ended" meanwhile)
         self.ended: list[int] = []
@@ -68,11 +70,18 @@ class Counts:
         self.library = None
         self.stop = None
 
-    def add(self, library, what: gate.Counted) -> int:
-        """A new governed grant (the engine's lock held); starts the reporter."""
+    def add(self, library, session: int, kind: str, what: gate.Counted) -> int:
+        """The id of a governed grant (the engine's lock held): the one this session's
+        `kind` already has for the same use, if it still lives (its counts go on, and
+        C keeps one row for it however often the client inits), else a new one.
+        Starts the reporter."""
         with self.lock:
-            grant = next(self.ids)
-            self.grants[grant] = what
+            use = (session, kind, what)
+            grant = self.by_use.get(use)
+            if grant is None:
+                grant = self.by_use[use] = next(self.ids)
+                self.grants[grant] = what
+                self.uses[grant] = use
             self.arming.add(grant)
             if self.stop is None or self.library is not library:
                 self.library, self.stop = library, threading.Event()
@@ -122,6 +131,7 @@ class Counts:
             for grant in self.ended:
                 if grant not in self.unrecorded:
                     self.grants.pop(grant, None)
+                    self.by_use.pop(self.uses.pop(grant, None), None)
         for what, uses in groups.values():
             try:
                 gate.record_count(what, uses)
@@ -151,6 +161,8 @@ class Counts:
                 LOG.error("native fast path: %d uses of grant %d not recorded at C_Finalize",
                           self.unrecorded[grant], grant)
             self.grants.clear()
+            self.by_use.clear()
+            self.uses.clear()
             self.unrecorded.clear()
             self.arming.clear()
             self.library = self.stop = None
@@ -231,7 +243,7 @@ def hand_over(library, session: int, kind: str) -> None:
     if grant is None:
         return
     counted = library.count_target(session, kind)
-    counter = binding.counts.add(library, counted) if counted is not None else 0
+    counter = binding.counts.add(library, session, kind, counted) if counted is not None else 0
     ffi, lib = binding.ffi, binding.lib
     lib.ferro_max_data_len = library.config.limits.max_data_len   # the engine's cap, natively too
     if kind == "sign":

@@ -79,9 +79,12 @@ class Client:
         return self.lines
 
 
-@pytest.mark.parametrize("role, n", [("messages_close", 2000), ("messages_finalize", 2000), ("single_close", 40)])
+# single_close: more inits than C's pending table has rows (FERRO_PENDING) within a flush:
+# the grant of a session's repeated init is one row, whose counts go on
+@pytest.mark.parametrize("role, n", [("messages_close", 2000), ("messages_finalize", 2000), ("single_close", 2500)])
 def test_native_uses_of_a_governed_key_are_recorded_and_sum_to_what_ran(c_build, token, role, n):
     _governed_key(token)
+    started = time.monotonic()
     client = Client(c_build, token, role, "data", n)
     try:
         assert client.until("done ") == f"done {n}"
@@ -96,7 +99,8 @@ def test_native_uses_of_a_governed_key_are_recorded_and_sum_to_what_ran(c_build,
     assert sum(counts) == n, counts
     # message encryption: one init, its messages native; C_EncryptInit: each init the gate's record
     assert _inits(records) == (n if role == "single_close" else 1)
-    assert 1 <= len(counts) <= 3, counts       # counted in C, recorded per flush, not per use
+    # counted in C, recorded per flush (at the end, and twice a second), not per use
+    assert 1 <= len(counts) <= 3 + 2 * (time.monotonic() - started), counts
     verified = token.run(_ferrohsm(), "audit", "verify", "--file", str(token.root / "log.jsonl"), check=False)
     assert verified.returncode == 0, verified.stdout.decode() + verified.stderr.decode()
 
