@@ -69,6 +69,21 @@ class Counts:
         self.lost = ffi.new("uint64_t *")
         self.library = None
         self.stop = None
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """A forked child: the parent's grants and counts are the parent's to record
+        (native/slots.c wipes the child's tables; its reporter thread did not fork)."""
+        self.lock = threading.Lock()          # (another thread may have held it at fork)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.grants.clear()
+        self.by_use.clear()
+        self.uses.clear()
+        self.unrecorded.clear()
+        self.arming.clear()
+        self.library = self.stop = None
 
     def add(self, library, session: int, kind: str, what: gate.Counted) -> int:
         """The id of a governed grant (the engine's lock held): the one this session's
@@ -109,9 +124,11 @@ class Counts:
                       "native state dropped", self.lost[0])
             self.lib.ferro_native_drop_all()
 
-    def flush(self, held_only: bool = True) -> None:
+    def flush(self, held_only: bool = True, hold: bool = True) -> None:
         """Record what C counted: every group whose token this thread may write now
-        (its lock held, no store transaction open: else it waits for the next flush)."""
+        (its lock held, no store transaction open: else it waits for the next flush).
+        `hold`: keep the token's lock while writing (the engine is in the middle of a
+        change: a session closing, a key dropped, C_Finalize), else let it go meanwhile."""
         if not self.grants:
             return
         with self.lock:
@@ -134,7 +151,7 @@ class Counts:
                     self.by_use.pop(self.uses.pop(grant, None), None)
         for what, uses in groups.values():
             try:
-                gate.record_count(what, uses)
+                gate.record_count(what, uses, hold=hold)
             except PKCS11Error:
                 LOG.error("native fast path: %d uses of key %s v%d not recorded: its native use stops",
                           uses, what.key_id, what.key_version)
@@ -147,7 +164,7 @@ class Counts:
             try:
                 with library._every_lock():          # C_Finalize's locks, in its order
                     if not stop.is_set():
-                        self.flush()
+                        self.flush(hold=False)
             except Exception:     # noqa: BLE001 - the host must not see the reporter fail
                 LOG.exception("native fast path: counts not flushed")
 
@@ -160,12 +177,7 @@ class Counts:
             for grant in self.unrecorded:
                 LOG.error("native fast path: %d uses of grant %d not recorded at C_Finalize",
                           self.unrecorded[grant], grant)
-            self.grants.clear()
-            self.by_use.clear()
-            self.uses.clear()
-            self.unrecorded.clear()
-            self.arming.clear()
-            self.library = self.stop = None
+        self._reset()
 
 
 def _writable(token) -> bool:

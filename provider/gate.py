@@ -99,11 +99,12 @@ def _uses_of(rec) -> set:
 
 
 def record_use(token, principal, action: str, key_id: str, key_version: int, outcome: str = "ok",
-               message: str = "", fail_closed: bool = False) -> None:
+               message: str = "", fail_closed: bool = False, hold: bool = False) -> None:
     """Write the audit record of a governed key's use (durable before it returns; inside
     a store transaction the caller holds, it commits with it). `fail_closed`: a record
     that cannot be written refuses the use with CKR_FUNCTION_FAILED; a refusal's record
-    that cannot be written is only logged."""
+    that cannot be written is only logged. The token's lock is let go meanwhile, unless
+    `hold` (a caller in the middle of changing the token's state: a session closing)."""
     try:
         audit = token.audit
         if audit is None:
@@ -112,6 +113,8 @@ def record_use(token, principal, action: str, key_id: str, key_version: int, out
                       outcome=outcome, message=message)
         if token.in_transaction:
             audit.record_in(event)
+        elif hold:
+            audit.record(event)
         else:
             with token.let_go():     # other threads' records share its commit (group commit)
                 audit.record(event)
@@ -150,15 +153,15 @@ def counted(token, key, usage: int, mech: int, principal) -> Counted | None:
 COUNT_MESSAGE = "{mechanism}: {count} native uses"
 
 
-def record_count(what: Counted, count: int) -> None:
+def record_count(what: Counted, count: int, hold: bool = False) -> None:
     """The audit record of `count` uses of a governed key the native fast path ran
     since its last count: the action of the key's `*Init` (`pkcs11.encrypt`, ...), the
     count in the message (COUNT_MESSAGE). Durable before it returns; a record that
     cannot be written raises PKCS11Error(CKR_FUNCTION_FAILED): the caller stops native
-    use of the key (fail closed)."""
+    use of the key (fail closed). `hold`: as record_use's."""
     record_use(what.token, what.principal, action=what.action, key_id=what.key_id,
                key_version=what.key_version, message=COUNT_MESSAGE.format(mechanism=what.mechanism, count=count),
-               fail_closed=True)
+               fail_closed=True, hold=hold)
 
 
 def use(token, key, usage: int | None, mech: int, principal, invalid: int = C.CKR_KEY_HANDLE_INVALID,
