@@ -3,7 +3,8 @@ the gate's audit record; the operations native code then runs are counted in C a
 recorded by the engine ("CKM_AES_GCM: N native uses", action pkcs11.encrypt / .decrypt)
 when the context ends (session closed, C_Finalize) and at least once a second while it
 lives. A key that is not governed writes no records. A governance change in another
-process stops the native path within the lease.
+process stops the native path within the lease; so does a count that cannot be recorded
+(fail closed).
 
 tests/e2e/c/uses_check.c is the client (a C host: the module starts its own Python);
 the governance API runs in this test's process, on the same token directory, and the
@@ -171,6 +172,30 @@ def test_revoking_the_version_in_another_process_stops_native_use_within_the_lea
     # the two C_MessageDecryptInit: the gate's records, the second refused
     assert [r["outcome"] for r in records if r["action"] == "pkcs11.decrypt"
             and not r["message"].endswith(COUNTED)] == ["ok", "denied"]
+
+
+def test_uses_that_cannot_be_recorded_stop_the_native_path(c_build, token):
+    """The audit's JSON-lines file cannot grow any more (the holder's RLIMIT_FSIZE): the
+    next count's record fails, the key's native state is dropped (CKR_FUNCTION_FAILED),
+    and a new init is refused by the gate, whose record fails too."""
+    _governed_key(token)
+    with token.conf.open("a") as conf:
+        conf.write(f'[audit]\nfile = "{token.root / "audit.jsonl"}"\n')
+    client = Client(c_build, token, "audit_full", "data", 100)
+    try:
+        limited = int(client.until("limited ").split()[1])
+    finally:
+        client.finish()
+    calls = [(w, int(ns), int(rv, 16)) for _, w, ns, rv in (ln.split() for ln in client.lines
+                                                           if ln.startswith("call "))]
+    messages = [((ns - limited) / 1e9, rv) for w, ns, rv in calls if w == "msg"]
+    failures = [(t, rv) for t, rv in messages if rv != C.CKR_OK]
+    assert [rv for _, rv in failures] == [C.CKR_FUNCTION_FAILED, C.CKR_OPERATION_NOT_INITIALIZED], messages
+    assert failures[0][0] <= DETECT_S, f"ran natively {failures[0][0]:.3f} s with its counts unrecorded"
+    (init,) = [rv for w, _, rv in calls if w == "init"]
+    assert init == C.CKR_FUNCTION_FAILED
+    records = _records(token)          # the store has what was written before the limit
+    assert _inits(records) == 1 and sum(_counts(records)) <= 100
 
 
 def _ferrohsm() -> str:

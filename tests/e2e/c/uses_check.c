@@ -16,9 +16,15 @@
  *                      C_MessageDecryptInit and a C_DecryptMessage of it every 10 ms,
  *                      each "call msg NS RV" (CLOCK_MONOTONIC), "ready" after the first;
  *                      after a second "go", until two calls failed (or 3 s), then one
- *                      more C_MessageDecryptInit ("call init NS RV") */
+ *                      more C_MessageDecryptInit ("call init NS RV")
+ *   audit_full         C_MessageEncryptInit and N messages; then no file of this process
+ *                      may grow (RLIMIT_FSIZE: the audit's JSON-lines file cannot take
+ *                      the next record), "limited NS"; a message every ms ("call msg NS RV")
+ *                      until two failed (or 3 s), then a C_MessageEncryptInit ("call init") */
 #define _GNU_SOURCE
 #include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -117,6 +123,30 @@ static void decrypt_hold(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
     report("init", F->C_MessageDecryptInit(s, &GCM, key));
 }
 
+static void audit_full(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, unsigned long n)
+{
+    CK_BYTE iv[12], tag[16], out[64];
+    struct rlimit none = {0, RLIM_INFINITY};
+    unsigned long long until;
+    int failed = 0;
+    EXPECT("C_MessageEncryptInit", F->C_MessageEncryptInit(s, &GCM, key), CKR_OK);
+    for (unsigned long i = 0; i < n; i++)
+        if (message(s, iv, tag, out) != CKR_OK)
+            printf("FAIL message %lu\n", i), failures++;
+    signal(SIGXFSZ, SIG_IGN);                   /* a write past the limit: EFBIG */
+    if (setrlimit(RLIMIT_FSIZE, &none))
+        printf("FAIL setrlimit\n"), failures++;
+    printf("limited %llu\n", now_ns());
+    until = now_ns() + 3000000000ULL;
+    while (failed < 2 && now_ns() < until) {
+        CK_RV rv = message(s, iv, tag, out);
+        report("msg", rv);
+        failed += rv != CKR_OK;
+        usleep(1000);
+    }
+    report("init", F->C_MessageEncryptInit(s, &GCM, key));
+}
+
 int main(int argc, char **argv)
 {
     CK_SLOT_ID slot;
@@ -145,6 +175,8 @@ int main(int argc, char **argv)
         printf("held %lu\n", ok);
         fflush(stdout);
         wait_go();
+    } else if (!strcmp(role, "audit_full")) {
+        audit_full(s, key, n);
     } else if (!strcmp(role, "decrypt_hold")) {
         decrypt_hold(s, key);
     } else {
