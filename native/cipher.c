@@ -33,6 +33,8 @@ static CK_RV seal_part(struct ferro_slot *sl, int part, CK_BYTE_PTR in, CK_ULONG
     CK_RV rv = ferro_room(out, pul, part == UPDATE ? n : n + op->tag_len, &go);
     if (rv != CKR_OK || !go)
         return rv;
+    if (part != UPDATE)
+        ferro_count_use(&sl->cache[FERRO_ENC]);      /* one operation: its tag is made */
     if (!ferro_gcm_update(ctx, out, in, n) || (part != UPDATE && !ferro_seal_tail(ctx, out + n, op->tag_len)))
         rv = CKR_GENERAL_ERROR;
     op->taken += n;                             /* within FERRO_GCM_MAX: run() checked */
@@ -49,7 +51,9 @@ static CK_RV open_into(struct ferro_slot *sl, const unsigned char *data, size_t 
     struct ferro_op *op = &sl->op[FERRO_DEC];
     unsigned char *plain;
     size_t body = n - op->tag_len;
-    CK_RV rv = ferro_gcm_open(sl->cache[FERRO_DEC].ctx, data, body, data + body, op->tag_len, &plain);
+    CK_RV rv;
+    ferro_count_use(&sl->cache[FERRO_DEC]);          /* one operation: its tag is checked */
+    rv = ferro_gcm_open(sl->cache[FERRO_DEC].ctx, data, body, data + body, op->tag_len, &plain);
     if (rv == CKR_OK) {
         if (body)
             memcpy(out, plain, body);

@@ -69,7 +69,17 @@ struct ferro_cache {
     EVP_PKEY_CTX *sign;               /* FERRO_SIGN: an EC private key, ready to sign */
     size_t half;                      /* FERRO_SIGN: bytes of r (and of s) */
     uint64_t expires;                 /* ferro_now() past this: a repeat init goes to the engine */
+    uint64_t grant;                   /* the engine's id of what it armed; 0: uses not counted */
+    uint64_t uses;                    /* operations run since the engine last collected them */
 };
+
+#define FERRO_PENDING 1024            /* ended entries' counts waiting for the engine */
+
+/* one more operation run on what `c` holds (counted for the engine's audit) */
+static inline void ferro_count_use(struct ferro_cache *c)
+{
+    c->uses++;
+}
 
 struct ferro_op {
     int armed;
@@ -101,6 +111,7 @@ struct ferro_slot *ferro_lock_owned(CK_SESSION_HANDLE s);   /* locked slot owned
 struct ferro_slot *ferro_enter(int kind, CK_SESSION_HANDLE s, CK_RV *rv);
 struct ferro_slot *ferro_claim(CK_SESSION_HANDLE s, int kind);   /* locked, owned by s, kind idle */
 void ferro_drop_cache(struct ferro_cache *c);
+void ferro_set_grant(struct ferro_cache *c, uint64_t grant);      /* earlier uses go to the pending table */
 void ferro_unlock(struct ferro_slot *sl);
 void ferro_end_op(struct ferro_op *op);
 int ferro_buf_append(struct ferro_op *op, const unsigned char *p, size_t n);
@@ -124,13 +135,24 @@ CK_RV ferro_gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char *body, size_t n, c
  * pkcs11_shim/build.py reads the lines between the two NATIVE_API markers into its
  * cffi declarations: the one place they are written. */
 /* NATIVE_API begin */
+/* A count of uses the engine collects (ferro_native_collect): `live` 1 for an entry
+ * still armed (uses since the last collection), 0 for one that ended (its last uses). */
+struct ferro_count {
+    uint64_t grant;
+    uint64_t uses;
+    int live;
+};
 extern int ferro_native_enabled;
 extern size_t ferro_max_data_len;
 int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const unsigned char *key_bytes,
                      size_t key_len, const unsigned char *iv, size_t iv_len, const unsigned char *aad,
-                     size_t aad_len, size_t tag_len);
+                     size_t aad_len, size_t tag_len, uint64_t grant);
 int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsigned char *value,
-                          size_t value_len, const unsigned char *ec_params, size_t params_len);
+                          size_t value_len, const unsigned char *ec_params, size_t params_len, uint64_t grant);
+/* Moves into out (room for max) the counts of live counted entries since the last
+ * collection (zeroed) and of ended ones (drained); returns how many; *lost: uses that
+ * found the pending table full since the last collection (the engine then drops all). */
+size_t ferro_native_collect(struct ferro_count *out, size_t max, uint64_t *lost);
 void ferro_native_drop_session(CK_SESSION_HANDLE s);
 void ferro_native_drop_key(CK_OBJECT_HANDLE key, CK_RV ended_rv);
 void ferro_native_drop_all(void);

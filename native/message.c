@@ -127,7 +127,9 @@ static CK_RV open_into(struct ferro_slot *sl, CK_GCM_MESSAGE_PARAMS *p, const un
                        CK_BYTE_PTR out)
 {
     unsigned char *plain;
-    CK_RV rv = ferro_gcm_open(sl->cache[FERRO_MDEC].ctx, body, n, p->pTag, p->ulTagBits / 8, &plain);
+    CK_RV rv;
+    ferro_count_use(&sl->cache[FERRO_MDEC]);         /* one message: its tag is checked */
+    rv = ferro_gcm_open(sl->cache[FERRO_MDEC].ctx, body, n, p->pTag, p->ulTagBits / 8, &plain);
     if (rv == CKR_OK) {
         if (n)
             memcpy(out, plain, n);
@@ -171,6 +173,7 @@ static CK_RV message_start(int kind, int whole, CK_SESSION_HANDLE s, CK_VOID_PTR
     }
     if (kind == FERRO_MDEC)
         return leave(sl, open_into(sl, p, in, n, out));
+    ferro_count_use(c);                                     /* one message */
     if (!ferro_gcm_update(c->ctx, out, in, n) || !ferro_seal_tail(c->ctx, p->pTag, p->ulTagBits / 8))
         return leave(sl, fail(&sl->op[kind]));
     return leave(sl, CKR_OK);
@@ -190,6 +193,7 @@ static CK_RV seal_next(struct ferro_slot *sl, struct ferro_op *op, CK_GCM_MESSAG
         return fail(op);
     op->taken += n;                               /* within FERRO_GCM_MAX: message_next checked */
     if (flags & CKF_END_OF_MESSAGE) {
+        ferro_count_use(&sl->cache[FERRO_MENC]);         /* one message */
         if (!ferro_seal_tail(ctx, p->pTag, p->ulTagBits / 8))
             return fail(op);
         op->started = 0;

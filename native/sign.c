@@ -52,7 +52,7 @@ static EVP_PKEY *ec_key(const unsigned char *params, size_t params_len, const un
 }
 
 int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsigned char *value,
-                          size_t value_len, const unsigned char *ec_params, size_t params_len)
+                          size_t value_len, const unsigned char *ec_params, size_t params_len, uint64_t grant)
 {
     struct ferro_slot *sl = ferro_claim(s, FERRO_SIGN);
     struct ferro_cache *c;
@@ -74,6 +74,7 @@ int ferro_native_arm_sign(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const unsig
         }
     }
     if (c->sign) {
+        ferro_set_grant(c, grant);
         ferro_end_op(&sl->op[FERRO_SIGN]);
         sl->op[FERRO_SIGN].armed = 1;
         sl->op[FERRO_SIGN].expires = c->expires = ferro_lease_end();
@@ -96,6 +97,7 @@ static CK_RV sign(struct ferro_slot *sl, const unsigned char *data, size_t n, CK
     if (rv != CKR_OK || !go)
         return rv;
     rv = CKR_GENERAL_ERROR;
+    ferro_count_use(c);
     if (EVP_PKEY_sign(c->sign, der, &der_len, data ? data : der, n < c->half ? n : c->half) == 1
         && (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len))
         && BN_bn2binpad(ECDSA_SIG_get0_r(sig), out, (int)c->half) > 0
@@ -116,6 +118,7 @@ CK_RV ferro_fast_C_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_H
         rv = CKR_OPERATION_ACTIVE;
     } else if (m && m->mechanism == CKM_ECDSA && !m->pParameter && !m->ulParameterLen
                && sl->cache[FERRO_SIGN].sign && sl->cache[FERRO_SIGN].key == key
+               && !sl->cache[FERRO_SIGN].grant                 /* a governed init: the gate's record */
                && ferro_now() < sl->cache[FERRO_SIGN].expires) {
         ferro_end_op(&sl->op[FERRO_SIGN]);
         sl->op[FERRO_SIGN].armed = 1;

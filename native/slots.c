@@ -18,10 +18,78 @@ int ferro_native_enabled = 0;                  /* set by pkcs11_shim/native.py *
 size_t ferro_max_data_len = 0;                 /* [limits] max_data_len, set there too */
 static struct ferro_slot slots[FERRO_SLOTS];
 
+/* Counts of entries that ended (dropped, or armed anew under another grant) and the
+ * engine has not collected yet: one row per grant. Taken under a slot lock (slot lock,
+ * then this one), drained by ferro_native_collect. */
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ferro_count pending[FERRO_PENDING];
+static size_t n_pending;
+static uint64_t lost;                          /* uses that found the table full */
+
 static void init_locks(void)
 {
     for (int i = 0; i < FERRO_SLOTS; i++)
         pthread_mutex_init(&slots[i].lock, NULL);
+    pthread_mutex_init(&pending_lock, NULL);
+}
+
+/* the uses `c` ran since the last collection go to the pending table (slot lock held) */
+static void flush_uses(struct ferro_cache *c)
+{
+    size_t i;
+    if (!c->grant || !c->uses)
+        return;
+    pthread_mutex_lock(&pending_lock);
+    for (i = 0; i < n_pending && pending[i].grant != c->grant; i++)
+        ;
+    if (i < n_pending) {
+        pending[i].uses += c->uses;
+    } else if (n_pending < FERRO_PENDING) {
+        pending[n_pending].grant = c->grant;
+        pending[n_pending].uses = c->uses;
+        pending[n_pending].live = 0;
+        n_pending++;
+    } else {
+        lost += c->uses;
+    }
+    pthread_mutex_unlock(&pending_lock);
+    c->uses = 0;
+}
+
+void ferro_set_grant(struct ferro_cache *c, uint64_t grant)
+{
+    if (c->grant != grant)
+        flush_uses(c);
+    c->grant = grant;
+}
+
+size_t ferro_native_collect(struct ferro_count *out, size_t max, uint64_t *lost_out)
+{
+    size_t n = 0;
+    for (int i = 0; i < FERRO_SLOTS && n < max; i++) {
+        struct ferro_slot *sl = &slots[i];
+        if (!__atomic_load_n(&sl->owner, __ATOMIC_ACQUIRE))
+            continue;                           /* a free slot holds no counted entry */
+        pthread_mutex_lock(&sl->lock);
+        for (int k = 0; k < FERRO_KINDS && n < max; k++) {
+            struct ferro_cache *c = &sl->cache[k];
+            if (!c->grant)
+                continue;
+            out[n].grant = c->grant;
+            out[n].uses = c->uses;
+            out[n].live = 1;
+            c->uses = 0;
+            n++;
+        }
+        pthread_mutex_unlock(&sl->lock);
+    }
+    pthread_mutex_lock(&pending_lock);
+    while (n_pending && n < max)
+        out[n++] = pending[--n_pending];
+    *lost_out = lost;
+    lost = 0;
+    pthread_mutex_unlock(&pending_lock);
+    return n;
 }
 
 static void clear_slot(struct ferro_slot *sl);
@@ -33,6 +101,8 @@ static void atfork_child(void)
     init_locks();
     for (int i = 0; i < FERRO_SLOTS; i++)
         clear_slot(&slots[i]);
+    n_pending = 0;                              /* the parent's uses are the parent's to report */
+    lost = 0;
 }
 
 __attribute__((constructor)) static void ferro_native_setup(void)
@@ -130,6 +200,7 @@ void ferro_end_op(struct ferro_op *op)
 
 static void drop_cache(struct ferro_cache *c)
 {
+    flush_uses(c);                              /* its last uses wait for the engine */
     EVP_CIPHER_CTX_free(c->ctx);                /* the GCM provider clears its key schedule */
     EVP_PKEY_CTX_free(c->sign);                 /* and its key: EC keys clear their scalar */
     memset(c, 0, sizeof *c);
@@ -209,7 +280,7 @@ struct ferro_slot *ferro_claim(CK_SESSION_HANDLE s, int kind)
 
 int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const unsigned char *key_bytes,
                      size_t key_len, const unsigned char *iv, size_t iv_len, const unsigned char *aad,
-                     size_t aad_len, size_t tag_len)
+                     size_t aad_len, size_t tag_len, uint64_t grant)
 {
     struct ferro_slot *sl = ferro_claim(s, kind);
     struct ferro_cache *c;
@@ -229,6 +300,7 @@ int ferro_native_arm(CK_SESSION_HANDLE s, int kind, CK_OBJECT_HANDLE key, const 
             goto out;
         }
     }
+    ferro_set_grant(c, grant);
     ferro_end_op(op);
     op->armed = 1;
     op->tag_len = tag_len;
@@ -310,7 +382,8 @@ int ferro_native_cancel(CK_SESSION_HANDLE s, int kind)
  * change the answer has happened since: every such event drops the cache), its
  * lease has not run out (another process's change reaches us only through the
  * engine's look at the store) and the parameters are ones the engine would
- * accept; anything else goes to Python. */
+ * accept; anything else goes to Python. A governed key's grant (c->grant) is never
+ * repeated here: each of its *Init is the gate's audit record (issue 12). */
 static int gcm_params(CK_MECHANISM_PTR m, const unsigned char **iv, size_t *iv_len, const unsigned char **aad,
                       size_t *aad_len, size_t *tag_len)
 {
@@ -349,7 +422,7 @@ static CK_RV fast_init(int kind, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJ
     c = &sl->cache[kind];
     if (op->armed) {
         rv = CKR_OPERATION_ACTIVE;
-    } else if (c->ctx && c->key == key && ferro_now() < c->expires
+    } else if (c->ctx && c->key == key && !c->grant && ferro_now() < c->expires
                && gcm_params(m, &iv, &iv_len, &aad, &aad_len, &tag_len)) {
         if (ferro_gcm_start(c->ctx, c, iv, iv_len, aad, aad_len)) {
             ferro_end_op(op);

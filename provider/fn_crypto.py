@@ -299,11 +299,12 @@ class CryptoFunctions:
         encrypt/decrypt -> (key handle, key, iv, aad, tag length);
         message_* -> (key handle, key, b"", b"", 0);
         sign -> (key handle, private value, CKA_EC_PARAMS), only for a key whose
-        private value the engine holds (a device-held key has none: it stays here)."""
+        private value the engine holds (a device-held key has none: it stays here).
+        A governed key's operation is granted too: its init passed the gate (state,
+        usage, policy, the audit record); what the fast path then runs is counted and
+        recorded against `count_target` (pkcs11_shim/native.py)."""
         op = self._session(handle).ops.get(kind)
         if op is None or op.shape is not None or op.needs_auth:
-            return None
-        if gate.governed(op.key):    # every use of a governed key passes the gate and is audited
             return None
         if kind == "sign":
             value, params = op.key.attrs.get(C.CKA_VALUE), op.key.attrs.get(C.CKA_EC_PARAMS)
@@ -319,6 +320,17 @@ class CryptoFunctions:
         if kind in MESSAGE:
             return op.key.handle, grant, b"", b"", 0
         return (op.key.handle, *grant)
+
+    def count_target(self, handle: int, kind: str):
+        """For the session's just-initialised `kind` operation on a governed key, what
+        the uses the fast path runs are recorded against (gate.Counted); None for
+        another key (its native uses are not recorded)."""
+        session = self._session(handle)
+        op = session.ops.get(kind)
+        if op is None:
+            return None
+        usage = (MESSAGE[kind] if kind in MESSAGE else KEYED[kind])[0]
+        return gate.counted(session.token, op.key, usage, op.mech, session.principal)
 
     def recheck(self, handle: int, key_handle: int) -> None:
         """The lease of an operation the fast path holds ran out: is its key still

@@ -15,6 +15,8 @@ as the store has it now: every caller checks the store's head first (Token.refre
 so a state another process changed is seen at the next use.
 """
 
+from dataclasses import dataclass
+
 from . import constants as C
 from .audit import AuditUnavailable, Event
 from .errors import PKCS11Error
@@ -97,11 +99,12 @@ def _uses_of(rec) -> set:
 
 
 def record_use(token, principal, action: str, key_id: str, key_version: int, outcome: str = "ok",
-               message: str = "", fail_closed: bool = False) -> None:
+               message: str = "", fail_closed: bool = False, hold: bool = False) -> None:
     """Write the audit record of a governed key's use (durable before it returns; inside
     a store transaction the caller holds, it commits with it). `fail_closed`: a record
     that cannot be written refuses the use with CKR_FUNCTION_FAILED; a refusal's record
-    that cannot be written is only logged."""
+    that cannot be written is only logged. The token's lock is let go meanwhile, unless
+    `hold` (a caller in the middle of changing the token's state: a session closing)."""
     try:
         audit = token.audit
         if audit is None:
@@ -110,6 +113,8 @@ def record_use(token, principal, action: str, key_id: str, key_version: int, out
                       outcome=outcome, message=message)
         if token.in_transaction:
             audit.record_in(event)
+        elif hold:
+            audit.record(event)
         else:
             with token.let_go():     # other threads' records share its commit (group commit)
                 audit.record(event)
@@ -117,6 +122,46 @@ def record_use(token, principal, action: str, key_id: str, key_version: int, out
         LOG.error("audit record of %s on key %s not written: %s", action, key_id, exc)
         if fail_closed:
             raise PKCS11Error(C.CKR_FUNCTION_FAILED, "the audit record could not be written") from None
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a count of a governed key's uses run outside the engine (the native fast
+    path, armed after its `*Init` passed `use()`) is recorded against."""
+    token: object
+    principal: object
+    key_id: str
+    key_version: int
+    use: str
+    mechanism: str
+    handle: int                  # the key object's handle (to stop native use: fail closed)
+
+    @property
+    def action(self) -> str:
+        return f"{self.principal.interface}.{self.use}"
+
+
+def counted(token, key, usage: int, mech: int, principal) -> Counted | None:
+    """The Counted of `key`'s use with `usage`, if it is a governed key (else None)."""
+    if not governed(key):
+        return None
+    return Counted(token, principal, key.attrs[C.CKA_FERRO_KEY_ID].decode(errors="replace"),
+                   key.attrs.get(C.CKA_FERRO_VERSION) or 0, use_of(key, usage), C.name_of("CKM_", mech),
+                   key.handle)
+
+
+COUNT_MESSAGE = "{mechanism}: {count} native uses"
+
+
+def record_count(what: Counted, count: int, hold: bool = False) -> None:
+    """The audit record of `count` uses of a governed key the native fast path ran
+    since its last count: the action of the key's `*Init` (`pkcs11.encrypt`, ...), the
+    count in the message (COUNT_MESSAGE). Durable before it returns; a record that
+    cannot be written raises PKCS11Error(CKR_FUNCTION_FAILED): the caller stops native
+    use of the key (fail closed). `hold`: as record_use's."""
+    record_use(what.token, what.principal, action=what.action, key_id=what.key_id,
+               key_version=what.key_version, message=COUNT_MESSAGE.format(mechanism=what.mechanism, count=count),
+               fail_closed=True, hold=hold)
 
 
 def use(token, key, usage: int | None, mech: int, principal, invalid: int = C.CKR_KEY_HANDLE_INVALID,
