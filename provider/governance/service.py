@@ -29,7 +29,6 @@ import base64
 import binascii
 import copy
 import dataclasses
-import functools
 import hashlib
 import inspect
 import json
@@ -1309,15 +1308,11 @@ def dumps(value) -> bytes:
 
 
 def _fields(value):
+    """json.dumps' hook: a record's fields (its own __dict__, only read by the encoder)."""
     rec = value._of if type(value) is ReadOnly else value
     if not dataclasses.is_dataclass(rec) or isinstance(rec, type):
         raise TypeError(f"{type(value).__name__} is not JSON")
-    return {f: getattr(rec, f) for f in _field_names(type(rec))}
-
-
-@functools.cache
-def _field_names(cls) -> tuple:
-    return tuple(f.name for f in dataclasses.fields(cls))
+    return vars(rec)
 
 
 def _first(pair):
