@@ -186,15 +186,14 @@ class Governance:
         if algorithm is not None and algorithm not in A.SPECS:
             _fail("invalid_argument", f"unknown algorithm {algorithm!r}")
         after = _page_after(page_token)
-        prefix = None if name_prefix is None else name_prefix.encode()
+        prefix = b"" if name_prefix is None else name_prefix.encode()
+        after_label = None if after is None else after.encode()
         page = []
         with self._reading():
             named = sorted(((o.attrs[C.CKA_LABEL], o) for o in self._objects(C.CKO_FERRO_GOVERNED_KEY)
-                            if prefix is None or o.attrs[C.CKA_LABEL].startswith(prefix)), key=_first)
-            after_label = None if after is None else after.encode()
-            for label, obj in named:
-                if after_label is not None and label <= after_label:
-                    continue
+                            if o.attrs[C.CKA_LABEL].startswith(prefix)
+                            and (after_label is None or o.attrs[C.CKA_LABEL] > after_label)), key=_first)
+            for _, obj in named:
                 k = self._decoded(R.KeyRecord, obj)
                 if (after is None or k.name > after) and (tag is None or tag in k.tags) \
                         and (algorithm is None or k.algorithm == algorithm) \
