@@ -28,11 +28,14 @@ Records are read as the store has them; the caller must have the token's user lo
 import base64
 import binascii
 import copy
+import dataclasses
 import hashlib
+import inspect
 import json
 import time
 import uuid
 from contextlib import contextmanager
+from types import MappingProxyType
 
 from .. import constants as C
 from .. import gate, keygen
@@ -114,7 +117,8 @@ class Governance:
 
     def _decoded(self, kind, obj):
         """The record `obj` holds (decoded once per stored version: Obj.cache, emptied by
-        any change). Read-only: writers take a copy (`_mutable`)."""
+        any change; the gate reads the same one). Never changed: writers take a copy
+        (`_mutable`), readers outside this class get a copy or a `ReadOnly` view."""
         rec = obj.cache.get(gate.RECORD)
         if rec is None:
             rec = obj.cache[gate.RECORD] = kind.decode(self.token.open(obj).attrs[C.CKA_FERRO_RECORD])
@@ -150,14 +154,31 @@ class Governance:
         return copy.deepcopy(rec)
 
     def get_key(self, id_or_name: str) -> R.KeyRecord:
+        """A copy of the key's record, the caller's to change."""
         with self.token.lock:
             self.token.refresh()
             return self._mutable(self._find_key(id_or_name)[1])
 
+    def read_key(self, id_or_name: str) -> "ReadOnly":
+        """The key's record as a `ReadOnly` view of the one decoded and cached on its
+        object (no copy: a key use's lookup). The caller holds the token's lock and made
+        the head check (Token.refresh) whose state it means to use."""
+        return ReadOnly(self._find_key(id_or_name)[1])
+
     def list_keys(self, tag=None, state=None, algorithm=None, name_prefix=None, page_token=None,
                   page_size: int = 100) -> tuple:
-        """(keys sorted by name, the page token of the next page or None). The page token
-        is the last name of the page (opaque to callers)."""
+        """(copies of the keys of a page sorted by name, the page token of the next page
+        or None): `key_page`'s page, the caller's to change."""
+        page, next_token = self.key_page(tag, state, algorithm, name_prefix, page_token, page_size)
+        return [self._mutable(k._of) for k in page], next_token
+
+    def key_page(self, tag=None, state=None, algorithm=None, name_prefix=None, page_token=None,
+                 page_size: int = 100) -> tuple:
+        """(`ReadOnly` views of the keys of a page sorted by name, the page token of the
+        next page or None). The page token is the last name of the page (opaque to
+        callers). The records are sorted by their objects' labels (a key record's label
+        is its name, `_save`): only the page's records and those a filter reads are
+        decoded, none is copied."""
         if not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE:
             _fail("invalid_argument", f"page_size must be 1..{MAX_PAGE}")
         if state is not None and state not in R.STATE_CODE:
@@ -165,16 +186,22 @@ class Governance:
         if algorithm is not None and algorithm not in A.SPECS:
             _fail("invalid_argument", f"unknown algorithm {algorithm!r}")
         after = _page_after(page_token)
+        prefix = b"" if name_prefix is None else name_prefix.encode()
+        after_label = None if after is None else after.encode()
+        page = []
         with self._reading():
-            keys = [self._decoded(R.KeyRecord, o) for o in self._objects(C.CKO_FERRO_GOVERNED_KEY)]
-        keys = sorted((k for k in keys
-                       if (tag is None or tag in k.tags) and (algorithm is None or k.algorithm == algorithm)
-                       and (name_prefix is None or k.name.startswith(name_prefix))
-                       and (state is None or any(v.state == state for v in k.versions))
-                       and (after is None or k.name > after)), key=lambda k: k.name)
-        page = [self._mutable(k) for k in keys[:page_size]]
-        more = len(keys) > page_size
-        return page, (_page_token(page[-1].name) if more else None)
+            named = sorted(((o.attrs[C.CKA_LABEL], o) for o in self._objects(C.CKO_FERRO_GOVERNED_KEY)
+                            if o.attrs[C.CKA_LABEL].startswith(prefix)
+                            and (after_label is None or o.attrs[C.CKA_LABEL] > after_label)), key=_first)
+            for _, obj in named:
+                k = self._decoded(R.KeyRecord, obj)
+                if (after is None or k.name > after) and (tag is None or tag in k.tags) \
+                        and (algorithm is None or k.algorithm == algorithm) \
+                        and (state is None or any(v.state == state for v in k.versions)):
+                    if len(page) == page_size:
+                        return page, _page_token(page[-1].name)
+                    page.append(ReadOnly(k))
+        return page, None
 
     def get_tag(self, name: str) -> R.PolicyTag:
         with self._reading():
@@ -1027,29 +1054,33 @@ class Governance:
         sign, wrap, mac), the named version (default the primary) for consuming ones; of
         a pair, the half that does `use`. Refused (failed_precondition) when record.permits
         says no; the caller still passes the gate."""
-        if use not in R.PRODUCING and use not in R.CONSUMING:
-            _fail("invalid_argument", f"unknown use {use!r}")
         with self.token.lock:
             self.token.refresh()
-            _, rec = self._find_key(key)
-            allowed = set(rec.usage) | ({"mac_verify"} if "mac" in rec.usage else set())
-            if use not in allowed:
-                _fail("failed_precondition", f"{rec.name} is not for {use}")
-            number = rec.primary if number is None else number
-            if use in R.PRODUCING and number != rec.primary:
-                _fail("failed_precondition", f"{use} uses the primary version (v{rec.primary})")
-            reason = R.permits(rec, number, use)
-            if reason is not None:
-                _fail("failed_precondition", reason)
-            uids = rec.version(number).objects
-            if len(uids) == 2:
-                uid = uids[1] if use in ("encrypt", "verify", "wrap") else uids[0]
-            else:
-                uid = uids[0]
-            obj = self.token.by_uid.get(uid)
-            if obj is None or not self.token.loaded(obj):
-                _fail("failed_precondition", f"the key object of {rec.name} v{number} is missing")
-            return obj
+            return self.use_object(self.read_key(key), number, use)
+
+    def use_object(self, rec, number: int | None, use: str):
+        """version_object's answer for the record `rec` (a `read_key` view), under the
+        caller's lock and head check."""
+        if use not in R.PRODUCING and use not in R.CONSUMING:
+            _fail("invalid_argument", f"unknown use {use!r}")
+        allowed = set(rec.usage) | ({"mac_verify"} if "mac" in rec.usage else set())
+        if use not in allowed:
+            _fail("failed_precondition", f"{rec.name} is not for {use}")
+        number = rec.primary if number is None else number
+        if use in R.PRODUCING and number != rec.primary:
+            _fail("failed_precondition", f"{use} uses the primary version (v{rec.primary})")
+        reason = R.permits(rec, number, use)
+        if reason is not None:
+            _fail("failed_precondition", reason)
+        uids = rec.version(number).objects
+        if len(uids) == 2:
+            uid = uids[1] if use in ("encrypt", "verify", "wrap") else uids[0]
+        else:
+            uid = uids[0]
+        obj = self.token.by_uid.get(uid)
+        if obj is None or not self.token.loaded(obj):
+            _fail("failed_precondition", f"the key object of {rec.name} v{number} is missing")
+        return obj
 
     # --- keys leaving and entering through the REST service's wrap / unwrap -----------
     def export_object(self, actor: Principal, key: str, version: int | None, wrapping_key: str,
@@ -1230,6 +1261,61 @@ def _weaker(old: R.PolicyTag, new: R.PolicyTag) -> bool:
     return (not new.dual_control or new.quorum < old.quorum or new.approval_ttl_seconds > old.approval_ttl_seconds
             or new.retention_days < old.retention_days or new.destroy_grace_seconds < old.destroy_grace_seconds
             or (old.security_level == "hardware" and new.security_level != "hardware"))
+
+
+class ReadOnly:
+    """A read-only view of a record (KeyRecord, Version, ...): its fields read through,
+    a list as a tuple, a dict as a read-only mapping, a nested record as a view, a
+    method's answer as a view; setting or deleting an attribute raises AttributeError.
+    What a key use reads from the cached record without copying it (`read_key`)."""
+    __slots__ = ("_of",)
+
+    def __init__(self, rec):
+        object.__setattr__(self, "_of", rec)
+
+    def __getattr__(self, name: str):
+        return _frozen(getattr(self._of, name))
+
+    def __setattr__(self, name: str, value):
+        raise AttributeError(f"a {type(self._of).__name__} read here is read-only")
+
+    def __delattr__(self, name: str):
+        raise AttributeError(f"a {type(self._of).__name__} read here is read-only")
+
+    def __repr__(self) -> str:
+        return f"ReadOnly({self._of!r})"
+
+
+def _frozen(value):
+    if isinstance(value, (str, int, float, type(None))):
+        return value
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if inspect.ismethod(value):
+        return lambda *args, **kwargs: _frozen(value(*args, **kwargs))
+    if dataclasses.is_dataclass(value):
+        return ReadOnly(value)
+    raise TypeError(f"no read-only view of a {type(value).__name__}")
+
+
+def dumps(value) -> bytes:
+    """Compact JSON of `value`, whose records (or `ReadOnly` views of them) are written as
+    objects of their fields, without copying them."""
+    return json.dumps(value, default=_fields, separators=(",", ":")).encode()
+
+
+def _fields(value):
+    """json.dumps' hook: a record's fields (its own __dict__, only read by the encoder)."""
+    rec = value._of if type(value) is ReadOnly else value
+    if not dataclasses.is_dataclass(rec) or isinstance(rec, type):
+        raise TypeError(f"{type(value).__name__} is not JSON")
+    return vars(rec)
+
+
+def _first(pair):
+    return pair[0]
 
 
 def _page_token(name: str) -> str:

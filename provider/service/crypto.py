@@ -1,4 +1,4 @@
-"""Key uses through the API: the version object from `Governance.version_object`,
+"""Key uses through the API: the version object from `Governance.use_object`,
 passed through the one gate (provider/gate.py: usage, state, floors, the audit record
 of the use, fail closed), then the engine's own mechanism (mechanisms/registry.py) on
 the opened key, as fn_crypto._init does. AES-256-GCM ciphertexts are
@@ -60,35 +60,42 @@ class Crypto:
 
     def _key(self, principal, key: str, use: str, version: int | None, algorithms, count: int = 1,
              digest: bytes | None = None, mech: int | None = None):
-        """(record, opened key object, version number, mechanism) for `use`, through the gate."""
-        rec, obj, mech = self._checked(principal, key, use, version, algorithms, digest, mech)
-        return self._gated(principal, rec, obj, use, mech, count)
+        """(record, opened key object, version number, mechanism) for `use`, through the
+        gate. One head check (Token.refresh) under the token's lock: the record's lookup,
+        the version object and the gate all read the state it took in."""
+        token = self.gov.token
+        with token.lock:
+            token.refresh()
+            rec, obj, mech = self._checked(principal, key, use, version, algorithms, digest, mech)
+            return self._gated(principal, rec, obj, use, mech, count)
 
     def _named(self, principal, key: str):
-        """The record of `key`, if the principal's token names it."""
-        rec = self.gov.get_key(key)
+        """The record of `key` (a read-only view, Governance.read_key: the caller holds the
+        token's lock and refreshed), if the principal's token names it."""
+        rec = self.gov.read_key(key)
         if principal.keys is not None and rec.name not in principal.keys and rec.id not in principal.keys:
             raise ApiError(403, "permission_denied", "this token does not name that key")
         return rec
 
     def _checked(self, principal, key: str, use: str, version: int | None, algorithms, digest=None, mech=None):
-        """(record, version object, mechanism) of a use, before the gate."""
+        """(record, version object, mechanism) of a use, before the gate (under the
+        caller's lock and head check)."""
         rec = self._named(principal, key)
         if rec.algorithm not in algorithms:
             raise ApiError(409, "failed_precondition", f"{rec.name} is {rec.algorithm}: it cannot {use} here")
         if digest is not None and len(digest) != DIGEST_LEN.get(rec.algorithm):
             raise ApiError(400, "invalid_argument", "a digest is signed by an ec-p256 (SHA-256, 32 bytes) or "
                                                     "ec-p384 (SHA-384, 48 bytes) key")
-        obj = self.gov.version_object(rec.id, version, use)
+        obj = self.gov.use_object(rec, version, use)
         mech = mech or (C.CKM_AES_GCM if rec.algorithm == "aes-256-gcm" else MACS.get(rec.algorithm)
                         or (C.CKM_ECDSA if digest is not None else SIGNING[rec.algorithm][0]))
         return rec, obj, mech
 
     def _gated(self, principal, rec, obj, use: str, mech: int, count: int = 1):
+        """The use through the gate, under the caller's lock and head check."""
         token = self.gov.token
         with span("ferrohsm.gate", **{"ferrohsm.key_id": rec.id, "ferrohsm.use": use,
-                                     "ferrohsm.key_version": obj.attrs[C.CKA_FERRO_VERSION]}), token.lock:
-            token.refresh()
+                                     "ferrohsm.key_version": obj.attrs[C.CKA_FERRO_VERSION]}):
             opened = gate.use(token, obj, USAGE_CKA[use], mech, principal)
         if self.metrics is not None:
             self.metrics.crypto.labels(rec.algorithm, use).inc(count)
@@ -169,15 +176,17 @@ class Crypto:
     def wrap(self, principal, key: str, target: str, version: int | None, approval_id: str | None) -> dict:
         """Wrap version `version` (default the primary) of the governed key `target` with
         the primary of `key`. The token must name both keys."""
-        rec, obj, mech = self._checked(principal, key, "wrap", None, ("aes-256-gcm",), mech=WRAP_MECH)
-        subject = self._named(principal, target)
-        if subject.id == rec.id:
-            raise ApiError(400, "invalid_argument", "a key does not wrap itself")
-        out, approved = self.gov.export_object(principal, subject.id, version, rec.id, approval_id)
-        rec, opened, number, mech = self._gated(principal, rec, obj, "wrap", mech)
         token = self.gov.token
         with token.lock:
             token.refresh()
+            rec, obj, mech = self._checked(principal, key, "wrap", None, ("aes-256-gcm",), mech=WRAP_MECH)
+            subject = self._named(principal, target)
+        if subject.id == rec.id:
+            raise ApiError(400, "invalid_argument", "a key does not wrap itself")
+        out, approved = self.gov.export_object(principal, subject.id, version, rec.id, approval_id)
+        with token.lock:
+            token.refresh()      # (after export_object's transaction: the gate sees the newest state)
+            rec, opened, number, mech = self._gated(principal, rec, obj, "wrap", mech)
             gate.wrap_out(token, opened, out, principal, approved)
             wrapped = registry.get(mech).impl.wrap(opened, None, wrapped_material(token.open(out)))
         return {"key_id": rec.id, "key_version": number, "wrapped": f"ferrohsm:v{number}:{b64(wrapped)}",

@@ -5,11 +5,11 @@ this service, by a PKCS#11 client or by the scheduler in another process empties
 cache at the next request; nothing is served that is older than the head read before
 it. Audit records do not move the head: key uses leave the cache warm. Bounded (LRU)."""
 
-import dataclasses
 import hashlib
-import json
 import threading
 from collections import OrderedDict
+
+from ..governance.service import dumps
 
 SIZE = 256
 
@@ -36,9 +36,8 @@ class KeyListing:
                 self.hits += 1
                 return found
             self.misses += 1
-        keys, next_token = self.gov.list_keys(**query)      # (refreshes: sees at least `head`)
-        data = json.dumps({"keys": [dataclasses.asdict(k) for k in keys], "next_page_token": next_token},
-                          separators=(",", ":")).encode()
+        keys, next_token = self.gov.key_page(**query)       # (refreshes: sees at least `head`)
+        data = dumps({"keys": keys, "next_page_token": next_token})
         found = data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
         with self._lock:
             if self._head == head:
