@@ -92,7 +92,7 @@ def test_native_uses_of_a_governed_key_are_recorded_and_sum_to_what_ran(c_build,
         if role.endswith("_close"):                  # the session closed: its counts are recorded already
             records = _records(token)
             assert sum(_counts(records)) == n
-        client.go()
+            client.go()                              # (messages_finalize waits for none: it may have exited)
     finally:
         client.finish()
     records = _records(token)
