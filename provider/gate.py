@@ -77,12 +77,11 @@ def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
         reason = "its governance record is not found"
     elif use is None or (use not in R.PRODUCING and use not in R.CONSUMING):
         reason = f"a governed key is not used to {use or 'this'}"
-    elif use not in _uses_of(rec):
+    elif use not in R.uses_of(rec):
         reason = f"{rec.name} is not for {use}"
     else:
         reason = R.permits(rec, version, use)
-    event = dict(action=f"{principal.interface}.{use or 'use'}", key_id=key_id.decode(errors="replace"),
-                 key_version=version)
+    event = _event_of(key, principal, use or "use")
     mechanism = C.name_of("CKM_", mech)
     if reason is not None:
         record_use(token, principal, outcome="denied", message=f"{mechanism}: {reason}", **event)
@@ -90,12 +89,10 @@ def _governed_check(token, key, use: str | None, principal, mech: int) -> None:
     record_use(token, principal, message=mechanism, **event, fail_closed=True)
 
 
-def _uses_of(rec) -> set:
-    """The uses a key's usage set allows (a MAC key verifies what it made)."""
-    uses = set(rec.usage)
-    if "mac" in uses:
-        uses.add("mac_verify")
-    return uses
+def _event_of(key, principal, use: str) -> dict:
+    """The audit event fields naming a governed key's version and its use by `principal`."""
+    return dict(action=f"{principal.interface}.{use}", key_id=key.attrs[C.CKA_FERRO_KEY_ID].decode(errors="replace"),
+                key_version=key.attrs.get(C.CKA_FERRO_VERSION))
 
 
 def record_use(token, principal, action: str, key_id: str, key_version: int, outcome: str = "ok",
@@ -198,9 +195,7 @@ def wrap_out(token, wrapping, key, principal, approved: bool = False) -> None:
         export(token, key, principal, approved)
         return
     if governed(key):
-        record_use(token, principal, action=f"{principal.interface}.export",
-                   key_id=key.attrs[C.CKA_FERRO_KEY_ID].decode(errors="replace"),
-                   key_version=key.attrs.get(C.CKA_FERRO_VERSION), outcome="denied", message=refusal[1])
+        record_use(token, principal, outcome="denied", message=refusal[1], **_event_of(key, principal, "export"))
     raise PKCS11Error(*refusal)
 
 
@@ -210,10 +205,8 @@ def export(token, key, principal, approved: bool = False) -> None:
     (no approval can be named there): CKR_FUNCTION_REJECTED."""
     if C.CKA_FERRO_KEY_ID not in key.attrs:
         return
-    key_id = key.attrs[C.CKA_FERRO_KEY_ID]
-    version = key.attrs.get(C.CKA_FERRO_VERSION)
-    _, rec = key_record(token, key_id)
-    event = dict(action=f"{principal.interface}.export", key_id=key_id.decode(errors="replace"), key_version=version)
+    _, rec = key_record(token, key.attrs[C.CKA_FERRO_KEY_ID])
+    event = _event_of(key, principal, "export")
     if rec is None or not rec.exportable:
         record_use(token, principal, outcome="denied", message="not exportable", **event)
         raise PKCS11Error(C.CKR_KEY_UNEXTRACTABLE, "the governed key is not exportable")

@@ -183,6 +183,14 @@ class Migration:
         return _build(cls, data)
 
 
+def uses_of(rec) -> set:
+    """The uses a key's usage set allows (a MAC key verifies what it made)."""
+    uses = set(rec.usage)
+    if "mac" in uses:
+        uses.add("mac_verify")
+    return uses
+
+
 def permits(key: KeyRecord, number: int, use: str) -> str | None:
     """Why version `number` of `key` may not be used for `use` now, or None if it may.
     Producing uses need the primary version, enabled, at or above min_encrypt_version;

@@ -393,13 +393,14 @@ class Governance:
         return max(max(2, t.quorum) for t in dual), min(t.approval_ttl_seconds for t in dual)
 
     @staticmethod
-    def _rotation_days(rec_days, tags: list):
-        """The key's automatic rotation period: its own, else the shortest its tags ask
-        (tag_rotation_days), else None (no automatic rotation)."""
-        if rec_days is not None:
-            return rec_days
-        periods = [d for d in map(tag_rotation_days, tags) if d is not None]
-        return min(periods) if periods else None
+    def _next_rotation(rec_days, tags: list, now: float):
+        """When a key's automatic rotation is next due, counted from `now`: after its own
+        period, else the shortest its tags ask (tag_rotation_days); None: no automatic
+        rotation."""
+        if rec_days is None:
+            periods = [d for d in map(tag_rotation_days, tags) if d is not None]
+            rec_days = min(periods) if periods else None
+        return now + rec_days * DAY if rec_days else None
 
     def _guard(self, actor: Principal, action: str, request: dict, dual, revision: int, key_id, approval_id):
         """None if the request may run now (no dual control, or `approval_id` names an
@@ -470,8 +471,7 @@ class Governance:
             rec = R.KeyRecord(id=str(uuid.uuid4()), name=name, algorithm=algorithm, usage=usage, created_at=now,
                               owner=owner, description=description, tags=list(tags),
                               rotation_period_days=rotation_period_days)
-            days = self._rotation_days(rotation_period_days, tag_records)
-            rec.next_rotation_at = now + days * DAY if days else None
+            rec.next_rotation_at = self._next_rotation(rotation_period_days, tag_records, now)
             rec.versions.append(self._make_version(rec, 1, R.ENABLED, now, pair))
             self._commit_key(None, rec)
             self._event(actor, "key.create", rec, 1, message=f"{algorithm} {','.join(usage)}")
@@ -529,11 +529,7 @@ class Governance:
         """Version `number`'s key object(s) into the token (in the open transaction): a
         secret key generated here, a pair from the material `_prepare` made."""
         spec = A.SPECS[rec.algorithm]
-        mirrored = _mirrored(rec, None, number, state)
-        common = {C.CKA_TOKEN: True, C.CKA_PRIVATE: True, C.CKA_MODIFIABLE: False, C.CKA_DESTROYABLE: False,
-                  C.CKA_COPYABLE: False, C.CKA_LABEL: mirrored.pop(C.CKA_LABEL),
-                  C.CKA_ID: f"{rec.id}/v{number}".encode()}
-        engine_set = {C.CKA_FERRO_KEY_ID: rec.id.encode(), C.CKA_FERRO_VERSION: number, **mirrored}
+        common, engine_set = _version_attrs(rec, number, state)
         if spec.pair:
             if pair is None or (pair.backend is not None and pair.exportable != bool(rec.exportable)):
                 _fail("conflict", f"{rec.name} changed while its new version was generated; try again")
@@ -587,8 +583,7 @@ class Governance:
         if not pending:
             rec.primary = number           # (before the version is made: its label is the key's name)
         rec.versions.append(self._make_version(rec, number, R.PENDING if pending else R.ENABLED, now, pair))
-        days = self._rotation_days(rec.rotation_period_days, self._tags_of(rec))
-        rec.next_rotation_at = now + days * DAY if days else None
+        rec.next_rotation_at = self._next_rotation(rec.rotation_period_days, self._tags_of(rec), now)
         self._commit_key(obj, rec)
         self._event(actor, action, rec, number, message="pending" if pending else "primary")
         return rec
@@ -790,8 +785,7 @@ class Governance:
             now = self.clock()
             rec = R.KeyRecord(id=str(uuid.uuid4()), name=name, algorithm=algorithm, usage=usage, created_at=now,
                               owner=owner, description=description, tags=list(tags), adopted_from=uid)
-            days = self._rotation_days(None, tag_records)
-            rec.next_rotation_at = now + days * DAY if days else None
+            rec.next_rotation_at = self._next_rotation(None, tag_records, now)
             rec.versions.append(R.Version(number=1, state=R.ENABLED, created_at=now, enabled_at=now,
                                           objects=[o.uid for o in objs],
                                           backend=objs[0].attrs.get(C.CKA_FERRO_BACKEND, b"soft").decode()))
@@ -849,8 +843,7 @@ class Governance:
                 rec.policy_revision += 1
                 if rec.next_rotation_at is None:
                     tags = [tag if t.name == tag.name else t for t in self._tags_of(rec)]
-                    days = self._rotation_days(rec.rotation_period_days, tags)
-                    rec.next_rotation_at = self.clock() + days * DAY if days else None
+                    rec.next_rotation_at = self._next_rotation(rec.rotation_period_days, tags, self.clock())
                 self._save(rec, kobj)
 
     def attach_tag(self, actor: Principal, key: str, tag: str) -> R.KeyRecord:
@@ -864,9 +857,8 @@ class Governance:
                 if v.state != R.DESTROYED:
                     self._check_placement(rec, v.backend)
             rec.policy_revision += 1
-            days = self._rotation_days(rec.rotation_period_days, self._tags_of(rec))
-            if days and rec.next_rotation_at is None:
-                rec.next_rotation_at = self.clock() + days * DAY
+            if rec.next_rotation_at is None:
+                rec.next_rotation_at = self._next_rotation(rec.rotation_period_days, self._tags_of(rec), self.clock())
             self._commit_key(obj, rec)
             self._event(actor, "key.attach_tag", rec, message=tag)
             return rec
@@ -1063,8 +1055,7 @@ class Governance:
         caller's lock and head check."""
         if use not in R.PRODUCING and use not in R.CONSUMING:
             _fail("invalid_argument", f"unknown use {use!r}")
-        allowed = set(rec.usage) | ({"mac_verify"} if "mac" in rec.usage else set())
-        if use not in allowed:
+        if use not in R.uses_of(rec):
             _fail("failed_precondition", f"{rec.name} is not for {use}")
         number = rec.primary if number is None else number
         if use in R.PRODUCING and number != rec.primary:
@@ -1093,9 +1084,7 @@ class Governance:
         def step():
             _, rec = self._find_key(key)
             number = rec.primary if version is None else version
-            v = self._version(rec, number)
-            if v.state != R.ENABLED:
-                _fail("failed_precondition", f"version {number} of {rec.name} is {v.state}")
+            v = self._require_state(rec, number, (R.ENABLED,))
             dual = self._dual(self._tags_of(rec)) if rec.exportable else None    # (not exportable: the gate refuses)
             held = self._guard(actor, "export", {"key_id": rec.id, "version": number, "wrapping_key": wrapping_key},
                                dual, rec.policy_revision, rec.id, approval_id)
@@ -1132,15 +1121,12 @@ class Governance:
             now = self.clock()
             rec = R.KeyRecord(id=str(uuid.uuid4()), name=name, algorithm=algorithm, usage=usage, created_at=now,
                               owner=owner, description=description)
-            mirrored = _mirrored(rec, None, 1, R.ENABLED)
-            given = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: spec.key_type, C.CKA_TOKEN: True,
-                     C.CKA_PRIVATE: True, C.CKA_MODIFIABLE: False, C.CKA_DESTROYABLE: False, C.CKA_COPYABLE: False,
-                     C.CKA_LABEL: mirrored.pop(C.CKA_LABEL), C.CKA_ID: f"{rec.id}/v1".encode(),
+            common, engine_set = _version_attrs(rec, 1, R.ENABLED)
+            given = {C.CKA_CLASS: C.CKO_SECRET_KEY, C.CKA_KEY_TYPE: spec.key_type, **common,
                      C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: False, **A.usage_flags(usage, 0)}
             attrs = keygen.key_attrs(C.CKO_SECRET_KEY, given, {C.CKA_VALUE: value}, C.CKM_AES_KEY_WRAP_KWP,
                                      "unwrap", self.separated)
-            obj = keygen.add_object(self.token, {**attrs, C.CKA_FERRO_KEY_ID: rec.id.encode(),
-                                                 C.CKA_FERRO_VERSION: 1, **mirrored})
+            obj = keygen.add_object(self.token, {**attrs, **engine_set})
             self._fresh.add(obj.uid)
             rec.versions.append(R.Version(number=1, state=R.ENABLED, created_at=now, enabled_at=now,
                                           objects=[obj.uid]))
@@ -1178,6 +1164,16 @@ def _pair_templates(spec: A.Spec, common: dict, exportable: bool) -> tuple:
     priv = {C.CKA_CLASS: C.CKO_PRIVATE_KEY, C.CKA_KEY_TYPE: spec.key_type, C.CKA_TOKEN: True, **common,
             C.CKA_SENSITIVE: True, C.CKA_EXTRACTABLE: bool(exportable)}
     return pub, priv
+
+
+def _version_attrs(rec: R.KeyRecord, number: int, state: str) -> tuple:
+    """(the template every key object of version `number` is made with, the attributes
+    the engine sets on them: key id, version and the record's mirrored state)."""
+    mirrored = _mirrored(rec, None, number, state)
+    common = {C.CKA_TOKEN: True, C.CKA_PRIVATE: True, C.CKA_MODIFIABLE: False, C.CKA_DESTROYABLE: False,
+              C.CKA_COPYABLE: False, C.CKA_LABEL: mirrored.pop(C.CKA_LABEL),
+              C.CKA_ID: f"{rec.id}/v{number}".encode()}
+    return common, {C.CKA_FERRO_KEY_ID: rec.id.encode(), C.CKA_FERRO_VERSION: number, **mirrored}
 
 
 def _mirrored(rec: R.KeyRecord, v: R.Version | None, number: int | None = None, state: str | None = None) -> dict:
