@@ -12,6 +12,7 @@ that rewrites the chain from some point on is caught by the next checkpoint.
 """
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from . import merkle
@@ -53,16 +54,25 @@ def lines_of(path) -> "iter":
                 yield parse_line(line)
 
 
-def rows_of(store, chunk: int = 10_000) -> "iter":
-    """(mac, body) of each record in a store, in seq order."""
-    after = -1
+def chunks_of(store, after: int = -1, size: int = 10_000, lock=None) -> "iter":
+    """Lists of (seq, mac, body) of a store's records after seq `after`, in seq order,
+    one store read each, under `lock` if one is given (the service's token lock, taken
+    per read: a long export or verify never holds up the key uses)."""
+    lock = lock if lock is not None else nullcontext()
     while True:
-        rows = store.audit_read(after, chunk)
+        with lock:
+            rows = store.audit_read(after, size)
         if not rows:
             return
-        for _, _, data in rows:
-            yield data[:MAC_LEN], data[MAC_LEN:]
+        yield [(seq, data[:MAC_LEN], data[MAC_LEN:]) for seq, _, data in rows]
         after = rows[-1][0]
+
+
+def rows_of(store, chunk: int = 10_000) -> "iter":
+    """(mac, body) of each record in a store, in seq order."""
+    for rows in chunks_of(store, size=chunk):
+        for _, mac, body in rows:
+            yield mac, body
 
 
 def checkpoints_of_file(path) -> list:

@@ -10,22 +10,17 @@ import json
 
 from ..audit import verifier as V
 from ..audit.checkpoint import public_key_of
-from ..audit.record import MAC_LEN, line_of
+from ..audit.record import line_of
 from .errors import ApiError
 
 CHUNK = 1000
 SCAN_MAX = 10_000          # records one filtered query reads at most (next_after goes on from there)
 
 
-def chunks(token, after: int = 0, size: int = CHUNK):
-    """Lists of (seq, mac, body) after `after`, in seq order, one store read each."""
-    while True:
-        with token.lock:
-            rows = token.store.audit_read(after, size)
-        if not rows:
-            return
-        yield [(seq, data[:MAC_LEN], data[MAC_LEN:]) for seq, _, data in rows]
-        after = rows[-1][0]
+def chunks(token, after: int = -1, size: int = CHUNK):
+    """Lists of (seq, mac, body) after `after`, in seq order, one store read each under
+    the token's lock."""
+    return V.chunks_of(token.store, after, size, token.lock)
 
 
 def query(token, after: int, limit: int, key_id: str | None = None, action: str | None = None) -> dict:
