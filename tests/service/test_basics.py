@@ -115,8 +115,13 @@ def test_a_good_token_is_a_principal(service):
 
 def test_structured_log_lines_carry_the_request_id(service, caplog):
     import logging
-    with caplog.at_level(logging.INFO, logger="ferrohsm.service"):
-        service.get("/v1/keys", headers={**bearer(roles=["auditor"]), "X-Request-ID": "log-me"})
+    logger = logging.getLogger("ferrohsm.service")
+    logger.addHandler(caplog.handler)   # directly: once a Library configured logging, "ferrohsm" does not propagate
+    try:
+        with caplog.at_level(logging.INFO, logger="ferrohsm.service"):
+            service.get("/v1/keys", headers={**bearer(roles=["auditor"]), "X-Request-ID": "log-me"})
+    finally:
+        logger.removeHandler(caplog.handler)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "ferrohsm.service"]
     mine = [x for x in lines if x["request_id"] == "log-me"]
     assert mine and mine[0]["route"] == "/v1/keys" and mine[0]["status"] == 200 and "ms" in mine[0]
