@@ -9,7 +9,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 
-from ..governance.service import dumps
+from ..governance.views import dumps
 
 SIZE = 256
 

@@ -9,7 +9,7 @@ import pytest
 from provider import constants as C
 from provider import gate
 from provider.governance import record as R
-from provider.governance.service import ReadOnly, dumps
+from provider.governance.views import ReadOnly, dumps
 
 from .govkit import ALICE
 
