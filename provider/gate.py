@@ -13,15 +13,54 @@ backup) passes `export()` (`wrap_out()` for a wrapped one: C_WrapKey and the RES
 The record of a governed key is found from its version's CKA_FERRO_KEY_ID and read
 as the store has it now: every caller checks the store's head first (Token.refresh),
 so a state another process changed is seen at the next use.
+
+A caller that must not wait for durability where it stands (the service's event loop)
+runs its uses inside `deferred()`: the records are queued (Audit.submit) instead of
+awaited, and the caller holds the operation's result back until `Deferred.durable()`
+says every one of them is durable - a record that cannot be written then refuses the
+result as use() would have refused the operation.
 """
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
 
 from . import constants as C
 from .audit import AuditUnavailable, Event
 from .errors import PKCS11Error
 from .governance import record as R
 from .log import LOG
+
+_DEFERRED: contextvars.ContextVar = contextvars.ContextVar("ferrohsm_gate_deferred", default=None)
+
+
+@dataclass
+class Deferred:
+    """The records of the uses run inside one deferred(): their Futures."""
+    futures: list = field(default_factory=list)
+
+    async def durable(self) -> None:
+        """Wait until every record is durable; PKCS11Error(CKR_FUNCTION_FAILED) if one
+        could not be (Audit logged why)."""
+        for future in self.futures:
+            try:
+                await asyncio.wrap_future(future)
+            except AuditUnavailable:
+                raise PKCS11Error(C.CKR_FUNCTION_FAILED, "the audit record could not be written") from None
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within it (this thread or task), record_use queues the records of uses; the
+    caller awaits the Deferred's durable() before the result leaves."""
+    pending = Deferred()
+    reset = _DEFERRED.set(pending)
+    try:
+        yield pending
+    finally:
+        _DEFERRED.reset(reset)
+
 
 KEY_CLASSES = (C.CKO_SECRET_KEY, C.CKO_PUBLIC_KEY, C.CKO_PRIVATE_KEY)
 # FerroHSM's governance records: found only by a search that names their class, never
@@ -101,15 +140,22 @@ def record_use(token, principal, action: str, key_id: str, key_version: int, out
     a store transaction the caller holds, it commits with it). `fail_closed`: a record
     that cannot be written refuses the use with CKR_FUNCTION_FAILED; a refusal's record
     that cannot be written is only logged. The token's lock is let go meanwhile, unless
-    `hold` (a caller in the middle of changing the token's state: a session closing)."""
+    `hold` (a caller in the middle of changing the token's state: a session closing).
+    Inside deferred(), the record is queued: its Future joins the Deferred if the use
+    waits on it (`fail_closed`); a refusal's record is only queued."""
     try:
         audit = token.audit
         if audit is None:
             raise AuditUnavailable("no audit log is configured for this token")
         event = Event(actor=principal, action=action, key_id=key_id, key_version=key_version or 0,
                       outcome=outcome, message=message)
+        pending = _DEFERRED.get()
         if token.in_transaction:
             audit.record_in(event)
+        elif pending is not None:
+            future = audit.submit(event)
+            if fail_closed:
+                pending.futures.append(future)
         elif hold:
             audit.record(event)
         else:

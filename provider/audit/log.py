@@ -9,6 +9,11 @@ commit takes the whole queue in one store transaction (one fsync), and each call
 returns when the commit that holds its own record is done, with its receipt.
 record_in(event) appends inside the caller's open store transaction instead, so the
 change and its record commit together (governance's transitions do that).
+submit(event) queues the record without waiting and returns a Future that is resolved
+when it is durable (or fails with AuditUnavailable): for a caller that must not block
+(the service's event loop), which holds its answer back until then. A writer thread,
+started at the first submit and ending after WRITER_IDLE seconds without one, commits
+the queue when no record() caller is doing so.
 
 Fail closed: if the record cannot be made durable - the store refuses or fails the
 write, the file sink cannot be written - record() raises AuditUnavailable and nothing
@@ -30,6 +35,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ..log import LOG
@@ -40,6 +46,7 @@ from .record import MAC_LEN, Event, body_of, chain, line_of, mac_of, parse_line,
 
 APPEND_TRIES = 5
 READ_CHUNK = 10_000
+WRITER_IDLE = 2.0            # seconds without a submit() before the writer thread ends
 
 
 class AuditUnavailable(Exception):
@@ -53,10 +60,18 @@ class Receipt:
 
 
 class _Slot:
-    __slots__ = ("event", "receipt", "error", "done")
+    __slots__ = ("event", "receipt", "error", "done", "future")
 
-    def __init__(self, event: Event):
-        self.event, self.receipt, self.error, self.done = event, None, None, False
+    def __init__(self, event: Event, future: Future | None = None):
+        self.event, self.receipt, self.error, self.done, self.future = event, None, None, False, future
+
+    def finish(self) -> None:
+        self.done = True
+        if self.future is not None:
+            if self.error is not None:
+                self.future.set_exception(self.error)
+            else:
+                self.future.set_result(self.receipt)
 
 
 class FileSink:
@@ -144,6 +159,7 @@ class Audit:
         self._cv = threading.Condition()
         self._queue: list = []
         self._leader = False
+        self._writer = None             # the submit() queue's writer thread, while it runs
         self._cp_lock = threading.Lock()
         self._cp_seen = None            # the last checkpoint made or read here
         self.due = threading.Event()    # checkpoint_every records since the last checkpoint
@@ -176,6 +192,37 @@ class Audit:
             raise slot.error
         return slot.receipt
 
+    def submit(self, event: Event) -> Future:
+        """Queue `event` for the next commit; the Future gives its Receipt once it is
+        durable, or raises AuditUnavailable."""
+        slot = _Slot(event, Future())
+        with self._cv:
+            self._queue.append(slot)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="ferrohsm-audit-writer", daemon=True)
+                self._writer.start()
+            self._cv.notify_all()
+        return slot.future
+
+    def _write(self) -> None:
+        """The writer thread: commits the queue whenever no record() caller leads."""
+        with self._cv:
+            while True:
+                if not self._queue or self._leader:
+                    if not self._cv.wait(WRITER_IDLE) and not self._queue:
+                        self._writer = None
+                        return
+                    continue
+                self._leader = True
+                batch, self._queue = self._queue, []
+                self._cv.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._cv.acquire()
+                    self._leader = False
+                    self._cv.notify_all()
+
     def _commit(self, batch: list) -> None:
         try:
             for attempt in range(APPEND_TRIES):
@@ -200,7 +247,7 @@ class Audit:
                 slot.error = error
         finally:
             for slot in batch:
-                slot.done = True
+                slot.finish()
 
     def record_in(self, event: Event) -> Receipt:
         """Append inside the caller's open store transaction (durable when it commits).

@@ -391,21 +391,23 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
 
     # --- key uses ----------------------------------------------------------------------------
     @route("POST", "/v1/keys/{key}/encrypt", "keys.use")
-    def encrypt(body: Encrypt, key: str = KEY, p=Depends(allow("keys.use"))):
-        return raw_json(crypto.encrypt(p, key, unb64(body.plaintext, "plaintext"), unb64(body.aad, "aad")))
+    async def encrypt(body: Encrypt, key: str = KEY, p=Depends(allow("keys.use"))):
+        return raw_json(await crypto.run(crypto.encrypt, p, key, unb64(body.plaintext, "plaintext"),
+                                         unb64(body.aad, "aad")))
 
     @route("POST", "/v1/keys/{key}/decrypt", "keys.use")
-    def decrypt(body: Decrypt, key: str = KEY, p=Depends(allow("keys.use"))):
-        return crypto.decrypt(p, key, body.ciphertext, unb64(body.aad, "aad"))
+    async def decrypt(body: Decrypt, key: str = KEY, p=Depends(allow("keys.use"))):
+        return await crypto.run(crypto.decrypt, p, key, body.ciphertext, unb64(body.aad, "aad"))
 
     @route("POST", "/v1/keys/{key}/encrypt/batch", "keys.use")
-    def encrypt_batch(body: EncryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
-        return raw_json(crypto.encrypt_batch(p, key, [(unb64(i.plaintext, "plaintext"), unb64(i.aad, "aad"))
-                                                      for i in body.items]))
+    async def encrypt_batch(body: EncryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
+        items = [(unb64(i.plaintext, "plaintext"), unb64(i.aad, "aad")) for i in body.items]
+        return raw_json(await crypto.run(crypto.encrypt_batch, p, key, items))
 
     @route("POST", "/v1/keys/{key}/decrypt/batch", "keys.use")
-    def decrypt_batch(body: DecryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
-        return crypto.decrypt_batch(p, key, [(i.ciphertext, unb64(i.aad, "aad")) for i in body.items])
+    async def decrypt_batch(body: DecryptBatch, key: str = KEY, p=Depends(allow("keys.use"))):
+        items = [(i.ciphertext, unb64(i.aad, "aad")) for i in body.items]
+        return await crypto.run(crypto.decrypt_batch, p, key, items)
 
     @route("POST", "/v1/keys/{key}/sign", "keys.use")
     def sign(body: Sign, key: str = KEY, p=Depends(allow("keys.use"))):
@@ -424,17 +426,19 @@ def create_app(gov, settings, secret: bytes, health=None) -> FastAPI:
         return crypto.unwrap(p, key, body.wrapped, body.name, body.algorithm, body.usage, body.description)
 
     @route("POST", "/v1/keys/{key}/verify", "keys.use")
-    def verify(body: Verify, key: str = KEY, p=Depends(allow("keys.use"))):
+    async def verify(body: Verify, key: str = KEY, p=Depends(allow("keys.use"))):
         message, digest = _message_or_digest(body)
-        return crypto.verify(p, key, message, unb64(body.signature, "signature"), body.version, digest)
+        return await crypto.run(crypto.verify, p, key, message, unb64(body.signature, "signature"), body.version,
+                                digest)
 
     @route("POST", "/v1/keys/{key}/mac", "keys.use")
-    def mac(body: MacBody, key: str = KEY, p=Depends(allow("keys.use"))):
-        return crypto.mac(p, key, unb64(body.message, "message"))
+    async def mac(body: MacBody, key: str = KEY, p=Depends(allow("keys.use"))):
+        return await crypto.run(crypto.mac, p, key, unb64(body.message, "message"))
 
     @route("POST", "/v1/keys/{key}/mac/verify", "keys.use")
-    def mac_verify(body: MacVerify, key: str = KEY, p=Depends(allow("keys.use"))):
-        return crypto.mac_verify(p, key, unb64(body.message, "message"), unb64(body.mac, "mac"), body.version)
+    async def mac_verify(body: MacVerify, key: str = KEY, p=Depends(allow("keys.use"))):
+        return await crypto.run(crypto.mac_verify, p, key, unb64(body.message, "message"), unb64(body.mac, "mac"),
+                                body.version)
 
     # --- approvals ---------------------------------------------------------------------------
     @route("GET", "/v1/approvals", "approvals.read")

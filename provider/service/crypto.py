@@ -10,7 +10,12 @@ version (RFC 5649 key wrap with padding, CKM_AES_KEY_WRAP_KWP) as
 private key's PKCS#8. The key that leaves passes gate.wrap_out (the rules C_WrapKey
 applies: extractable, wrap template, governed: exportable and dual control), its
 approval made or consumed by Governance.export_object. Unwrap (usage unwrap) imports
-a wrapped secret key as a new governed key (Governance.import_key)."""
+a wrapped secret key as a new governed key (Governance.import_key).
+
+Where they run: `run()` takes a use onto the event loop when the token's lock is free
+at once - no worker-thread hop, its audit records queued (gate.deferred) and the answer
+held until they are durable, so many requests share one commit - and otherwise into a
+worker thread, as the routes of slow work (RSA signing, key import) always go."""
 
 import base64
 import binascii
@@ -28,6 +33,7 @@ from ..mechanisms import registry
 from ..mechanisms.params import GcmParams
 from .errors import ApiError
 from .tracing import span
+from starlette.concurrency import run_in_threadpool
 
 IV_LEN, TAG_LEN = 12, 16
 WRAP_MECH = C.CKM_AES_KEY_WRAP_KWP
@@ -57,6 +63,21 @@ class Crypto:
     def __init__(self, gov, metrics=None):
         self.gov = gov
         self.metrics = metrics
+
+    async def run(self, fn, *args):
+        """fn(*args), a use of this token's keys: on the event loop if the token's lock is
+        free at once (the records queued, awaited before the answer leaves), else in a
+        worker thread (which waits for the lock and its records there)."""
+        lock = self.gov.token.lock
+        if not lock.acquire(blocking=False):
+            return await run_in_threadpool(fn, *args)
+        try:
+            with gate.deferred() as pending:
+                result = fn(*args)
+        finally:
+            lock.release()
+        await pending.durable()
+        return result
 
     def _key(self, principal, key: str, use: str, version: int | None, algorithms, count: int = 1,
              digest: bytes | None = None, mech: int | None = None):

@@ -258,6 +258,49 @@ def test_group_commit_shares_transactions_and_each_waits_for_its_own(tmp_path, s
     store.close()
 
 
+def test_submitted_records_share_commits_and_resolve_when_durable(tmp_path, monkeypatch):
+    """submit() (the service's event loop: it must not block) queues without waiting:
+    one thread queues 300 records, the writer thread commits them in fewer transactions,
+    each Future gives its own record's receipt once another connection sees it, record()
+    callers meanwhile join the same chain, and the writer ends when idle."""
+    from provider.audit import log as audit_log
+    monkeypatch.setattr(audit_log, "WRITER_IDLE", 0.2)
+    store = new_store("sqlite", tmp_path)
+    audit = Audit(store, KEY)
+    futures = [audit.submit(event(i)) for i in range(300)]
+    assert audit.record(event(1000)).seq >= 1
+    receipts = [f.result(timeout=30) for f in futures]
+    other = SqliteStore(store.path, pin_policy=FAST)
+    try:
+        assert other.audit_head()[0] == 301
+        for i, receipt in enumerate(receipts):
+            row = other.audit_read(receipt.seq - 1, 1)[0]
+            assert row[1] == receipt.digest and json.loads(row[2][MAC_LEN:])["key_id"] == f"key-{i}"
+    finally:
+        other.close()
+    assert sorted(r.seq for r in receipts) == [r.seq for r in receipts]       # queued order is chain order
+    assert audit.records == 301 and audit.commits < 301
+    assert verify(V.rows_of(store), [], None, KEY).ok
+    deadline = time.monotonic() + 5
+    while audit._writer is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert audit._writer is None                       # no thread left behind by an idle log
+    assert audit.submit(event(2000)).result(timeout=30).seq == 302        # and a new one starts
+    store.close()
+
+
+def test_submitted_records_fail_closed(store):
+    """A submitted record that cannot be made durable fails its Future with
+    AuditUnavailable (the service then answers 503 and keeps the result), and nothing of
+    it stays in the store."""
+    audit = Audit(store, KEY, file="/dev/full")
+    futures = [audit.submit(event(i)) for i in range(5)]
+    for f in futures:
+        with pytest.raises(AuditUnavailable):
+            f.result(timeout=30)
+    assert store.audit_head() == (0, b"")
+
+
 def test_record_in_commits_with_the_change_or_not_at_all(store):
     audit = Audit(store, KEY)
     with pytest.raises(RuntimeError):
